@@ -1,0 +1,131 @@
+"""The `masklam` command line. Thin: it parses, builds typed configs and calls the package."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from masklam.errors import UsageError
+
+app = typer.Typer(
+    help="masklam: latent action learning from video full of distractors.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+def fails_cleanly(command):
+    """Print a user's mistake as one line on stderr and exit 2, instead of a traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except UsageError as error:
+            typer.echo(f"error: {error}", err=True)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+@app.command()
+@fails_cleanly
+def collect(
+    env: str = typer.Option(..., "--env", help="dmc:<domain>-<task> (e.g. dmc:cheetah-run) or metaworld:<task> (e.g. metaworld:push-v3)"),
+    out: Path = typer.Option(..., "--out", help="dataset folder to write (resumed if it was made by this same command)"),
+    distractors: str = typer.Option("none", help="preset: none | low (background) | hard (background + camera + colour 0.1) | extreme (0.3 + objects)"),
+    background: Optional[bool] = typer.Option(None, "--background/--no-background", help="override the preset's dynamic background"),
+    videos: Optional[str] = typer.Option(None, help="background videos: 'builtin' or a folder (DAVIS-2017 layout, train/ + test/, or clips)"),
+    camera_shake: Optional[float] = typer.Option(None, help="override the camera shake scale (0.1 easy, 0.3 hard)"),
+    color_drift: Optional[float] = typer.Option(None, help="override the colour drift scale"),
+    objects: Optional[int] = typer.Option(None, help="override the number of moving distractor objects"),
+    size: int = typer.Option(64, help="image size in pixels (square)"),
+    camera: str = typer.Option("", help="camera name or index (default: DMC camera 0, Meta-World 'corner')"),
+    steps: int = typer.Option(0, help="steps per episode (0 = the suite's limit: DMC 1000, Meta-World 500)"),
+    episodes: int = typer.Option(10, help="train episodes"),
+    test_episodes: int = typer.Option(2, help="test episodes (held-out seeds and background videos, always labelled)"),
+    policy: str = typer.Option("random", help="random | expert (Meta-World's scripted policies) | PATH of a saved policy checkpoint"),
+    action_noise: float = typer.Option(0.0, help="Gaussian action noise, std relative to half the action range"),
+    seed: int = typer.Option(0, help="dataset seed: the same command and seed give byte-identical data"),
+    labelled_episodes: Optional[int] = typer.Option(None, help="keep actions for only this many train episodes (seeded choice)"),
+    label_fraction: Optional[float] = typer.Option(None, help="keep actions for this fraction of train episodes"),
+    backend: str = typer.Option("webdataset", help="storage: webdataset (tar shards) | zarr"),
+    chunk_steps: int = typer.Option(0, help="split episodes into records of this many steps (0 = one record per episode)"),
+    episodes_per_shard: int = typer.Option(8, help="episodes per shard (the unit of parallelism and resume)"),
+    workers: int = typer.Option(1, help="worker processes"),
+    rank: Optional[int] = typer.Option(None, help="this process's rank (default: $RANK, or a Slurm array task)"),
+    world_size: Optional[int] = typer.Option(None, help="number of ranks (default: $WORLD_SIZE, or the Slurm array size)"),
+    overwrite: bool = typer.Option(False, help="replace an output folder made by a different command"),
+    progress: bool = typer.Option(True, help="show a progress bar"),
+) -> None:
+    """Roll out a policy in a distracting environment and write frames, agent masks and actions as shards."""
+    from masklam.data.collect import CollectConfig
+    from masklam.data.collect import collect as run_collect
+    from masklam.envs.spec import EnvSpec, RenderSpec, distractor_preset
+
+    spec = EnvSpec(
+        env_id=env,
+        render=RenderSpec(size=size, camera=camera),
+        distractors=distractor_preset(distractors, background=background, videos=videos, camera_scale=camera_shake, color_scale=color_drift, objects=objects),
+        episode_steps=steps,
+    )
+    config = CollectConfig(
+        env=spec,
+        backend=backend,
+        episodes=episodes,
+        test_episodes=test_episodes,
+        policy=policy,
+        action_noise=action_noise,
+        seed=seed,
+        labelled_episodes=labelled_episodes,
+        label_fraction=label_fraction,
+        chunk_steps=chunk_steps,
+        episodes_per_shard=episodes_per_shard,
+    )
+    complete = run_collect(config, out, workers=workers, overwrite=overwrite, rank=rank, world_size=world_size, show_progress=progress)
+    if complete:
+        typer.echo(f"wrote {out} (see: masklam info {out})")
+    else:
+        typer.echo(f"this rank's shards are written to {out}; info.json is written when the last rank finishes (or re-run without --rank)")
+
+
+@app.command()
+@fails_cleanly
+def info(path: Path = typer.Argument(..., help="dataset folder"), as_json: bool = typer.Option(False, "--json", help="print JSON")) -> None:
+    """Episodes, frames, splits, labels, returns, mask coverage and bytes on disk of a dataset."""
+    from masklam.data.dataset import open_dataset
+    from masklam.data.summary import render_summary, summarize
+
+    summary = summarize(open_dataset(path))
+    typer.echo(json.dumps(summary, indent=1) if as_json else render_summary(summary))
+
+
+@app.command()
+@fails_cleanly
+def view(
+    path: Path = typer.Argument(..., help="dataset folder"),
+    out: Path = typer.Option(..., "--out", help="FILE.png (a grid) or FILE.gif (an animation)"),
+    split: str = typer.Option("train", help="train | test"),
+    episodes: int = typer.Option(3, help="episodes to show (one row each)"),
+    frames: int = typer.Option(6, help="frames per episode in a PNG"),
+    mask_source: str = typer.Option("oracle", help="which mask source to overlay"),
+) -> None:
+    """Frames with the agent mask overlaid, as a PNG grid or a GIF."""
+    from masklam.data.dataset import open_dataset
+    from masklam.data.view import view as run_view
+
+    typer.echo(f"wrote {run_view(open_dataset(path), out, split=split, episodes=episodes, frames=frames, mask_source=mask_source)}")
+
+
+def main() -> None:  # pragma: no cover - entry point for `python -m masklam`
+    app(prog_name="masklam")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,73 @@
+"""DeepMind Control Suite tasks as raw MuJoCo model and data."""
+
+from __future__ import annotations
+
+import numpy as np
+from dm_control import suite
+
+from masklam.envs.sim import SimStep, geoms_of_bodies
+from masklam.errors import UsageError
+
+DMC_STEPS = 1000
+
+
+def _agent_bodies(model) -> set[int]:
+    """Bodies of every kinematic tree that an actuator drives.
+
+    An actuator moves a joint; the joint's body belongs to a tree hanging from the world.
+    Everything in those trees is the agent; world geoms (floor, targets, arena) and
+    unactuated trees (the finger's spinner) are not.
+    """
+    roots = set()
+    for a in range(model.nu):
+        joint = int(model.actuator_trnid[a, 0])
+        roots.add(int(model.body_rootid[model.jnt_bodyid[joint]]))
+    roots.discard(0)
+    return {b for b in range(model.nbody) if int(model.body_rootid[b]) in roots}
+
+
+class DMCSimulator:
+    def __init__(self, task: str, camera: str = "") -> None:
+        domain, task_name = task.split("-", 1)
+        # We count steps ourselves (episode_steps); the suite's own time limit is switched off.
+        self._env = suite.load(domain, task_name, task_kwargs={"random": 0, "time_limit": float("inf")})
+        physics = self._env.physics
+        self.model = physics.model.ptr
+        self.data = physics.data.ptr
+        self.camera = self._camera_id(camera)
+        self.max_steps = DMC_STEPS
+        self.fps = round(1.0 / self._env.control_timestep(), 6)
+        spec = self._env.action_spec()
+        self.action_low = spec.minimum.astype(np.float32)
+        self.action_high = spec.maximum.astype(np.float32)
+        self.state_names = list(self._env.observation_spec())
+        self.agent_geoms = geoms_of_bodies(self.model, _agent_bodies(self.model))
+        self.background_geoms = np.zeros(0, dtype=np.int32)  # the floor stays visible, as in the papers
+
+    def _camera_id(self, camera: str) -> int:
+        if camera == "":
+            return 0
+        if camera.isdigit() and int(camera) < self.model.ncam:
+            return int(camera)
+        names = [self.model.camera(i).name for i in range(self.model.ncam)]
+        if camera in names:
+            return names.index(camera)
+        raise UsageError(f"camera '{camera}' does not exist in this task: use one of {', '.join(names)} or an index below {self.model.ncam}")
+
+    def _state(self, observation) -> np.ndarray:
+        return np.concatenate([np.asarray(v, dtype=np.float32).ravel() for v in observation.values()])
+
+    def reset(self, rng: np.random.Generator) -> np.ndarray:
+        # The task draws its initial state from its own RandomState; reseed it per episode so an
+        # episode depends on its seed alone, not on which worker ran which episodes before.
+        self._env.task._random = np.random.RandomState(int(rng.integers(2**31)))
+        return self._state(self._env.reset().observation)
+
+    def step(self, action: np.ndarray) -> SimStep:
+        timestep = self._env.step(action)
+        # dm_control ends an episode early only by a zero discount (a terminal state).
+        terminated = timestep.last() and timestep.discount == 0
+        return SimStep(self._state(timestep.observation), float(timestep.reward or 0.0), bool(terminated))
+
+    def close(self) -> None:
+        self._env.close()

@@ -1,0 +1,174 @@
+"""Policies that drive data collection: random, Meta-World's scripted experts, saved checkpoints.
+
+A policy acts on the proprioceptive state (never on pixels), so distractors do not change
+what it does. Every random draw comes from the generator given at ``reset``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from masklam.errors import UsageError
+
+POLICY_FORMAT = "masklam.policy"
+POLICY_FORMAT_VERSION = 1
+
+
+class Policy(Protocol):
+    def reset(self, rng: np.random.Generator) -> None: ...
+
+    def act(self, state: np.ndarray) -> np.ndarray: ...
+
+
+class RandomPolicy:
+    """Uniform actions within the bounds."""
+
+    def __init__(self, low: np.ndarray, high: np.ndarray) -> None:
+        self._low, self._high = low, high
+        self._rng: np.random.Generator | None = None
+
+    def reset(self, rng: np.random.Generator) -> None:
+        self._rng = rng
+
+    def act(self, state: np.ndarray) -> np.ndarray:
+        return self._rng.uniform(self._low, self._high).astype(np.float32)
+
+
+class ScriptedPolicy:
+    """Meta-World's hand-written expert (it reads the simulator's own last observation)."""
+
+    def __init__(self, simulator: Any) -> None:
+        self._simulator = simulator
+
+    def reset(self, rng: np.random.Generator) -> None:
+        pass
+
+    def act(self, state: np.ndarray) -> np.ndarray:
+        return self._simulator.scripted_action()
+
+
+def mlp_actor(state_dim: int, action_dim: int, hidden: list[int]):
+    """A deterministic MLP actor: state -> action in [-1, 1] (tanh), scaled to the bounds by the caller."""
+    import torch.nn as nn
+
+    layers: list[nn.Module] = []
+    width = state_dim
+    for size in hidden:
+        layers += [nn.Linear(width, size), nn.ReLU()]
+        width = size
+    layers += [nn.Linear(width, action_dim), nn.Tanh()]
+    return nn.Sequential(*layers)
+
+
+def save_policy_checkpoint(path: Path, actor, env_id: str, state_dim: int, action_dim: int, hidden: list[int], extra: dict | None = None) -> None:
+    """Save an MLP actor in the format ``--policy PATH`` loads (atomically)."""
+    import torch
+
+    path = Path(path)
+    payload = {
+        "format": POLICY_FORMAT,
+        "version": POLICY_FORMAT_VERSION,
+        "env_id": env_id,
+        "state_dim": state_dim,
+        "action_dim": action_dim,
+        "hidden": list(hidden),
+        "state_dict": actor.state_dict(),
+        "extra": extra or {},
+    }
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(payload, tmp)
+    tmp.replace(path)
+
+
+class CheckpointPolicy:
+    """An MLP actor saved with ``save_policy_checkpoint``; deterministic."""
+
+    def __init__(self, path: Path, env_id: str, state_dim: int, low: np.ndarray, high: np.ndarray) -> None:
+        import torch
+
+        payload = load_policy_payload(path)
+        if payload["env_id"] != env_id:
+            raise UsageError(f"policy checkpoint {path} was trained for {payload['env_id']}, not {env_id}: pass a checkpoint for {env_id}")
+        if payload["state_dim"] != state_dim or payload["action_dim"] != len(low):
+            raise UsageError(
+                f"policy checkpoint {path} expects state {payload['state_dim']} / action {payload['action_dim']} dims but {env_id} has "
+                f"{state_dim} / {len(low)}: pass a checkpoint trained on this task"
+            )
+        self._actor = mlp_actor(state_dim, len(low), payload["hidden"])
+        try:
+            self._actor.load_state_dict(payload["state_dict"])
+        except RuntimeError as error:
+            raise UsageError(f"policy checkpoint {path} has weights of the wrong shapes ({str(error).splitlines()[0]}): re-save it with save_policy_checkpoint") from None
+        self._actor.eval()
+        self._torch = torch
+        self._center, self._half_range = (high + low) / 2, (high - low) / 2
+
+    def reset(self, rng: np.random.Generator) -> None:
+        pass
+
+    def act(self, state: np.ndarray) -> np.ndarray:
+        with self._torch.no_grad():
+            unit = self._actor(self._torch.as_tensor(state, dtype=self._torch.float32)[None])[0].numpy()
+        return (self._center + unit * self._half_range).astype(np.float32)
+
+
+def load_policy_payload(path: Path) -> dict:
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"policy checkpoint {path} does not exist: pass --policy random, --policy expert or the path of a saved policy")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many types for a corrupt file
+        raise UsageError(f"policy checkpoint {path} cannot be read ({type(error).__name__}): it is corrupt or not a masklam policy; re-save it") from None
+    if not isinstance(payload, dict) or payload.get("format") != POLICY_FORMAT:
+        raise UsageError(f"{path} is not a masklam policy checkpoint: save policies with masklam.envs.policies.save_policy_checkpoint")
+    if payload.get("version") != POLICY_FORMAT_VERSION:
+        raise UsageError(f"policy checkpoint {path} has format version {payload.get('version')}, this masklam reads {POLICY_FORMAT_VERSION}: upgrade masklam")
+    return payload
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def make_policy(name: str, env: Any) -> Policy:
+    """``random``, ``expert`` (Meta-World's scripted policy) or the path of a checkpoint."""
+    simulator = env.sim
+    if name == "random":
+        return RandomPolicy(env.action_low, env.action_high)
+    if name in ("expert", "scripted"):
+        if hasattr(simulator, "scripted_action"):
+            return ScriptedPolicy(simulator)
+        raise UsageError(
+            f"no expert policy is available for {env.spec.env_id} yet: use --policy random or --policy PATH with a saved policy checkpoint"
+        )
+    state_dim = int(env.reset(0).state.shape[0])
+    return CheckpointPolicy(Path(name), env.spec.env_id, state_dim, env.action_low, env.action_high)
+
+
+class NoisyPolicy:
+    """Adds Gaussian noise (std relative to half the action range) to another policy's actions."""
+
+    def __init__(self, policy: Policy, std: float, low: np.ndarray, high: np.ndarray) -> None:
+        self._policy, self._std = policy, std
+        self._half_range = (high - low) / 2
+        self._rng: np.random.Generator | None = None
+
+    def reset(self, rng: np.random.Generator) -> None:
+        policy_seq, noise_seq = np.random.SeedSequence(int(rng.integers(2**63))).spawn(2)
+        self._policy.reset(np.random.default_rng(policy_seq))
+        self._rng = np.random.default_rng(noise_seq)
+
+    def act(self, state: np.ndarray) -> np.ndarray:
+        action = self._policy.act(state)
+        return (action + self._rng.normal(0.0, self._std, action.shape) * self._half_range).astype(np.float32)
