@@ -1,0 +1,453 @@
+"""`masklam collect`: roll out a policy in a distracting environment and write a sharded dataset.
+
+The dataset is a pure function of its config: episode ``i`` of a split gets a seed derived
+from (dataset seed, split, i), and a shard holds a fixed list of episodes. So shards can be
+written in any order, by any worker or rank, and a re-run skips the shards already on disk
+(resume) and gives the same bytes as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import multiprocessing
+import os
+import queue
+import shlex
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+import masklam
+from masklam.data.dataset import get_backend, index_path, read_json, write_index
+from masklam.data.schema import (
+    ORACLE,
+    SCHEMA_VERSION,
+    SPLITS,
+    Feature,
+    Record,
+    RecordMeta,
+    atomic_write_json,
+    record_key,
+)
+from masklam.envs.env import DistractingEnv, Observation
+from masklam.envs.policies import NoisyPolicy, file_sha256, make_policy
+from masklam.envs.spec import EnvSpec
+from masklam.errors import UsageError
+
+CONFIG_FILE = "collect.json"
+INFO_FILE = "info.json"
+
+
+@dataclass(frozen=True)
+class CollectConfig:
+    """What defines a dataset. Two runs with equal configs write identical bytes."""
+
+    env: EnvSpec
+    backend: str = "webdataset"
+    episodes: int = 10  # train episodes
+    test_episodes: int = 2
+    policy: str = "random"
+    action_noise: float = 0.0
+    seed: int = 0
+    labelled_episodes: int | None = None
+    label_fraction: float | None = None
+    chunk_steps: int = 0  # 0 = a record is a whole episode
+    episodes_per_shard: int = 8
+
+    def __post_init__(self) -> None:
+        get_backend(self.backend)
+        if self.episodes < 1 or self.test_episodes < 0:
+            raise UsageError(f"--episodes {self.episodes} / --test-episodes {self.test_episodes}: need at least 1 train episode and 0 or more test episodes")
+        if self.action_noise < 0:
+            raise UsageError(f"--action-noise {self.action_noise} is negative: use a std >= 0 (relative to half the action range)")
+        if self.labelled_episodes is not None and self.label_fraction is not None:
+            raise UsageError("--labelled-episodes and --label-fraction both given: pass only one")
+        if self.labelled_episodes is not None and not 0 <= self.labelled_episodes <= self.episodes:
+            raise UsageError(f"--labelled-episodes {self.labelled_episodes} must be between 0 and --episodes ({self.episodes})")
+        if self.label_fraction is not None and not 0.0 <= self.label_fraction <= 1.0:
+            raise UsageError(f"--label-fraction {self.label_fraction} must be between 0 and 1")
+        if self.chunk_steps < 0 or self.episodes_per_shard < 1:
+            raise UsageError("--chunk-steps must be >= 0 (0 = whole episodes) and --episodes-per-shard >= 1")
+
+    def identity(self) -> dict[str, Any]:
+        """The config as JSON, with the policy file's content hash (the file decides the data)."""
+        identity = dataclasses.asdict(self)
+        identity["env"] = self.env.to_json()
+        if self.policy not in ("random", "expert", "scripted"):
+            identity["policy_sha256"] = file_sha256(Path(self.policy)) if Path(self.policy).is_file() else None
+        return identity
+
+    @classmethod
+    def from_identity(cls, obj: dict[str, Any]) -> CollectConfig:
+        fields = {k: v for k, v in obj.items() if k not in ("env", "policy_sha256")}
+        return cls(env=EnvSpec.from_json(obj["env"]), **fields)
+
+
+@dataclass(frozen=True)
+class ShardPlan:
+    split: str
+    shard: int
+    episodes: tuple[int, ...]
+
+
+# --- the plan: seeds, labels, shards ---------------------------------------------------------
+def episode_seed(seed: int, split: str, episode: int) -> int:
+    """Seeds of the two splits never collide, and do not depend on the number of episodes."""
+    return int(np.random.SeedSequence(seed, spawn_key=(SPLITS.index(split), episode)).generate_state(1)[0])
+
+
+def labelled_train_episodes(config: CollectConfig) -> set[int]:
+    """Which train episodes keep their actions: a seeded random subset (all of them by default)."""
+    if config.labelled_episodes is None and config.label_fraction is None:
+        return set(range(config.episodes))
+    count = config.labelled_episodes if config.labelled_episodes is not None else round(config.label_fraction * config.episodes)
+    order = np.random.default_rng(np.random.SeedSequence(config.seed, spawn_key=(99,))).permutation(config.episodes)
+    return {int(e) for e in order[:count]}
+
+
+def plan_shards(config: CollectConfig) -> list[ShardPlan]:
+    plans = []
+    for split, count in (("train", config.episodes), ("test", config.test_episodes)):
+        for shard, start in enumerate(range(0, count, config.episodes_per_shard)):
+            plans.append(ShardPlan(split, shard, tuple(range(start, min(start + config.episodes_per_shard, count)))))
+    return plans
+
+
+# --- rolling out one episode ----------------------------------------------------------------
+def _stack_steps(observations: list[Observation], actions: list[np.ndarray], rewards: list[float], terminated: bool, truncated: bool) -> dict[str, np.ndarray]:
+    frames = len(observations)
+    action_dim = actions[0].shape[0] if actions else 0
+    steps = {
+        "rgb": np.stack([o.rgb for o in observations]),
+        "state": np.stack([o.state for o in observations]).astype(np.float32),
+        # No action is taken at the final frame: NaN says so (see masklam.data.schema).
+        "action": np.concatenate([np.stack(actions).astype(np.float32), np.full((1, action_dim), np.nan, np.float32)]) if actions else np.full((1, action_dim), np.nan, np.float32),
+        "reward": np.append(np.asarray(rewards, np.float32), np.float32(np.nan)),
+        "terminated": np.zeros(frames, dtype=bool),
+        "truncated": np.zeros(frames, dtype=bool),
+    }
+    steps["terminated"][-1] = terminated
+    steps["truncated"][-1] = truncated
+    for name in observations[0].distractor:
+        steps[name] = np.stack([np.asarray(o.distractor[name]) for o in observations])
+    return steps
+
+
+def rollout_episode(env: DistractingEnv, policy, seed: int, progress=None) -> tuple[dict[str, np.ndarray], np.ndarray, dict[str, Any]]:
+    """Run one episode; return per-frame steps, oracle masks and episode facts."""
+    env_seq, policy_seq = np.random.SeedSequence(seed).spawn(2)
+    observation = env.reset(int(env_seq.generate_state(1)[0]))
+    policy.reset(np.random.default_rng(policy_seq))
+    observations, actions, rewards = [observation], [], []
+    terminated = truncated = success = False
+    while not (terminated or truncated):
+        action = np.clip(policy.act(observation.state), env.action_low, env.action_high).astype(np.float32)
+        transition = env.step(action)
+        observation = transition.observation
+        observations.append(observation)
+        actions.append(action)
+        rewards.append(transition.reward)
+        terminated, truncated = transition.terminated, transition.truncated
+        success = success or bool(transition.info.get("success", False))
+        if progress is not None:
+            progress(1)
+    steps = _stack_steps(observations, actions, rewards, terminated, truncated)
+    masks = np.stack([o.mask for o in observations])
+    facts: dict[str, Any] = {"return": float(np.sum(rewards, dtype=np.float64))}
+    if env.spec.env_id.startswith("metaworld:"):
+        facts["success"] = success
+    return steps, masks, facts
+
+
+def split_into_records(split: str, episode: int, seed: int, labelled: bool, steps: dict[str, np.ndarray], masks: np.ndarray, facts: dict[str, Any], chunk_steps: int) -> list[Record]:
+    frames = len(masks)
+    transitions = frames - 1
+    length = chunk_steps or max(transitions, 1)
+    records = []
+    for chunk, start in enumerate(range(0, max(transitions, 1), length)):
+        stop = min(start + length, transitions) + 1  # chunks share their boundary frame
+        chunk_steps_arrays = {name: array[start:stop] for name, array in steps.items() if labelled or name != "action"}
+        meta = RecordMeta(
+            key=record_key(episode, chunk),
+            split=split,
+            episode=episode,
+            chunk=chunk,
+            start=start,
+            frames=stop - start,
+            episode_frames=frames,
+            seed=seed,
+            labelled=labelled,
+            episode_return=facts["return"],
+            extra={k: v for k, v in facts.items() if k != "return"},
+        )
+        records.append(Record(meta, chunk_steps_arrays, {ORACLE: masks[start:stop]}))
+    return records
+
+
+# --- writing shards -------------------------------------------------------------------------
+class ShardWriter:
+    """Owns the envs (one per split) and the policy of one process, and writes whole shards."""
+
+    def __init__(self, config: CollectConfig, root: Path) -> None:
+        self.config, self.root = config, root
+        self.backend = get_backend(config.backend)
+        self.labelled = labelled_train_episodes(config)
+        self._envs: dict[str, tuple[DistractingEnv, Any]] = {}
+
+    def env(self, split: str) -> tuple[DistractingEnv, Any]:
+        if split not in self._envs:
+            env = DistractingEnv(self.config.env, split)
+            policy = make_policy(self.config.policy, env)
+            if self.config.action_noise > 0:
+                policy = NoisyPolicy(policy, self.config.action_noise, env.action_low, env.action_high)
+            self._envs[split] = (env, policy)
+        return self._envs[split]
+
+    def is_done(self, plan: ShardPlan) -> bool:
+        return index_path(self.root, plan.split, plan.shard).is_file() and self.backend.has_shard(self.root, plan.split, plan.shard)
+
+    def write(self, plan: ShardPlan, progress=None) -> None:
+        env, policy = self.env(plan.split)
+        records, action_sum, action_sq, action_count = [], 0.0, 0.0, 0
+        for episode in plan.episodes:
+            seed = episode_seed(self.config.seed, plan.split, episode)
+            labelled = plan.split == "test" or episode in self.labelled
+            steps, masks, facts = rollout_episode(env, policy, seed, progress)
+            actions = steps["action"][:-1].astype(np.float64)
+            action_sum, action_sq, action_count = action_sum + actions.sum(0), action_sq + (actions**2).sum(0), action_count + len(actions)
+            records += split_into_records(plan.split, episode, seed, labelled, steps, masks, facts, self.config.chunk_steps)
+        self.backend.write_shard(self.root, plan.split, plan.shard, records, dataset_features(env, records[0]))
+        # Sums of every transition's true action (labelled or not) give the split's Var(a).
+        stats = {"action_count": action_count, "action_sum": np.asarray(action_sum).tolist(), "action_sq_sum": np.asarray(action_sq).tolist()}
+        stats["mask_coverage"] = float(np.mean([r.masks[ORACLE].mean() for r in records]))
+        write_index(self.root, plan.split, plan.shard, [r.meta for r in records], stats)
+
+    def close(self) -> None:
+        for env, _ in self._envs.values():
+            env.close()
+        self._envs.clear()
+
+
+def dataset_features(env: DistractingEnv, record: Record) -> dict[str, Feature]:
+    size = env.spec.render.size
+    action_dim = len(env.action_low)
+    state_dim = record.steps["state"].shape[1]
+    features = {
+        "rgb": Feature("uint8", (size, size, 3), "RGB frame with distractors"),
+        "state": Feature("float32", (state_dim,), "proprioceptive state: " + ", ".join(env.sim.state_names)),
+        "action": Feature("float32", (action_dim,), "action taken at this frame, clipped to the bounds; NaN at an episode's final frame; absent for unlabelled episodes"),
+        "reward": Feature("float32", (), "reward of the transition from this frame; NaN at an episode's final frame"),
+        "terminated": Feature("bool", (), "this frame is a terminal state"),
+        "truncated": Feature("bool", (), "this frame ends the episode by the time limit"),
+    }
+    features.update(env.distractor_features())
+    return features
+
+
+# --- processes ------------------------------------------------------------------------------
+_worker_writer: ShardWriter | None = None
+_worker_progress: Any = None
+
+
+def _init_worker(config: CollectConfig, root: Path, progress_queue) -> None:
+    # One llvmpipe thread per worker: processes, not threads, are what scale on few cores.
+    os.environ["LP_NUM_THREADS"] = "1"
+    global _worker_writer, _worker_progress
+    _worker_writer = ShardWriter(config, root)
+    _worker_progress = progress_queue
+
+
+def _worker_write(plan: ShardPlan) -> None:
+    pending = [0]
+
+    def report(frames: int) -> None:
+        pending[0] += frames
+        if pending[0] >= 25:
+            _worker_progress.put(pending[0])
+            pending[0] = 0
+
+    _worker_writer.write(plan, report)
+    _worker_progress.put(pending[0])
+
+
+def rank_and_world_size(rank: int | None, world_size: int | None) -> tuple[int, int]:
+    """From the flags, else torchrun's RANK/WORLD_SIZE, else a Slurm array, else (0, 1)."""
+    env = os.environ
+    if world_size is None:
+        if "WORLD_SIZE" in env:
+            rank, world_size = int(env.get("RANK", 0)) if rank is None else rank, int(env["WORLD_SIZE"])
+        elif "SLURM_ARRAY_TASK_COUNT" in env:
+            first = int(env.get("SLURM_ARRAY_TASK_MIN", 0))
+            rank, world_size = int(env["SLURM_ARRAY_TASK_ID"]) - first if rank is None else rank, int(env["SLURM_ARRAY_TASK_COUNT"])
+    rank, world_size = rank or 0, world_size or 1
+    if not 0 <= rank < world_size:
+        raise UsageError(f"rank {rank} is outside world size {world_size}: ranks go from 0 to world size - 1")
+    return rank, world_size
+
+
+# --- the command ----------------------------------------------------------------------------
+def prepare_output(root: Path, config: CollectConfig, overwrite: bool) -> None:
+    """Refuse a folder made by another command; resume one made by this one; never damage on error."""
+    identity = config.identity()
+    if root.exists() and not root.is_dir():
+        raise UsageError(f"output {root} is a file: pass a folder path to --out")
+    if root.is_dir() and any(root.iterdir()):
+        existing = _read_identity(root)
+        if existing != identity:
+            if not overwrite:
+                differs = _describe_difference(existing, identity)
+                raise UsageError(f"output {root} is not empty and was not made by this command ({differs}): use another --out, or --overwrite to replace it")
+            for child in root.iterdir():
+                shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        probe = root / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise UsageError(f"cannot write to output {root} ({error.strerror}): choose a writable --out folder") from None
+    if _read_identity(root) != identity:
+        atomic_write_json(root / CONFIG_FILE, {"config": identity, "command": _command_line(), "masklam_version": masklam.__version__})
+
+
+def _read_identity(root: Path) -> dict | None:
+    import json
+
+    try:
+        return json.loads((root / CONFIG_FILE).read_text())["config"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _describe_difference(existing: dict | None, identity: dict) -> str:
+    if existing is None:
+        return f"it has no {CONFIG_FILE}"
+    keys = sorted(k for k in set(existing) | set(identity) if existing.get(k) != identity.get(k))
+    return "differs in " + ", ".join(f"{k}: {existing.get(k)!r} -> {identity.get(k)!r}" for k in keys[:3])
+
+
+def _command_line() -> str:
+    return shlex.join(["masklam", *sys.argv[1:]]) if sys.argv and sys.argv[0].endswith("masklam") else shlex.join(sys.argv)
+
+
+def collect(config: CollectConfig, root: Path, workers: int = 1, overwrite: bool = False, rank: int | None = None, world_size: int | None = None, show_progress: bool = True) -> bool:
+    """Write every shard of this rank; write info.json once all ranks' shards exist. Returns whether the dataset is complete."""
+    root = Path(root)
+    rank, world_size = rank_and_world_size(rank, world_size)
+    if workers < 1:
+        raise UsageError(f"--workers {workers}: use 1 or more worker processes")
+    # Build one env and the policy before touching the output: bad envs, videos or checkpoints fail here.
+    validator = ShardWriter(config, root)
+    validator.env("train")
+    if config.test_episodes:
+        validator.env("test")
+    prepare_output(root, config, overwrite)
+
+    plans = plan_shards(config)
+    todo = [p for i, p in enumerate(plans) if i % world_size == rank and not validator.is_done(p)]
+    max_frames = validator.env("train")[0].max_steps + 1
+    total = sum(len(p.episodes) for p in todo) * max_frames
+    with tqdm(total=total, unit="frame", desc=f"collect {config.env.env_id}", disable=not show_progress or None, smoothing=0.1) as bar:
+        if workers == 1 or len(todo) <= 1:
+            for plan in todo:
+                validator.write(plan, bar.update)
+        else:
+            validator.close()
+            _write_in_pool(config, root, todo, workers, bar)
+    validator.close()
+    if all(ShardWriter(config, root).is_done(p) for p in plans):
+        write_info(root, config, plans)
+        return True
+    return False
+
+
+def _write_in_pool(config: CollectConfig, root: Path, todo: list[ShardPlan], workers: int, bar: tqdm) -> None:
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    context = multiprocessing.get_context("spawn")  # a GL context does not survive fork
+    progress_queue = context.Queue()
+    with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=context, initializer=_init_worker, initargs=(config, root, progress_queue)) as pool:
+        pending = {pool.submit(_worker_write, plan) for plan in todo}
+        while pending:
+            done, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+            for future in done:
+                future.result()  # re-raise a worker's error here
+            try:
+                while True:
+                    bar.update(progress_queue.get_nowait())
+            except queue.Empty:
+                pass
+
+
+def write_info(root: Path, config: CollectConfig, plans: list[ShardPlan]) -> dict:
+    """Summarise the finished shards into info.json (the last file written: its presence means complete)."""
+    env = DistractingEnv(config.env, "train")
+    try:
+        features = dataset_features(env, _probe_record(env))
+        fps = env.sim.fps
+        action_low, action_high = env.action_low, env.action_high
+        state_names = env.sim.state_names
+    finally:
+        env.close()
+
+    splits, count, action_sum, action_sq = {}, 0, 0.0, 0.0
+    coverage = []
+    for split in SPLITS:
+        shard_files = [read_json(index_path(root, p.split, p.shard), "re-run the same masklam collect command") for p in plans if p.split == split]
+        records = [RecordMeta.from_json(r) for f in shard_files for r in f["records"]]
+        episodes = {r.episode: r for r in records}
+        splits[split] = {
+            "shards": len(shard_files),
+            "episodes": len(episodes),
+            "records": len(records),
+            "frames": sum(r.episode_frames for r in episodes.values()),
+            "labelled_episodes": sum(r.labelled for r in episodes.values()),
+            "mean_return": float(np.mean([r.episode_return for r in episodes.values()])) if episodes else None,
+        }
+        coverage += [f["mask_coverage"] for f in shard_files]
+        if split == "train":
+            count = sum(f["action_count"] for f in shard_files)
+            action_sum = np.sum([f["action_sum"] for f in shard_files], axis=0)
+            action_sq = np.sum([f["action_sq_sum"] for f in shard_files], axis=0)
+    mean = action_sum / max(count, 1)
+    var = np.maximum(action_sq / max(count, 1) - mean**2, 0.0)
+    info = {
+        "schema_version": SCHEMA_VERSION,
+        "masklam_version": masklam.__version__,
+        "backend": config.backend,
+        "env": config.env.to_json(),
+        "fps": fps,
+        "features": {name: f.to_json() for name, f in features.items()},
+        "state_names": state_names,
+        "action_bounds": {"low": action_low.tolist(), "high": action_high.tolist()},
+        "action_stats": {
+            "split": "train",
+            "transitions": int(count),
+            "mean": np.asarray(mean).round(8).tolist(),
+            "var": np.asarray(var).round(8).tolist(),
+            "var_mean": float(np.round(np.mean(var), 8)),
+            "note": "over every train transition's true action, labelled or not; the probe's Var(a) is the mean of var",
+        },
+        "mask_sources": {ORACLE: {"kind": "oracle", "description": "simulator segmentation of the agent's geoms", "coverage": float(np.round(np.mean(coverage), 6))}},
+        "splits": splits,
+        "collect": {"config": config.identity(), "command": _read_command(root)},
+    }
+    atomic_write_json(root / INFO_FILE, info)
+    return info
+
+
+def _probe_record(env: DistractingEnv) -> Record:
+    observation = env.reset(0)
+    steps = _stack_steps([observation], [], [], False, False)
+    return Record(RecordMeta("probe", "train", 0, 0, 0, 1, 1, 0, True, 0.0), steps)
+
+
+def _read_command(root: Path) -> str:
+    import json
+
+    return json.loads((root / CONFIG_FILE).read_text())["command"]

@@ -1,0 +1,184 @@
+"""Reading a dataset folder (see masklam.data.schema for its layout), whatever backend stored it."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from masklam.data.backend import Backend
+from masklam.data.schema import ORACLE, SCHEMA_VERSION, Record, RecordMeta, atomic_write_json, shard_name
+from masklam.data.storage import tree_bytes, writer_command
+from masklam.data.webdataset_backend import WebDatasetBackend
+from masklam.data.zarr_backend import ZarrBackend
+from masklam.errors import UsageError
+
+BACKENDS: dict[str, Backend] = {"webdataset": WebDatasetBackend(), "zarr": ZarrBackend()}
+INFO = "info.json"
+
+
+def get_backend(name: str) -> Backend:
+    if name not in BACKENDS:
+        raise UsageError(f"unknown storage backend {name!r}: choose one of {', '.join(sorted(BACKENDS))}")
+    return BACKENDS[name]
+
+
+def index_path(root: Path, split: str, shard: int) -> Path:
+    return root / "index" / split / f"{shard_name(shard)}.json"
+
+
+def write_index(root: Path, split: str, shard: int, records_meta: list[RecordMeta], extra: dict[str, Any]) -> None:
+    """Write a finished shard's index file (after the backend's write_shard): its records' metadata and ``extra``."""
+    own = {"shard": shard, "split": split, "records": [meta.to_json() for meta in records_meta]}
+    if own.keys() & extra.keys():
+        raise ValueError(f"extra must not set {sorted(own.keys() & extra.keys())}: write_index sets them")
+    atomic_write_json(index_path(root, split, shard), {**extra, **own})
+
+
+def read_json(path: Path, what: str) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UsageError(f"{path} is missing: {what}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UsageError(f"{path} is unreadable ({e}): {what}") from None
+
+
+def join_chunks(chunks: list[Record]) -> Record:
+    """One episode from its chunks in order: each chunk's last frame is the next chunk's first, kept once.
+
+    The later copy is kept: its action and reward belong to a transition inside that chunk.
+    """
+
+    def join(arrays: list[np.ndarray]) -> np.ndarray:
+        return np.concatenate([array[:-1] for array in arrays[:-1]] + arrays[-1:])
+
+    steps = {name: join([chunk.steps[name] for chunk in chunks]) for name in chunks[-1].steps}
+    masks = {source: join([chunk.masks[source] for chunk in chunks]) for source in chunks[-1].masks}
+    return Record(dataclasses.replace(chunks[0].meta, frames=chunks[0].meta.episode_frames), steps, masks)
+
+
+@dataclass
+class Dataset:
+    root: Path
+    info: dict[str, Any]
+    backend: Backend
+
+    def _check_split(self, split: str) -> None:
+        if split not in self.info["splits"]:
+            raise UsageError(f"{self.root} has no split {split!r}: choose one of {', '.join(self.info['splits'])}")
+
+    def shards(self, split: str) -> list[int]:
+        """The split's shard numbers, checked against the count info.json gives."""
+        self._check_split(split)
+        folder = self.root / "index" / split
+        names = sorted(folder.glob("shard-*.json")) if folder.is_dir() else []
+        shards = [int(path.stem.removeprefix("shard-")) for path in names]
+        expected = self.info["splits"][split]["shards"]
+        if len(shards) != expected:
+            raise UsageError(
+                f"{folder} holds {len(shards)} shard index files, {self.root / INFO} says {expected}: "
+                f"the dataset is incomplete; {writer_command()} to finish it"
+            )
+        return shards
+
+    def shard_index(self, split: str, shard: int) -> list[RecordMeta]:
+        path = index_path(self.root, split, shard)
+        index = read_json(path, f"the dataset is incomplete; {writer_command()} to finish it")
+        try:
+            return [RecordMeta.from_json(meta) for meta in index["records"]]
+        except (KeyError, TypeError) as e:
+            raise UsageError(f"{path} is corrupt ({e!r}): {writer_command()} to rewrite it") from None
+
+    def index(self, split: str) -> list[RecordMeta]:
+        return [meta for shard in self.shards(split) for meta in self.shard_index(split, shard)]
+
+    def records(
+        self, split: str, mask_sources: Sequence[str] = (ORACLE,), fields: Sequence[str] | None = None
+    ) -> Iterator[Record]:
+        """All records of a split, shard by shard, in the order written."""
+        unknown = sorted(set(fields or ()) - set(self.info["features"]))
+        if unknown:
+            raise UsageError(f"unknown fields {unknown}: the features are {', '.join(sorted(self.info['features']))}")
+        for shard in self.shards(split):
+            yield from self._shard_records(split, shard, mask_sources, fields)
+
+    def _shard_records(
+        self, split: str, shard: int, mask_sources: Sequence[str], fields: Sequence[str] | None
+    ) -> Iterator[Record]:
+        """A shard's records, checked against its index: a shard cut short shows as missing records."""
+        expected = [meta.key for meta in self.shard_index(split, shard)]
+        found = []
+        for record in self.backend.read_shard(self.root, split, shard, mask_sources, fields):
+            found.append(record.key)
+            if found != expected[: len(found)]:
+                break
+            yield record
+        if found != expected:
+            raise UsageError(
+                f"shard {shard} of split {split!r} in {self.root} holds records {found[:3]}... "
+                f"({len(found)}), its index {expected[:3]}... ({len(expected)}): the shard is damaged; "
+                f"{writer_command()} to rewrite it"
+            )
+
+    def episode(self, split: str, episode: int, mask_sources: Sequence[str] = (ORACLE,)) -> Record:
+        """One whole episode, its chunks joined back together."""
+        wanted: dict[int, set[str]] = {}  # shard -> keys of the episode's chunks
+        metas: list[RecordMeta] = []
+        for shard in self.shards(split):
+            for meta in self.shard_index(split, shard):
+                if meta.episode == episode:
+                    wanted.setdefault(shard, set()).add(meta.key)
+                    metas.append(meta)
+        if not metas:
+            raise UsageError(f"split {split!r} of {self.root} has no episode {episode}")
+        metas.sort(key=lambda meta: meta.chunk)
+        starts = [0]
+        for meta in metas[:-1]:
+            starts.append(starts[-1] + meta.frames - 1)  # each chunk's last frame is the next chunk's first
+        complete = (
+            [meta.chunk for meta in metas] == list(range(len(metas)))
+            and [meta.start for meta in metas] == starts
+            and metas[-1].start + metas[-1].frames == metas[0].episode_frames
+        )
+        if not complete:
+            raise UsageError(
+                f"episode {episode} of split {split!r} in {self.root} is incomplete: its chunks cover frames "
+                f"{[(m.start, m.start + m.frames) for m in metas]} of {metas[0].episode_frames}; "
+                f"{writer_command()} to rewrite it"
+            )
+        chunks = {
+            record.key: record
+            for shard, keys in wanted.items()
+            for record in self._shard_records(split, shard, mask_sources, None)
+            if record.key in keys
+        }
+        return join_chunks([chunks[meta.key] for meta in metas])
+
+    def bytes_on_disk(self) -> int:
+        return tree_bytes(self.root)
+
+
+def open_dataset(path: str | Path) -> Dataset:
+    root = Path(path)
+    if not root.is_dir():
+        raise UsageError(f"no dataset folder at {root}: check the path, or make one with `masklam collect`")
+    info = read_json(
+        root / INFO,
+        f"{root} is not a finished masklam dataset; {writer_command()} that made it (see {root / 'collect.json'})",
+    )
+    version = info.get("schema_version") if isinstance(info, dict) else None
+    if version != SCHEMA_VERSION:
+        raise UsageError(
+            f"{root / INFO} has schema_version {version!r}, this masklam reads {SCHEMA_VERSION}: "
+            "use the masklam version that wrote it, or re-collect the dataset with this one"
+        )
+    for key in ("backend", "splits", "features"):
+        if key not in info:
+            raise UsageError(f"{root / INFO} lacks {key!r}: it is corrupt; {writer_command()} to rewrite it")
+    return Dataset(root, info, get_backend(info["backend"]))

@@ -1,0 +1,150 @@
+"""What the storage backends share: checking records before writing, atomic files, error messages."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+
+from masklam.data.schema import MASK_SOURCE_RE, ORACLE, Feature, Record, RecordMeta, dumps_json
+from masklam.errors import UsageError
+
+# Keys and feature names become file and array names: no dots (WebDataset splits names at the first dot).
+RECORD_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+FEATURE_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_]*$")
+# The zarr backend keeps masks in data/mask, next to the features.
+RESERVED_FEATURE_NAMES = frozenset({"mask"})
+
+
+def check_records(records: list[Record], split: str, features: dict[str, Feature]) -> list[str]:
+    """Check records against the features before writing a shard; return the mask sources they carry.
+
+    Bad records are a bug in the caller, not user input, hence ValueError.
+    """
+    if not records:
+        raise ValueError("a shard needs at least one record")
+    for name in features:
+        if not FEATURE_NAME_RE.match(name) or name in RESERVED_FEATURE_NAMES:
+            raise ValueError(f"feature name {name!r} must match {FEATURE_NAME_RE.pattern} and not be 'mask'")
+    keys = [record.key for record in records]
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"record keys repeat within the shard: {keys}")
+    sources = sorted(records[0].masks)
+    for record in records:
+        meta = record.meta
+        if not RECORD_KEY_RE.match(meta.key):
+            raise ValueError(f"record key {meta.key!r} must match {RECORD_KEY_RE.pattern}")
+        if meta.split != split:
+            raise ValueError(f"record {meta.key} belongs to split {meta.split!r}, not {split!r}")
+        dumps_json(meta.to_json())  # raises if the metadata is not plain JSON (e.g. numpy scalars in extra)
+        expected = {name for name in features if name != "action" or meta.labelled}
+        if set(record.steps) != expected:
+            raise ValueError(
+                f"record {meta.key} (labelled={meta.labelled}) has step arrays {sorted(record.steps)}, "
+                f"expected {sorted(expected)}"
+            )
+        for name, array in record.steps.items():
+            feature = features[name]
+            shape = (meta.frames, *feature.shape)
+            if array.dtype != np.dtype(feature.dtype) or array.shape != shape:
+                raise ValueError(
+                    f"record {meta.key}: {name} is {array.dtype}{list(array.shape)}, "
+                    f"expected {feature.dtype}{list(shape)}"
+                )
+        if sorted(record.masks) != sources:
+            raise ValueError(f"record {meta.key} carries masks {sorted(record.masks)}, the first record {sources}")
+    for source in sources:
+        check_masks(source, {record.key: record.masks[source] for record in records}, [r.meta for r in records])
+    return sources
+
+
+def check_masks(source: str, masks: dict[str, np.ndarray], metas: list[RecordMeta]) -> None:
+    """Check one source's masks: one (frames, H, W) uint8 0/1 array per record of the shard, all H, W alike."""
+    if not MASK_SOURCE_RE.match(source):
+        raise ValueError(f"mask source {source!r} must match {MASK_SOURCE_RE.pattern}")
+    keys = {meta.key for meta in metas}
+    if set(masks) != keys:
+        raise ValueError(
+            f"'{source}' masks must cover exactly the shard's records: "
+            f"missing {sorted(keys - set(masks))}, unknown {sorted(set(masks) - keys)}"
+        )
+    image_shapes = set()
+    for meta in metas:
+        mask = masks[meta.key]
+        if mask.dtype != np.uint8 or mask.ndim != 3 or mask.shape[0] != meta.frames:
+            raise ValueError(
+                f"'{source}' mask of {meta.key} is {mask.dtype}{list(mask.shape)}, expected uint8 [{meta.frames}, H, W]"
+            )
+        if mask.size and mask.max() > 1:
+            raise ValueError(f"'{source}' mask of {meta.key} holds values above 1: masks are 0/1")
+        image_shapes.add(mask.shape[1:])
+    if len(image_shapes) > 1:
+        raise ValueError(f"'{source}' masks of one shard differ in size: {sorted(image_shapes)}")
+
+
+def step_or_nan(record: Record, name: str, feature: Feature) -> np.ndarray:
+    """The record's step array ``name``, or NaN for the action an unlabelled record lacks."""
+    if name in record.steps:
+        return record.steps[name]
+    return np.full((record.meta.frames, *feature.shape), np.nan, feature.dtype)
+
+
+def drop_unlabelled_action(record_steps: dict[str, np.ndarray], meta: RecordMeta) -> dict[str, np.ndarray]:
+    """Readers return no action for an unlabelled record: the stored NaN placeholder is not a label."""
+    if not meta.labelled:
+        record_steps.pop("action", None)
+    return record_steps
+
+
+@contextmanager
+def atomic_file(path: Path) -> Iterator[BinaryIO]:
+    """Open a temp file next to ``path``; on success fsync it and rename it onto ``path``, else delete it.
+
+    Readers see the old file or the complete new one, never a partial file.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def tree_bytes(path: Path) -> int:
+    """Bytes of the files under ``path`` (or of ``path`` itself); 0 when it does not exist."""
+    if path.is_file():
+        return path.stat().st_size
+    return sum((Path(folder) / name).stat().st_size for folder, _, names in os.walk(path) for name in names)
+
+
+def writer_command(source: str = ORACLE) -> str:
+    """The command that writes frames and oracle masks (collect), or another mask source."""
+    if source == ORACLE:
+        return "re-run the same `masklam collect` command"
+    return f"re-run the command that added the '{source}' masks"
+
+
+def corrupt_error(path: Path, problem: str, source: str = ORACLE) -> UsageError:
+    return UsageError(
+        f"{path} is corrupt or incomplete ({problem}): {writer_command(source)} to rewrite it, or delete it"
+    )
+
+
+def missing_shard_error(path: Path) -> UsageError:
+    return UsageError(f"{path} does not exist: the shard was never written; {writer_command()} to write it")
+
+
+def missing_masks_error(path: Path, source: str, stored: list[str]) -> UsageError:
+    return UsageError(
+        f"{path} does not exist: this shard has no '{source}' masks (it has {stored or 'none'}); "
+        f"ask only for stored sources, or {writer_command(source)} to write them"
+    )

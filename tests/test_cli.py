@@ -1,0 +1,94 @@
+"""The command line: bad input is one line on stderr, exit code 2, and nothing written."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ENV = ["--env", "dmc:cheetah-run", "--size", "32", "--steps", "5", "--episodes", "1", "--test-episodes", "1", "--no-progress"]
+
+
+def masklam(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "masklam.cli", *args], capture_output=True, text=True, timeout=300)
+
+
+def davis(root: Path, train: str, val: str | None) -> Path:
+    for name in ("bear", "camel"):
+        clip = root / "JPEGImages" / "480p" / name
+        clip.mkdir(parents=True)
+        from PIL import Image
+
+        Image.new("RGB", (8, 8), (10, 20, 30)).save(clip / "00000.jpg")
+    sets = root / "ImageSets" / "2017"
+    sets.mkdir(parents=True)
+    (sets / "train.txt").write_text(train)
+    if val is not None:
+        (sets / "val.txt").write_text(val)
+    return root
+
+
+BAD_INPUTS = {
+    "unknown env": (["--env", "dmc:cheetah-fly"], "unknown env"),
+    "unknown preset": (["--distractors", "medium"], "unknown distractor preset"),
+    "impossible size": (["--size", "4"], "image size"),
+    "missing video folder": (["--distractors", "low", "--videos", "{tmp}/no-such-folder"], "does not exist"),
+    "empty video folder": (["--distractors", "low", "--videos", "{tmp}/empty"], "no"),
+    "malformed DAVIS split": (["--distractors", "low", "--videos", "{tmp}/davis"], "val.txt"),
+    "unknown DAVIS video": (["--distractors", "low", "--videos", "{tmp}/davis2"], "zebra"),
+    "missing checkpoint": (["--policy", "{tmp}/missing.pt"], "does not exist"),
+    "corrupt checkpoint": (["--policy", "{tmp}/corrupt.pt"], "corrupt"),
+    "no DMC expert yet": (["--policy", "expert"], "no expert policy"),
+    "unknown backend": (["--backend", "hdf5"], "hdf5"),
+    "both label options": (["--labelled-episodes", "1", "--label-fraction", "0.5"], "only one"),
+    "unwritable output": (["--out", "{tmp}/a-file/data"], "cannot write"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_collect_input_fails_cleanly(tmp_path, case):
+    (tmp_path / "empty").mkdir()
+    davis(tmp_path / "davis", "bear\n", None)
+    davis(tmp_path / "davis2", "bear\n", "zebra\n")
+    (tmp_path / "corrupt.pt").write_bytes(b"not a checkpoint")
+    (tmp_path / "a-file").write_text("x")
+    extra, message = BAD_INPUTS[case]
+    extra = [a.replace("{tmp}", str(tmp_path)) for a in extra]
+    out = tmp_path / "out"
+    args = ["collect", *ENV, "--out", str(out), *extra]
+    before = sorted(p.name for p in tmp_path.iterdir())
+    result = masklam(*args)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written
+
+
+def test_info_and_view_on_missing_dataset_fail_cleanly(tmp_path):
+    for args in (["info", str(tmp_path / "nothing")], ["view", str(tmp_path / "nothing"), "--out", str(tmp_path / "v.png")]):
+        result = masklam(*args)
+        assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+@pytest.mark.parametrize("backend", ["webdataset", "zarr"])
+def test_collect_info_view(tmp_path, backend):
+    out = tmp_path / "data"
+    result = masklam("collect", *ENV, "--distractors", "hard", "--backend", backend, "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    info = masklam("info", str(out))
+    assert info.returncode == 0 and "dmc:cheetah-run" in info.stdout and "oracle" in info.stdout and "train" in info.stdout
+    assert "background, camera 0.1, colour 0.1" in info.stdout
+    for name in ("grid.png", "anim.gif"):
+        shown = masklam("view", str(out), "--out", str(tmp_path / name), "--episodes", "1", "--frames", "3")
+        assert shown.returncode == 0, shown.stderr
+        from PIL import Image
+
+        with Image.open(tmp_path / name) as picture:
+            if name.endswith(".png"):
+                assert picture.size == (3 * 128, 2 * 128)  # 3 frames, frame above overlay, upscaled to 128 px cells
+            else:
+                assert picture.size == (128, 2 * 128) and picture.n_frames == 6  # every frame of a 5-step episode
+    bad = masklam("view", str(out), "--out", str(tmp_path / "v.png"), "--mask-source", "sam_vit_h")
+    assert bad.returncode == 2 and "oracle" in bad.stderr
