@@ -5,8 +5,11 @@ actions and render each frame in colour and as segmentation with mujoco.Renderer
 size and visual settings, keeping nothing. `masklam collect` does that plus distractors,
 agent masks, episode bookkeeping and writing shards.
 
-    python benchmarks/collect.py --env dmc:cheetah-run --frames 4000
+    python benchmarks/collect.py --env dmc:cheetah-run --frames 16000
 
+The bare loop runs before and after the collect runs; their mean is the baseline (their spread
+shows how much the machine drifted). Collect rates are end to end, start-up included (spawning
+workers and building their environments, about 2 s); the start-up alone is reported too.
 Prints a markdown table for docs/performance.md.
 """
 
@@ -75,17 +78,26 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--env", default="dmc:cheetah-run")
     parser.add_argument("--size", type=int, default=64)
-    parser.add_argument("--frames", type=int, default=4000)
+    parser.add_argument("--frames", type=int, default=16000)
     parser.add_argument("--episode-steps", type=int, default=250)
     parser.add_argument("--backend", default="webdataset")
     args = parser.parse_args()
 
-    bare = bare_loop(args.env, args.size, args.frames, args.episode_steps)
-    rows = [("bare loop (step + RGB + segmentation render)", 1, bare)]
+    bare_frames = args.frames // 2
+    bare_before = bare_loop(args.env, args.size, bare_frames, args.episode_steps)
+    runs = []
     for preset in ("none", "low"):
         for workers in (1, 2):
             rate = collect_rate(args.env, args.size, args.frames, args.episode_steps, preset, args.backend, workers)
-            rows.append((f"masklam collect --distractors {preset} --backend {args.backend}", workers, rate))
+            runs.append((f"masklam collect --distractors {preset} --backend {args.backend}", workers, rate))
+    bare_after = bare_loop(args.env, args.size, bare_frames, args.episode_steps)
+    bare = (bare_before + bare_after) / 2
+    rows = [(f"bare loop (step + RGB + segmentation render; {bare_before:.0f} before, {bare_after:.0f} after)", 1, bare), *runs]
+    startup = {}
+    for workers in (1, 2):
+        start = time.perf_counter()
+        collect_rate(args.env, args.size, 2 * workers, 1, "none", args.backend, workers)
+        startup[workers] = time.perf_counter() - start
 
     print(f"{args.env}, {args.size} px, {args.frames} frames, episodes of {args.episode_steps} steps; {os.cpu_count()} cores, {platform.processor() or platform.machine()}")
     print()
@@ -93,6 +105,8 @@ def main() -> None:
     print("|---|---|---|---|")
     for name, workers, rate in rows:
         print(f"| {name} | {workers} | {rate:.0f} | {rate / bare:.2f} |")
+    print()
+    print("start-up (a collect of 1-step episodes): " + ", ".join(f"{w} worker(s) {t:.1f} s" for w, t in startup.items()))
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ import numpy as np
 from tqdm import tqdm
 
 import masklam
+from masklam.atomic import atomic_write_json
 from masklam.data.dataset import get_backend, index_path, read_json, write_index
 from masklam.data.schema import (
     ORACLE,
@@ -31,7 +32,6 @@ from masklam.data.schema import (
     Feature,
     Record,
     RecordMeta,
-    atomic_write_json,
     record_key,
 )
 from masklam.envs.env import DistractingEnv, Observation
@@ -221,7 +221,7 @@ class ShardWriter:
             actions = steps["action"][:-1].astype(np.float64)
             action_sum, action_sq, action_count = action_sum + actions.sum(0), action_sq + (actions**2).sum(0), action_count + len(actions)
             records += split_into_records(plan.split, episode, seed, labelled, steps, masks, facts, self.config.chunk_steps)
-        self.backend.write_shard(self.root, plan.split, plan.shard, records, dataset_features(env, records[0]))
+        self.backend.write_shard(self.root, plan.split, plan.shard, records, dataset_features(env, records[0].steps["state"].shape[1]))
         # Sums of every transition's true action (labelled or not) give the split's Var(a).
         stats = {"action_count": action_count, "action_sum": np.asarray(action_sum).tolist(), "action_sq_sum": np.asarray(action_sq).tolist()}
         stats["mask_coverage"] = float(np.mean([r.masks[ORACLE].mean() for r in records]))
@@ -233,10 +233,9 @@ class ShardWriter:
         self._envs.clear()
 
 
-def dataset_features(env: DistractingEnv, record: Record) -> dict[str, Feature]:
+def dataset_features(env: DistractingEnv, state_dim: int) -> dict[str, Feature]:
     size = env.spec.render.size
     action_dim = len(env.action_low)
-    state_dim = record.steps["state"].shape[1]
     features = {
         "rgb": Feature("uint8", (size, size, 3), "RGB frame with distractors"),
         "state": Feature("float32", (state_dim,), "proprioceptive state: " + ", ".join(env.sim.state_names)),
@@ -343,14 +342,15 @@ def collect(config: CollectConfig, root: Path, workers: int = 1, overwrite: bool
         raise UsageError(f"--workers {workers}: use 1 or more worker processes")
     # Build one env and the policy before touching the output: bad envs, videos or checkpoints fail here.
     validator = ShardWriter(config, root)
-    validator.env("train")
+    train_env, _ = validator.env("train")
     if config.test_episodes:
         validator.env("test")
     prepare_output(root, config, overwrite)
+    summary = EnvSummary.of(train_env)
 
     plans = plan_shards(config)
     todo = [p for i, p in enumerate(plans) if i % world_size == rank and not validator.is_done(p)]
-    max_frames = validator.env("train")[0].max_steps + 1
+    max_frames = train_env.max_steps + 1
     total = sum(len(p.episodes) for p in todo) * max_frames
     with tqdm(total=total, unit="frame", desc=f"collect {config.env.env_id}", disable=not show_progress or None, smoothing=0.1) as bar:
         if workers == 1 or len(todo) <= 1:
@@ -361,7 +361,7 @@ def collect(config: CollectConfig, root: Path, workers: int = 1, overwrite: bool
             _write_in_pool(config, root, todo, workers, bar)
     validator.close()
     if all(ShardWriter(config, root).is_done(p) for p in plans):
-        write_info(root, config, plans)
+        write_info(root, config, plans, summary)
         return True
     return False
 
@@ -384,17 +384,24 @@ def _write_in_pool(config: CollectConfig, root: Path, todo: list[ShardPlan], wor
                 pass
 
 
-def write_info(root: Path, config: CollectConfig, plans: list[ShardPlan]) -> dict:
-    """Summarise the finished shards into info.json (the last file written: its presence means complete)."""
-    env = DistractingEnv(config.env, "train")
-    try:
-        features = dataset_features(env, _probe_record(env))
-        fps = env.sim.fps
-        action_low, action_high = env.action_low, env.action_high
-        state_names = env.sim.state_names
-    finally:
-        env.close()
+@dataclass(frozen=True)
+class EnvSummary:
+    """What info.json says about the environment, taken from an env before it is closed."""
 
+    features: dict[str, Feature]
+    fps: float
+    action_low: list[float]
+    action_high: list[float]
+    state_names: list[str]
+
+    @classmethod
+    def of(cls, env: DistractingEnv) -> EnvSummary:
+        state_dim = int(env.reset(0).state.shape[0])
+        return cls(dataset_features(env, state_dim), env.sim.fps, env.action_low.tolist(), env.action_high.tolist(), list(env.sim.state_names))
+
+
+def write_info(root: Path, config: CollectConfig, plans: list[ShardPlan], env: EnvSummary) -> dict:
+    """Summarise the finished shards into info.json (the last file written: its presence means complete)."""
     splits, count, action_sum, action_sq = {}, 0, 0.0, 0.0
     coverage = []
     for split in SPLITS:
@@ -421,10 +428,10 @@ def write_info(root: Path, config: CollectConfig, plans: list[ShardPlan]) -> dic
         "masklam_version": masklam.__version__,
         "backend": config.backend,
         "env": config.env.to_json(),
-        "fps": fps,
-        "features": {name: f.to_json() for name, f in features.items()},
-        "state_names": state_names,
-        "action_bounds": {"low": action_low.tolist(), "high": action_high.tolist()},
+        "fps": env.fps,
+        "features": {name: f.to_json() for name, f in env.features.items()},
+        "state_names": env.state_names,
+        "action_bounds": {"low": env.action_low, "high": env.action_high},
         "action_stats": {
             "split": "train",
             "transitions": int(count),
@@ -439,12 +446,6 @@ def write_info(root: Path, config: CollectConfig, plans: list[ShardPlan]) -> dic
     }
     atomic_write_json(root / INFO_FILE, info)
     return info
-
-
-def _probe_record(env: DistractingEnv) -> Record:
-    observation = env.reset(0)
-    steps = _stack_steps([observation], [], [], False, False)
-    return Record(RecordMeta("probe", "train", 0, 0, 0, 1, 1, 0, True, 0.0), steps)
 
 
 def _read_command(root: Path) -> str:

@@ -14,7 +14,10 @@ entry per frame: a record of ``n`` frames holds ``n - 1`` transitions. Entry ``i
 ``o_i`` and the action ``a_i`` taken at it, the reward of that transition, and flags saying
 whether ``o_i`` is terminal / the last frame of a truncated episode. The final frame of an
 episode has no action: its action and reward are NaN. Consecutive chunks of one episode
-share their boundary frame, so no transition is lost between chunks.
+share their boundary frame, so no transition is lost between chunks; in a chunk that does not end
+the episode, the last entry holds the real action and reward of that frame (the transition itself
+lives in the next chunk). Unlabelled episodes store NaN actions, and readers return no "action"
+for them, so every record has the same fields on disk.
 
 Masks are stored per named *source* ("oracle" from the simulator, later "sam_vit_h" and
 others), apart from the frames, so a new source is added without rewriting frames.
@@ -24,14 +27,12 @@ Masks are uint8 arrays of 0/1 with shape (n, H, W), stored losslessly.
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 
 SCHEMA_VERSION = 1
 SPLITS = ("train", "test")
@@ -100,23 +101,3 @@ def record_key(episode: int, chunk: int) -> str:
 
 def shard_name(shard: int) -> str:
     return f"shard-{shard:06d}"
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write a file so that readers see either the old file or the complete new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def dumps_json(obj: Any) -> bytes:
-    """Canonical JSON: the same object always gives the same bytes."""
-    return (json.dumps(obj, indent=1, sort_keys=True, allow_nan=False) + "\n").encode()
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, dumps_json(obj))

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 
-from masklam.data.schema import MASK_SOURCE_RE, ORACLE, Feature, Record, RecordMeta, dumps_json
+from masklam.atomic import dumps_json
+from masklam.data.schema import MASK_SOURCE_RE, ORACLE, Feature, Record, RecordMeta
 from masklam.errors import UsageError
 
 # Keys and feature names become file and array names: no dots (WebDataset splits names at the first dot).
@@ -99,24 +97,6 @@ def drop_unlabelled_action(record_steps: dict[str, np.ndarray], meta: RecordMeta
     if not meta.labelled:
         record_steps.pop("action", None)
     return record_steps
-
-
-@contextmanager
-def atomic_file(path: Path) -> Iterator[BinaryIO]:
-    """Open a temp file next to ``path``; on success fsync it and rename it onto ``path``, else delete it.
-
-    Readers see the old file or the complete new one, never a partial file.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def tree_bytes(path: Path) -> int:

@@ -8,10 +8,10 @@ import numpy as np
 from PIL import Image
 
 from masklam.data.dataset import Dataset
-from masklam.data.schema import atomic_write_bytes
+from masklam.atomic import atomic_write_bytes
 from masklam.errors import UsageError
 
-MASK_COLOUR = np.array([255, 40, 200], dtype=np.float32)
+MASK_COLOUR = np.array([0, 255, 255], dtype=np.float32)  # cyan: rare in photographs and in the scenes
 
 
 def overlay(rgb: np.ndarray, mask: np.ndarray, alpha: float = 0.45) -> np.ndarray:

@@ -26,9 +26,9 @@ import numpy as np
 import webdataset as wds
 from webdataset.tariterators import base_plus_ext, group_by_keys
 
-from masklam.data.schema import ORACLE, Feature, Record, RecordMeta, dumps_json, shard_name
+from masklam.atomic import atomic_file, dumps_json
+from masklam.data.schema import ORACLE, Feature, Record, RecordMeta, shard_name
 from masklam.data.storage import (
-    atomic_file,
     check_masks,
     check_records,
     corrupt_error,

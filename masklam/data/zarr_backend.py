@@ -28,13 +28,13 @@ import numpy as np
 import zarr
 from zarr.storage import LocalStore
 
+from masklam.atomic import atomic_write_bytes
 from masklam.data.schema import (
     ORACLE,
     SCHEMA_VERSION,
     Feature,
     Record,
     RecordMeta,
-    atomic_write_bytes,
     shard_name,
 )
 from masklam.data.storage import (

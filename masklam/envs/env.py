@@ -18,6 +18,9 @@ from masklam.envs.distractors import CameraShake, ColorDrift, MovingObjects
 from masklam.envs.sim import Simulator, disable_costly_visuals
 from masklam.envs.spec import EnvSpec, parse_env_id
 
+# A plain int: comparing an image with the pybind enum itself makes numpy compare pixel by pixel in Python.
+GEOM = int(mujoco.mjtObj.mjOBJ_GEOM)
+
 
 @dataclass
 class Observation:
@@ -146,7 +149,7 @@ class DistractingEnv:
         renderer.disable_segmentation_rendering()
 
         object_id, object_type = segmentation[..., 0], segmentation[..., 1]
-        is_geom = object_type == mujoco.mjtObj.mjOBJ_GEOM
+        is_geom = object_type == GEOM
         geom_id = np.where(is_geom, object_id, 0)
         mask = (is_geom & self._is_agent[geom_id]).astype(np.uint8)
         if self._background is not None:

@@ -12,6 +12,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from masklam.atomic import atomic_file
 from masklam.errors import UsageError
 
 POLICY_FORMAT = "masklam.policy"
@@ -79,9 +80,8 @@ def save_policy_checkpoint(path: Path, actor, env_id: str, state_dim: int, actio
         "state_dict": actor.state_dict(),
         "extra": extra or {},
     }
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(payload, tmp)
-    tmp.replace(path)
+    with atomic_file(path) as f:
+        torch.save(payload, f)
 
 
 class CheckpointPolicy:

@@ -189,3 +189,45 @@ def test_resume_after_a_killed_collect_completes_identically(tmp_path):
     subprocess.run(collect_command(killed), env=env, check=True, capture_output=True)
     subprocess.run(collect_command(tmp_path / "straight"), env=env, check=True, capture_output=True)
     assert files_of(killed) == files_of(tmp_path / "straight")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_metaworld_expert_collects_successful_episodes(tmp_path, backend):
+    env = EnvSpec("metaworld:push-v3", RenderSpec(size=32), distractor_preset("low"), episode_steps=150)
+    config = CollectConfig(env=env, backend=backend, episodes=2, test_episodes=1, policy="expert")
+    assert collect(config, tmp_path, show_progress=False)
+    dataset = open_dataset(tmp_path)
+    records = list(dataset.records("train"))
+    assert all(r.meta.extra["success"] for r in records)  # the scripted expert solves push within 150 steps
+    assert all(0.05 < r.masks["oracle"].mean() < 0.5 for r in records)
+    assert dataset.info["fps"] == 80.0 and dataset.info["env"]["render"]["camera"] == ""
+
+
+def test_checkpoint_policy_drives_collection_deterministically(tmp_path):
+    import torch
+
+    from masklam.envs.policies import mlp_actor, save_policy_checkpoint
+
+    torch.manual_seed(0)
+    actor = mlp_actor(17, 6, [32])
+    save_policy_checkpoint(tmp_path / "policy.pt", actor, "dmc:cheetah-run", 17, 6, [32])
+    config = tiny_config(episodes=1, test_episodes=0, policy=str(tmp_path / "policy.pt"))
+    collect(config, tmp_path / "a", show_progress=False)
+    record = next(open_dataset(tmp_path / "a").records("train"))
+    with torch.no_grad():
+        expected = actor(torch.as_tensor(record.steps["state"][:-1])).numpy()
+    np.testing.assert_allclose(record.steps["action"][:-1], expected, atol=1e-6)  # cheetah's bounds are [-1, 1]
+    assert "policy_sha256" in json.loads((tmp_path / "a" / "collect.json").read_text())["config"]
+    with pytest.raises(UsageError, match="trained for dmc:cheetah-run, not dmc:walker-walk"):
+        env = EnvSpec("dmc:walker-walk", RenderSpec(size=32), episode_steps=5)
+        collect(CollectConfig(env=env, episodes=1, test_episodes=0, policy=str(tmp_path / "policy.pt")), tmp_path / "b", show_progress=False)
+    assert not (tmp_path / "b").exists()
+
+
+def test_action_noise_is_seeded_and_clipped(tmp_path):
+    collect(tiny_config(episodes=1, test_episodes=0, action_noise=2.0), tmp_path / "noisy", show_progress=False)
+    collect(tiny_config(episodes=1, test_episodes=0), tmp_path / "clean", show_progress=False)
+    noisy = next(open_dataset(tmp_path / "noisy").records("train")).steps["action"][:-1]
+    clean = next(open_dataset(tmp_path / "clean").records("train")).steps["action"][:-1]
+    assert np.abs(noisy).max() <= 1.0 and (np.abs(noisy) == 1.0).mean() > 0.2  # big noise saturates at the bounds
+    assert not np.array_equal(noisy, clean)

@@ -10,7 +10,8 @@ import pytest
 
 from masklam.data.backend import Backend
 from masklam.data.dataset import get_backend, index_path, open_dataset, write_index
-from masklam.data.schema import ORACLE, SCHEMA_VERSION, Record, atomic_write_json
+from masklam.atomic import atomic_write_json
+from masklam.data.schema import ORACLE, SCHEMA_VERSION, Record
 from masklam.errors import UsageError
 
 # split -> shards -> (episode, frames, labelled) whose chunks the shard holds; episode 0 spans both train shards
