@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import warnings
 
 import mujoco
 import numpy as np
@@ -93,7 +94,10 @@ class MetaWorldSimulator:
 
     def scripted_action(self) -> np.ndarray:
         """Meta-World's hand-written expert for this task, acting on the last observation."""
-        return np.asarray(self._scripted.get_action(self._last_obs), dtype=np.float32)
+        with warnings.catch_warnings():
+            # Meta-World warns about its own policies' gains on every call; the actions are clipped anyway.
+            warnings.filterwarnings("ignore", message=r"Constant\(s\) may be too high")
+            return np.asarray(self._scripted.get_action(self._last_obs), dtype=np.float32)
 
     def close(self) -> None:
         self._env.close()

@@ -201,6 +201,15 @@ def test_metaworld_expert_collects_successful_episodes(tmp_path, backend):
     assert all(r.meta.extra["success"] for r in records)  # the scripted expert solves push within 150 steps
     assert all(0.05 < r.masks["oracle"].mean() < 0.5 for r in records)
     assert dataset.info["fps"] == 80.0 and dataset.info["env"]["render"]["camera"] == ""
+    from masklam.data.summary import render_summary, summarize
+    from masklam.data.view import view
+
+    summary = summarize(dataset)
+    assert summary["splits"]["train"]["success_rate"] == 1.0 and "success 100%" in render_summary(summary)
+    view(dataset, tmp_path / "push.png", episodes=2, frames=4)
+    from PIL import Image
+
+    assert Image.open(tmp_path / "push.png").size == (4 * 128, 2 * 2 * 128)
 
 
 def test_checkpoint_policy_drives_collection_deterministically(tmp_path):

@@ -185,3 +185,22 @@ def test_bad_env_input_is_a_usage_error(build, message):
 
 def test_metaworld_ids_accept_short_names():
     assert str(parse_env_id("metaworld:push")) == "metaworld:push-v3"
+
+
+LISTED_DMC = ["cheetah-run", "walker-run", "walker-walk", "hopper-hop", "humanoid-walk", "reacher-easy", "finger-spin", "cartpole-swingup"]
+MT10 = ["reach", "push", "pick-place", "door-open", "drawer-open", "drawer-close", "button-press-topdown", "peg-insert-side", "window-open", "window-close"]
+
+
+@pytest.mark.parametrize("env_id", [f"dmc:{t}" for t in LISTED_DMC] + [f"metaworld:{t}-v3" for t in MT10])
+def test_every_listed_task_renders_its_agent(env_id):
+    from masklam.envs.policies import make_policy
+
+    with make(env_id, distractor_preset("low"), size=32) as env:
+        policy = make_policy("expert" if env_id.startswith("metaworld") else "random", env)
+        observation = env.reset(0)
+        policy.reset(np.random.default_rng(0))
+        for _ in range(3):
+            action = np.clip(policy.act(observation.state), env.action_low, env.action_high)
+            observation = env.step(action).observation
+        assert observation.mask.any() and observation.mask.mean() < 0.6
+        assert observation.rgb.shape == (32, 32, 3)
