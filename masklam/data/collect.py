@@ -120,13 +120,13 @@ def plan_shards(config: CollectConfig) -> list[ShardPlan]:
 
 # --- rolling out one episode ----------------------------------------------------------------
 def _stack_steps(observations: list[Observation], actions: list[np.ndarray], rewards: list[float], terminated: bool, truncated: bool) -> dict[str, np.ndarray]:
+    """Per-frame arrays of one episode (one entry per frame, see masklam.data.schema)."""
     frames = len(observations)
-    action_dim = actions[0].shape[0] if actions else 0
+    no_action = np.full((1, len(actions[0])), np.nan, np.float32)  # none is taken at the final frame
     steps = {
         "rgb": np.stack([o.rgb for o in observations]),
         "state": np.stack([o.state for o in observations]).astype(np.float32),
-        # No action is taken at the final frame: NaN says so (see masklam.data.schema).
-        "action": np.concatenate([np.stack(actions).astype(np.float32), np.full((1, action_dim), np.nan, np.float32)]) if actions else np.full((1, action_dim), np.nan, np.float32),
+        "action": np.concatenate([np.stack(actions).astype(np.float32), no_action]),
         "reward": np.append(np.asarray(rewards, np.float32), np.float32(np.nan)),
         "terminated": np.zeros(frames, dtype=bool),
         "truncated": np.zeros(frames, dtype=bool),
