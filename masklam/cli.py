@@ -123,6 +123,54 @@ def view(
     typer.echo(f"wrote {run_view(open_dataset(path), out, split=split, episodes=episodes, frames=frames, mask_source=mask_source)}")
 
 
+expert_app = typer.Typer(help="State-based expert policies for DMC (Meta-World's are scripted).", no_args_is_help=True)
+app.add_typer(expert_app, name="expert")
+
+
+@expert_app.command("train")
+@fails_cleanly
+def expert_train(
+    env: str = typer.Argument(..., help="dmc:<domain>-<task>"),
+    out: Path = typer.Option(..., "--out", help="run folder (resumed if it holds a run with the same settings)"),
+    steps: int = typer.Option(500_000, help="environment steps"),
+    seed: int = typer.Option(0),
+    learning_starts: int = typer.Option(5000, help="random steps before learning"),
+    episode_steps: int = typer.Option(1000, help="steps per training episode"),
+    hidden: int = typer.Option(256, help="hidden units of the actor and critic MLPs"),
+    batch_size: int = typer.Option(256),
+    eval_every: int = typer.Option(20_000),
+    checkpoint_every: int = typer.Option(20_000),
+    threads: int = typer.Option(1, help="torch threads (run one task per core)"),
+    progress: bool = typer.Option(True),
+) -> None:
+    """Train a SAC expert on proprioceptive state; checkpoints, TensorBoard and JSONL logs go to --out."""
+    from masklam.experts.sac import SACConfig, train
+
+    config = SACConfig(
+        env, total_steps=steps, seed=seed, learning_starts=learning_starts, episode_steps=episode_steps, hidden=hidden,
+        batch_size=batch_size, eval_every=eval_every, checkpoint_every=checkpoint_every, threads=threads,
+    )
+    final = train(config, out, show_progress=progress)
+    typer.echo(f"trained {env} for {final['steps']} steps in {final['wall_seconds']:.0f} s; policy: {out}/policy.pt")
+
+
+@expert_app.command("eval")
+@fails_cleanly
+def expert_eval(
+    env: str = typer.Argument(..., help="dmc:<domain>-<task> or metaworld:<task>"),
+    checkpoint: Optional[Path] = typer.Option(None, help="policy checkpoint (default: the expert shipped with masklam)"),
+    episodes: int = typer.Option(20),
+    seed: int = typer.Option(0),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Mean and std of the return of a policy's deterministic actions (Meta-World: its scripted expert, with success rate)."""
+    from masklam.experts.evaluate import evaluate_checkpoint
+
+    result = evaluate_checkpoint(env, checkpoint, episodes, seed)
+    success = f", success {result['success_rate']:.0%}" if "success_rate" in result else ""
+    typer.echo(json.dumps(result, indent=1) if as_json else f"{env}: return {result['mean']:.1f} ± {result['std']:.1f}{success} over {episodes} episodes ({result['checkpoint']})")
+
+
 def main() -> None:  # pragma: no cover - entry point for `python -m masklam`
     app(prog_name="masklam")
 

@@ -40,7 +40,7 @@ BAD_INPUTS = {
     "unknown DAVIS video": (["--distractors", "low", "--videos", "{tmp}/davis2"], "zebra"),
     "missing checkpoint": (["--policy", "{tmp}/missing.pt"], "does not exist"),
     "corrupt checkpoint": (["--policy", "{tmp}/corrupt.pt"], "corrupt"),
-    "no DMC expert yet": (["--policy", "expert"], "no expert policy"),
+    "no shipped expert": (["--env", "dmc:humanoid-run", "--policy", "expert"], "no expert is shipped"),
     "unknown backend": (["--backend", "hdf5"], "hdf5"),
     "both label options": (["--labelled-episodes", "1", "--label-fraction", "0.5"], "only one"),
     "unwritable output": (["--out", "{tmp}/a-file/data"], "cannot write"),

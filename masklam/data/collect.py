@@ -78,14 +78,21 @@ class CollectConfig:
         """The config as JSON, with the policy file's content hash (the file decides the data)."""
         identity = dataclasses.asdict(self)
         identity["env"] = self.env.to_json()
-        if self.policy not in ("random", "expert", "scripted"):
-            identity["policy_sha256"] = file_sha256(Path(self.policy)) if Path(self.policy).is_file() else None
+        policy_file = self.policy_file()
+        if policy_file is not None:
+            identity["policy_sha256"] = file_sha256(policy_file) if policy_file.is_file() else None
         return identity
 
-    @classmethod
-    def from_identity(cls, obj: dict[str, Any]) -> CollectConfig:
-        fields = {k: v for k, v in obj.items() if k not in ("env", "policy_sha256")}
-        return cls(env=EnvSpec.from_json(obj["env"]), **fields)
+    def policy_file(self) -> Path | None:
+        """The checkpoint that decides the actions, if any (a shipped DMC expert is one too)."""
+        if self.policy == "random" or (self.policy in ("expert", "scripted") and self.env.env_id.startswith("metaworld:")):
+            return None
+        if self.policy == "expert":
+            from masklam.experts.evaluate import SHIPPED
+            from masklam.envs.spec import parse_env_id
+
+            return SHIPPED / f"{parse_env_id(self.env.env_id).task}.pt"
+        return Path(self.policy)
 
 
 @dataclass(frozen=True)

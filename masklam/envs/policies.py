@@ -146,14 +146,18 @@ def make_policy(name: str, env: Any) -> Policy:
     simulator = env.sim
     if name == "random":
         return RandomPolicy(env.action_low, env.action_high)
-    if name in ("expert", "scripted"):
-        if hasattr(simulator, "scripted_action"):
-            return ScriptedPolicy(simulator)
-        raise UsageError(
-            f"no expert policy is available for {env.spec.env_id} yet: use --policy random or --policy PATH with a saved policy checkpoint"
-        )
+    if name in ("expert", "scripted") and hasattr(simulator, "scripted_action"):
+        return ScriptedPolicy(simulator)
+    if name == "scripted":
+        raise UsageError(f"{env.spec.env_id} has no scripted policy: use --policy expert, random or PATH")
+    if name == "expert":
+        from masklam.experts.evaluate import shipped_expert
+
+        path = shipped_expert(env.spec.env_id)
+    else:
+        path = Path(name)
     state_dim = int(env.reset(0).state.shape[0])
-    return CheckpointPolicy(Path(name), env.spec.env_id, state_dim, env.action_low, env.action_high)
+    return CheckpointPolicy(path, env.spec.env_id, state_dim, env.action_low, env.action_high)
 
 
 class NoisyPolicy:

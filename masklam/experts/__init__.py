@@ -1,0 +1,1 @@
+"""Expert policies on proprioceptive state, trained with SAC, shipped as small checkpoints."""

@@ -1,0 +1,348 @@
+"""Soft actor-critic on proprioceptive state: the experts that collect DMC data.
+
+Read top to bottom: config, networks, replay buffer, checkpoint, the training loop, evaluation.
+No rendering happens here; the experts act on state, so distractors never change what they do.
+
+Choices for a 2-core CPU: small MLPs (256 x 2), batch 256, one torch thread per run (two runs
+side by side use both cores better than one run with two threads), twin critics with
+Polyak-averaged targets and a learned temperature (Haarnoja et al. 2018). Checkpoints are
+taken at episode boundaries, so resuming needs no simulator state: the next episode's
+initial state comes from the saved random generator, and a resumed run is bit-identical
+to an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from masklam.atomic import atomic_file, atomic_write_bytes
+from masklam.envs.dmc import DMCSimulator
+from masklam.envs.policies import mlp_actor, save_policy_checkpoint
+from masklam.envs.spec import parse_env_id
+from masklam.errors import UsageError
+
+LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
+
+
+@dataclass(frozen=True)
+class SACConfig:
+    env_id: str
+    total_steps: int = 500_000
+    seed: int = 0
+    episode_steps: int = 1000
+    hidden: int = 256
+    batch_size: int = 256
+    learning_rate: float = 3e-4
+    gamma: float = 0.99
+    tau: float = 0.005
+    learning_starts: int = 5000  # random actions first, to fill the buffer
+    buffer_size: int = 1_000_000
+    eval_every: int = 20_000
+    eval_episodes: int = 5
+    checkpoint_every: int = 20_000  # taken at the first episode boundary after this many steps
+    threads: int = 1
+
+    def __post_init__(self) -> None:
+        env = parse_env_id(self.env_id)
+        if env.suite != "dmc":
+            raise UsageError(f"expert training is for DMC tasks; {self.env_id} has Meta-World's scripted experts (--policy expert)")
+        if self.total_steps < 1 or self.episode_steps < 1 or self.batch_size < 1:
+            raise UsageError("--steps, --episode-steps and --batch-size must be positive")
+
+
+# --- networks -------------------------------------------------------------------------------
+def mlp(inputs: int, outputs: int, hidden: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(inputs, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, outputs))
+
+
+class Actor(nn.Module):
+    """A tanh-squashed Gaussian; its mean, squashed, is the deterministic policy that gets shipped."""
+
+    def __init__(self, state_dim: int, action_dim: int, hidden: int) -> None:
+        super().__init__()
+        self.action_dim = action_dim
+        self.net = mlp(state_dim, 2 * action_dim, hidden)
+
+    def forward(self, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mean, log_std = self.net(state).split(self.action_dim, dim=-1)
+        return mean, log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
+
+    def sample(self, state: torch.Tensor, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """A reparameterised action in [-1, 1] and its log-probability."""
+        mean, log_std = self(state)
+        std = log_std.exp()
+        noise = torch.randn(mean.shape, generator=generator)
+        pre_tanh = mean + std * noise
+        action = torch.tanh(pre_tanh)
+        log_prob = (-0.5 * noise**2 - log_std - 0.5 * np.log(2 * np.pi)).sum(-1)
+        log_prob = log_prob - (2 * (np.log(2) - pre_tanh - F.softplus(-2 * pre_tanh))).sum(-1)  # tanh's Jacobian
+        return action, log_prob
+
+    def deterministic(self, state: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self(state)[0])
+
+    def export(self, hidden: int) -> nn.Sequential:
+        """The mean head alone, in masklam's policy-checkpoint architecture (mlp_actor)."""
+        state_dim = self.net[0].in_features
+        policy = mlp_actor(state_dim, self.action_dim, [hidden, hidden])
+        with torch.no_grad():
+            for target, source in ((policy[0], self.net[0]), (policy[2], self.net[2])):
+                target.weight.copy_(source.weight)
+                target.bias.copy_(source.bias)
+            policy[4].weight.copy_(self.net[4].weight[: self.action_dim])
+            policy[4].bias.copy_(self.net[4].bias[: self.action_dim])
+        return policy
+
+
+class TwinCritic(nn.Module):
+    def __init__(self, state_dim: int, action_dim: int, hidden: int) -> None:
+        super().__init__()
+        self.q1, self.q2 = mlp(state_dim + action_dim, 1, hidden), mlp(state_dim + action_dim, 1, hidden)
+
+    def forward(self, state: torch.Tensor, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.cat([state, action], dim=-1)
+        return self.q1(x).squeeze(-1), self.q2(x).squeeze(-1)
+
+
+# --- replay buffer --------------------------------------------------------------------------
+class ReplayBuffer:
+    def __init__(self, size: int, state_dim: int, action_dim: int) -> None:
+        self.states = np.zeros((size, state_dim), np.float32)
+        self.actions = np.zeros((size, action_dim), np.float32)
+        self.rewards = np.zeros(size, np.float32)
+        self.next_states = np.zeros((size, state_dim), np.float32)
+        self.terminals = np.zeros(size, np.float32)  # 1 only for real terminal states: time limits bootstrap
+        self.count = 0
+
+    def add(self, state, action, reward, next_state, terminal) -> None:
+        i = self.count % len(self.rewards)
+        self.states[i], self.actions[i], self.rewards[i], self.next_states[i], self.terminals[i] = state, action, reward, next_state, terminal
+        self.count += 1
+
+    def sample(self, rng: np.random.Generator, batch_size: int) -> tuple[torch.Tensor, ...]:
+        idx = rng.integers(min(self.count, len(self.rewards)), size=batch_size)
+        return tuple(torch.from_numpy(a[idx]) for a in (self.states, self.actions, self.rewards, self.next_states, self.terminals))
+
+    def state_dict(self) -> dict[str, Any]:
+        n = min(self.count, len(self.rewards))
+        return {"count": self.count, **{k: getattr(self, k)[:n].copy() for k in ("states", "actions", "rewards", "next_states", "terminals")}}
+
+    def load_state_dict(self, saved: dict[str, Any]) -> None:
+        self.count = int(saved["count"])
+        for k in ("states", "actions", "rewards", "next_states", "terminals"):
+            getattr(self, k)[: len(saved[k])] = saved[k]
+
+
+# --- the learner ----------------------------------------------------------------------------
+class SAC:
+    def __init__(self, config: SACConfig, state_dim: int, action_dim: int) -> None:
+        self.config = config
+        torch.manual_seed(config.seed)
+        self.actor = Actor(state_dim, action_dim, config.hidden)
+        self.critic = TwinCritic(state_dim, action_dim, config.hidden)
+        self.critic_target = TwinCritic(state_dim, action_dim, config.hidden)
+        self.critic_target.load_state_dict(self.critic.state_dict())
+        self.log_alpha = torch.zeros(1, requires_grad=True)
+        self.target_entropy = -float(action_dim)
+        self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=config.learning_rate)
+        self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=config.learning_rate)
+        self.alpha_optimizer = torch.optim.Adam([self.log_alpha], lr=config.learning_rate)
+        self.generator = torch.Generator().manual_seed(config.seed)
+
+    def act(self, state: np.ndarray, explore: bool) -> np.ndarray:
+        with torch.no_grad():
+            state_t = torch.as_tensor(state)[None]
+            action = self.actor.sample(state_t, self.generator)[0] if explore else self.actor.deterministic(state_t)
+        return action[0].numpy()
+
+    def update(self, batch: tuple[torch.Tensor, ...]) -> dict[str, float]:
+        states, actions, rewards, next_states, terminals = batch
+        alpha = self.log_alpha.exp().detach()
+        with torch.no_grad():
+            next_actions, next_log_prob = self.actor.sample(next_states, self.generator)
+            target_q = torch.min(*self.critic_target(next_states, next_actions)) - alpha * next_log_prob
+            target = rewards + self.config.gamma * (1 - terminals) * target_q
+        q1, q2 = self.critic(states, actions)
+        critic_loss = F.mse_loss(q1, target) + F.mse_loss(q2, target)
+        self.critic_optimizer.zero_grad()
+        critic_loss.backward()
+        self.critic_optimizer.step()
+
+        new_actions, log_prob = self.actor.sample(states, self.generator)
+        actor_loss = (alpha * log_prob - torch.min(*self.critic(states, new_actions))).mean()
+        self.actor_optimizer.zero_grad()
+        actor_loss.backward()
+        self.actor_optimizer.step()
+
+        alpha_loss = -(self.log_alpha * (log_prob.detach() + self.target_entropy)).mean()
+        self.alpha_optimizer.zero_grad()
+        alpha_loss.backward()
+        self.alpha_optimizer.step()
+
+        with torch.no_grad():
+            for target_p, p in zip(self.critic_target.parameters(), self.critic.parameters()):
+                target_p.lerp_(p, self.config.tau)
+        return {"critic_loss": critic_loss.item(), "actor_loss": actor_loss.item(), "alpha": alpha.item()}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "actor": self.actor.state_dict(),
+            "critic": self.critic.state_dict(),
+            "critic_target": self.critic_target.state_dict(),
+            "log_alpha": self.log_alpha.detach().clone(),
+            "actor_optimizer": self.actor_optimizer.state_dict(),
+            "critic_optimizer": self.critic_optimizer.state_dict(),
+            "alpha_optimizer": self.alpha_optimizer.state_dict(),
+            "generator": self.generator.get_state(),
+        }
+
+    def load_state_dict(self, saved: dict[str, Any]) -> None:
+        self.actor.load_state_dict(saved["actor"])
+        self.critic.load_state_dict(saved["critic"])
+        self.critic_target.load_state_dict(saved["critic_target"])
+        with torch.no_grad():
+            self.log_alpha.copy_(saved["log_alpha"])
+        self.actor_optimizer.load_state_dict(saved["actor_optimizer"])
+        self.critic_optimizer.load_state_dict(saved["critic_optimizer"])
+        self.alpha_optimizer.load_state_dict(saved["alpha_optimizer"])
+        self.generator.set_state(saved["generator"])
+
+
+# --- checkpoints ----------------------------------------------------------------------------
+TRAIN_STATE = "train_state.pt"
+POLICY = "policy.pt"
+
+
+def save_train_state(run_dir: Path, agent: SAC, buffer: ReplayBuffer, rng: np.random.Generator, progress: dict[str, Any]) -> None:
+    state = {"config": dataclasses.asdict(agent.config), "agent": agent.state_dict(), "buffer": buffer.state_dict(), "rng": rng.bit_generator.state, "progress": progress}
+    with atomic_file(run_dir / TRAIN_STATE) as f:
+        torch.save(state, f)
+
+
+def load_train_state(run_dir: Path) -> dict[str, Any] | None:
+    path = run_dir / TRAIN_STATE
+    if not path.exists():
+        return None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as error:
+        raise UsageError(f"{path} cannot be read ({type(error).__name__}): delete it to start over, or restore it from a backup") from None
+
+
+def export_policy(run_dir: Path, agent: SAC, extra: dict[str, Any]) -> Path:
+    """The deterministic actor in the format `masklam collect --policy PATH` loads."""
+    config = agent.config
+    state_dim = agent.actor.net[0].in_features
+    save_policy_checkpoint(run_dir / POLICY, agent.actor.export(config.hidden), config.env_id, state_dim, agent.actor.action_dim, [config.hidden, config.hidden], extra)
+    return run_dir / POLICY
+
+
+# --- evaluation -----------------------------------------------------------------------------
+def evaluate(act, env_id: str, episodes: int, seed: int, episode_steps: int = 1000) -> np.ndarray:
+    """Returns of ``episodes`` episodes of ``act(state) -> action in [-1, 1]`` (deterministic), seeded."""
+    sim = DMCSimulator(parse_env_id(env_id).task)
+    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(7,)))
+    low, high = sim.action_low, sim.action_high
+    returns = []
+    for _ in range(episodes):
+        state, total = sim.reset(rng), 0.0
+        for _ in range(episode_steps):
+            step = sim.step(low + (act(state) + 1) / 2 * (high - low))
+            state, total = step.state, total + step.reward
+            if step.terminated:
+                break
+        returns.append(total)
+    sim.close()
+    return np.array(returns)
+
+
+# --- training -------------------------------------------------------------------------------
+def train(config: SACConfig, run_dir: Path, show_progress: bool = True) -> dict[str, Any]:
+    """Train (or resume) a run in ``run_dir``; returns the final evaluation."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    torch.set_num_threads(config.threads)
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    saved = load_train_state(run_dir)
+    if saved is not None and saved["config"] != dataclasses.asdict(config):
+        raise UsageError(f"{run_dir} holds a run with another config: use another --out, or the same settings to resume it")
+
+    sim = DMCSimulator(parse_env_id(config.env_id).task)
+    low, high = sim.action_low, sim.action_high
+    state_dim = len(sim.reset(np.random.default_rng(0)))
+    action_dim = len(low)
+    agent = SAC(config, state_dim, action_dim)
+    buffer = ReplayBuffer(min(config.buffer_size, config.total_steps), state_dim, action_dim)
+    rng = np.random.default_rng(config.seed)
+    progress = {"step": 0, "episode": 0, "next_eval": config.eval_every, "next_checkpoint": config.checkpoint_every, "wall_seconds": 0.0}
+    if saved is not None:
+        agent.load_state_dict(saved["agent"])
+        buffer.load_state_dict(saved["buffer"])
+        rng.bit_generator.state = saved["rng"]
+        progress = saved["progress"]
+
+    log = open(run_dir / "metrics.jsonl", "a")
+    writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=progress["step"])
+    started = time.perf_counter() - progress["wall_seconds"]
+    recent_returns: list[float] = []
+    bar = tqdm(total=config.total_steps, initial=progress["step"], unit="step", desc=f"expert {config.env_id}", disable=not show_progress or None)
+
+    def record(metrics: dict[str, Any]) -> None:
+        log.write(json.dumps({"step": progress["step"], **metrics}) + "\n")
+        log.flush()
+        for name, value in metrics.items():
+            writer.add_scalar(name, value, progress["step"])
+
+    while progress["step"] < config.total_steps:
+        # One episode. Checkpoints happen between episodes, so no simulator state needs saving.
+        state, episode_return = sim.reset(rng), 0.0
+        for _ in range(config.episode_steps):
+            if progress["step"] < config.learning_starts:
+                unit_action = rng.uniform(-1.0, 1.0, action_dim).astype(np.float32)
+            else:
+                unit_action = agent.act(state, explore=True)
+            step = sim.step(low + (unit_action + 1) / 2 * (high - low))
+            buffer.add(state, unit_action, step.reward, step.state, float(step.terminated))
+            state, episode_return = step.state, episode_return + step.reward
+            progress["step"] += 1
+            if progress["step"] >= config.learning_starts:
+                losses = agent.update(buffer.sample(rng, config.batch_size))
+                if progress["step"] % 1000 == 0:
+                    record({**losses, "steps_per_second": progress["step"] / (time.perf_counter() - started)})
+            bar.update(1)
+            if step.terminated or progress["step"] >= config.total_steps:
+                break
+        progress["episode"] += 1
+        recent_returns = (recent_returns + [episode_return])[-10:]
+        record({"episode_return": episode_return})
+        bar.set_postfix(recent_return=f"{np.mean(recent_returns):.0f}")
+
+        if progress["step"] >= progress["next_eval"] or progress["step"] >= config.total_steps:
+            returns = evaluate(lambda s: agent.act(s, explore=False), config.env_id, config.eval_episodes, config.seed + progress["step"], config.episode_steps)
+            record({"eval_return_mean": float(returns.mean()), "eval_return_std": float(returns.std())})
+            progress["next_eval"] += config.eval_every
+        if progress["step"] >= progress["next_checkpoint"] or progress["step"] >= config.total_steps:
+            progress["wall_seconds"] = time.perf_counter() - started
+            save_train_state(run_dir, agent, buffer, rng, progress)
+            export_policy(run_dir, agent, {"train_steps": progress["step"], "seed": config.seed})
+            progress["next_checkpoint"] += config.checkpoint_every
+    bar.close()
+    writer.close()
+    log.close()
+    sim.close()
+    final = {"env_id": config.env_id, "steps": progress["step"], "wall_seconds": round(time.perf_counter() - started, 1)}
+    atomic_write_bytes(run_dir / "final.json", (json.dumps(final, indent=1) + "\n").encode())
+    return final
