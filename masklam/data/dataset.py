@@ -14,7 +14,7 @@ import numpy as np
 from masklam.data.backend import Backend
 from masklam.atomic import atomic_write_json
 from masklam.data.schema import ORACLE, SCHEMA_VERSION, Record, RecordMeta, shard_name
-from masklam.data.storage import tree_bytes, writer_command
+from masklam.data.storage import DataPath, as_data_path, tree_bytes, writer_command
 from masklam.data.webdataset_backend import WebDatasetBackend
 from masklam.data.zarr_backend import ZarrBackend
 from masklam.errors import UsageError
@@ -29,7 +29,7 @@ def get_backend(name: str) -> Backend:
     return BACKENDS[name]
 
 
-def index_path(root: Path, split: str, shard: int) -> Path:
+def index_path(root: DataPath, split: str, shard: int) -> DataPath:
     return root / "index" / split / f"{shard_name(shard)}.json"
 
 
@@ -41,7 +41,7 @@ def write_index(root: Path, split: str, shard: int, records_meta: list[RecordMet
     atomic_write_json(index_path(root, split, shard), {**extra, **own})
 
 
-def read_json(path: Path, what: str) -> Any:
+def read_json(path: DataPath, what: str) -> Any:
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:
@@ -66,7 +66,7 @@ def join_chunks(chunks: list[Record]) -> Record:
 
 @dataclass
 class Dataset:
-    root: Path
+    root: DataPath  # a local folder, or a UPath for a URL (see open_dataset)
     info: dict[str, Any]
     backend: Backend
 
@@ -99,14 +99,21 @@ class Dataset:
     def index(self, split: str) -> list[RecordMeta]:
         return [meta for shard in self.shards(split) for meta in self.shard_index(split, shard)]
 
-    def records(
-        self, split: str, mask_sources: Sequence[str] = (ORACLE,), fields: Sequence[str] | None = None
-    ) -> Iterator[Record]:
-        """All records of a split, shard by shard, in the order written."""
-        unknown = sorted(set(fields or ()) - set(self.info["features"]))
+    def check_fields(self, fields: Sequence[str]) -> None:
+        unknown = sorted(set(fields) - set(self.info["features"]))
         if unknown:
             raise UsageError(f"unknown fields {unknown}: the features are {', '.join(sorted(self.info['features']))}")
-        for shard in self.shards(split):
+
+    def records(
+        self,
+        split: str,
+        mask_sources: Sequence[str] = (ORACLE,),
+        fields: Sequence[str] | None = None,
+        shards: Sequence[int] | None = None,
+    ) -> Iterator[Record]:
+        """All records of a split (or of its ``shards``, in that order), shard by shard, in the order written."""
+        self.check_fields(fields or ())
+        for shard in self.shards(split) if shards is None else shards:
             yield from self._shard_records(split, shard, mask_sources, fields)
 
     def _shard_records(
@@ -166,7 +173,8 @@ class Dataset:
 
 
 def open_dataset(path: str | Path) -> Dataset:
-    root = Path(path)
+    """Open a dataset folder: a local path, a file:// URL, or a URL fsspec reads (s3://bucket/prefix, ...)."""
+    root = as_data_path(path)
     if not root.is_dir():
         raise UsageError(f"no dataset folder at {root}: check the path, or make one with `masklam collect`")
     info = read_json(

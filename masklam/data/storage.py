@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import numpy as np
+from upath import UPath
 
 from masklam.atomic import dumps_json
 from masklam.data.schema import MASK_SOURCE_RE, ORACLE, Feature, Record, RecordMeta
@@ -17,6 +18,21 @@ RECORD_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 FEATURE_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_]*$")
 # The zarr backend keeps masks in data/mask, next to the features.
 RESERVED_FEATURE_NAMES = frozenset({"mask"})
+
+# Where a dataset is read from: a local folder, or a folder of an fsspec filesystem (s3://bucket/prefix, ...).
+DataPath = Path | UPath
+
+
+def as_data_path(location: str | Path) -> DataPath:
+    """A local path or file:// URL as a plain Path (read as before); any other URL as a UPath, read through fsspec.
+
+    fsspec takes the filesystem's options from the environment: for S3, AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID,
+    AWS_PROFILE, ... as boto does, or FSSPEC_S3_<OPTION> (e.g. FSSPEC_S3_ENDPOINT_URL) as fsspec does.
+    """
+    if isinstance(location, Path) or "://" not in str(location):
+        return Path(location)
+    path = UPath(str(location))
+    return Path(path.path) if path.protocol in ("file", "local") else path
 
 
 def check_records(records: list[Record], split: str, features: dict[str, Feature]) -> list[str]:
@@ -99,6 +115,13 @@ def drop_unlabelled_action(record_steps: dict[str, np.ndarray], meta: RecordMeta
     return record_steps
 
 
+def count_files(path: DataPath) -> int:
+    """Files under the folder ``path`` (0 when it does not exist)."""
+    if isinstance(path, Path):
+        return sum(len(names) for _, _, names in os.walk(path))
+    return len(path.fs.find(path.path))
+
+
 def tree_bytes(path: Path) -> int:
     """Bytes of the files under ``path`` (or of ``path`` itself); 0 when it does not exist."""
     if path.is_file():
@@ -113,17 +136,17 @@ def writer_command(source: str = ORACLE) -> str:
     return f"re-run the command that added the '{source}' masks"
 
 
-def corrupt_error(path: Path, problem: str, source: str = ORACLE) -> UsageError:
+def corrupt_error(path: DataPath, problem: str, source: str = ORACLE) -> UsageError:
     return UsageError(
         f"{path} is corrupt or incomplete ({problem}): {writer_command(source)} to rewrite it, or delete it"
     )
 
 
-def missing_shard_error(path: Path) -> UsageError:
+def missing_shard_error(path: DataPath) -> UsageError:
     return UsageError(f"{path} does not exist: the shard was never written; {writer_command()} to write it")
 
 
-def missing_masks_error(path: Path, source: str, stored: list[str]) -> UsageError:
+def missing_masks_error(path: DataPath, source: str, stored: list[str]) -> UsageError:
     return UsageError(
         f"{path} does not exist: this shard has no '{source}' masks (it has {stored or 'none'}); "
         f"ask only for stored sources, or {writer_command(source)} to write them"

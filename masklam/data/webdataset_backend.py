@@ -29,6 +29,7 @@ from webdataset.tariterators import base_plus_ext, group_by_keys
 from masklam.atomic import atomic_file, dumps_json
 from masklam.data.schema import ORACLE, Feature, Record, RecordMeta, shard_name
 from masklam.data.storage import (
+    DataPath,
     check_masks,
     check_records,
     corrupt_error,
@@ -70,7 +71,7 @@ def tar_writer(f: BinaryIO) -> wds.TarWriter:
     return wds.TarWriter(f, encoder=False, mtime=0, user="masklam", group="masklam")
 
 
-def tar_files(f: BinaryIO, path: Path, wanted: Callable[[str], bool]) -> Iterator[dict[str, Any]]:
+def tar_files(f: BinaryIO, path: DataPath, wanted: Callable[[str], bool]) -> Iterator[dict[str, Any]]:
     """The tar's regular files as webdataset's tar_file_iterator gives them, then a check of the archive's end.
 
     tarfile silently stops at a damaged header or at a cut between members, as if the archive ended
@@ -91,17 +92,18 @@ def tar_files(f: BinaryIO, path: Path, wanted: Callable[[str], bool]) -> Iterato
         raise ValueError(f"the tar stops at byte {tar.offset} without its end-of-archive blocks: it was cut short")
 
 
-def read_samples(path: Path, source: str, suffixes: set[str] | None = None) -> Iterator[dict[str, Any]]:
+def read_samples(path: DataPath, source: str, suffixes: set[str] | None = None) -> Iterator[dict[str, Any]]:
     """Yield a tar's samples grouped as webdataset groups them (``__key__`` + raw bytes by suffix).
 
     Only members whose suffix is in ``suffixes`` are read into memory (all when None). Damage -> UsageError.
+    A remote tar is streamed through fsspec (its files can seek, for the check of the archive's end).
     """
 
     def wanted(fname: str) -> bool:
         return suffixes is None or base_plus_ext(fname)[1] in suffixes
 
     try:
-        f = open(path, "rb")
+        f = path.open("rb")
     except OSError as e:
         raise corrupt_error(path, str(e), source) from e
     with f:
@@ -119,10 +121,10 @@ def read_samples(path: Path, source: str, suffixes: set[str] | None = None) -> I
 class WebDatasetBackend:
     name = "webdataset"
 
-    def frames_path(self, root: Path, split: str, shard: int) -> Path:
+    def frames_path(self, root: DataPath, split: str, shard: int) -> DataPath:
         return root / split / f"{shard_name(shard)}.tar"
 
-    def masks_path(self, root: Path, split: str, shard: int, source: str) -> Path:
+    def masks_path(self, root: DataPath, split: str, shard: int, source: str) -> DataPath:
         return root / "masks" / source / split / f"{shard_name(shard)}.tar"
 
     def write_shard(
@@ -153,7 +155,7 @@ class WebDatasetBackend:
             for key, mask in masks:
                 writer.write({"__key__": key, MASK_FIELD: encode_mask(mask)})
 
-    def _read_metas(self, root: Path, split: str, shard: int) -> list[RecordMeta]:
+    def _read_metas(self, root: DataPath, split: str, shard: int) -> list[RecordMeta]:
         """The shard's record metadata in order, reading only the meta.json members."""
         path = self.frames_path(root, split, shard)
         if not path.exists():
@@ -161,7 +163,7 @@ class WebDatasetBackend:
         return [self._decode_meta(path, sample) for sample in read_samples(path, ORACLE, {META_FIELD})]
 
     @staticmethod
-    def _decode_meta(path: Path, sample: dict[str, Any]) -> RecordMeta:
+    def _decode_meta(path: DataPath, sample: dict[str, Any]) -> RecordMeta:
         try:
             return RecordMeta.from_json(json.loads(sample[META_FIELD]))
         except READ_ERRORS as e:
@@ -169,7 +171,7 @@ class WebDatasetBackend:
 
     def read_shard(
         self,
-        root: Path,
+        root: DataPath,
         split: str,
         shard: int,
         mask_sources: Sequence[str] = (ORACLE,),
@@ -208,7 +210,7 @@ class WebDatasetBackend:
                 raise corrupt_error(mask_paths[source], f"record {extra['__key__']} is not in {frames_path}", source)
 
     @staticmethod
-    def _next_mask(path: Path, source: str, samples: Iterator[dict[str, Any]], meta: RecordMeta) -> np.ndarray:
+    def _next_mask(path: DataPath, source: str, samples: Iterator[dict[str, Any]], meta: RecordMeta) -> np.ndarray:
         """The mask of ``meta``'s record: the next sample of the mask tar, which must have the same key."""
         sample = next(samples, None)
         if sample is None or sample["__key__"] != meta.key:
@@ -222,10 +224,10 @@ class WebDatasetBackend:
             raise corrupt_error(path, f"record {meta.key}: mask is {mask.dtype}{list(mask.shape)}", source)
         return mask
 
-    def has_shard(self, root: Path, split: str, shard: int) -> bool:
+    def has_shard(self, root: DataPath, split: str, shard: int) -> bool:
         return self.frames_path(root, split, shard).is_file()
 
-    def mask_sources(self, root: Path, split: str, shard: int) -> list[str]:
+    def mask_sources(self, root: DataPath, split: str, shard: int) -> list[str]:
         folder = root / "masks"
         if not folder.is_dir():
             return []

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 import zarr
-from zarr.storage import LocalStore
+from zarr.storage import FsspecStore, LocalStore
 
 from masklam.atomic import atomic_write_bytes
 from masklam.data.schema import (
@@ -38,9 +38,11 @@ from masklam.data.schema import (
     shard_name,
 )
 from masklam.data.storage import (
+    DataPath,
     check_masks,
     check_records,
     corrupt_error,
+    count_files,
     drop_unlabelled_action,
     missing_masks_error,
     missing_shard_error,
@@ -88,12 +90,19 @@ def write_array(store: LocalStore, name: str | None, data: np.ndarray, blosc: di
     )[...] = data
 
 
-def check_chunk_files(array: zarr.Array, path: Path) -> None:
+def check_chunk_files(array: zarr.Array, path: DataPath) -> None:
     """Zarr reads a missing chunk as fill values: count the chunk files instead of trusting it."""
     expected = math.prod(math.ceil(size / chunk) for size, chunk in zip(array.shape, array.chunks))
-    found = sum(len(names) for _, _, names in os.walk(path / "c"))
+    found = count_files(path / "c")
     if found != expected:
         raise ValueError(f"{path.name} has {found} of its {expected} chunk files")
+
+
+def read_store(path: DataPath) -> LocalStore | FsspecStore:
+    """A read-only store of the folder ``path``: local, or through fsspec for a URL."""
+    if isinstance(path, Path):
+        return LocalStore(path, read_only=True)
+    return FsspecStore.from_url(str(path), storage_options=path.storage_options, read_only=True)
 
 
 def fsync_tree(path: Path) -> None:
@@ -109,7 +118,7 @@ def fsync_tree(path: Path) -> None:
 class ZarrBackend:
     name = "zarr"
 
-    def shard_path(self, root: Path, split: str, shard: int) -> Path:
+    def shard_path(self, root: DataPath, split: str, shard: int) -> DataPath:
         return root / STORE / split / shard_name(shard)
 
     def write_shard(
@@ -177,13 +186,13 @@ class ZarrBackend:
             if not (folder / "zarr.json").exists():
                 atomic_write_bytes(folder / "zarr.json", GROUP_JSON)
 
-    def _open(self, root: Path, split: str, shard: int) -> tuple[zarr.Group, list[RecordMeta], np.ndarray]:
+    def _open(self, root: DataPath, split: str, shard: int) -> tuple[zarr.Group, list[RecordMeta], np.ndarray]:
         """Open a shard's group: the group, its records' metadata and record ends, checked against each other."""
         path = self.shard_path(root, split, shard)
         if not (path / "zarr.json").exists():
             raise missing_shard_error(path)
         try:
-            group = zarr.open_group(LocalStore(path, read_only=True), mode="r")
+            group = zarr.open_group(read_store(path), mode="r")
             metas = [RecordMeta.from_json(meta) for meta in group.attrs["records"]]
             ends_array = group["meta/record_ends"]
             check_chunk_files(ends_array, path / "meta" / "record_ends")
@@ -196,7 +205,7 @@ class ZarrBackend:
 
     def read_shard(
         self,
-        root: Path,
+        root: DataPath,
         split: str,
         shard: int,
         mask_sources: Sequence[str] = (ORACLE,),
@@ -227,10 +236,10 @@ class ZarrBackend:
                 raise corrupt_error(path, f"record {meta.key}: {e!r}") from e
             yield Record(meta, drop_unlabelled_action(record_steps, meta), record_masks)
 
-    def has_shard(self, root: Path, split: str, shard: int) -> bool:
+    def has_shard(self, root: DataPath, split: str, shard: int) -> bool:
         return (self.shard_path(root, split, shard) / "zarr.json").is_file()
 
-    def mask_sources(self, root: Path, split: str, shard: int) -> list[str]:
+    def mask_sources(self, root: DataPath, split: str, shard: int) -> list[str]:
         folder = self.shard_path(root, split, shard) / "data" / "mask"
         if not folder.is_dir():
             return []

@@ -335,10 +335,10 @@ def train(config: SACConfig, run_dir: Path, show_progress: bool = True) -> dict[
             record({"eval_return_mean": float(returns.mean()), "eval_return_std": float(returns.std())})
             progress["next_eval"] += config.eval_every
         if progress["step"] >= progress["next_checkpoint"] or progress["step"] >= config.total_steps:
+            progress["next_checkpoint"] += config.checkpoint_every  # before saving: a resumed run goes on from here
             progress["wall_seconds"] = time.perf_counter() - started
             save_train_state(run_dir, agent, buffer, rng, progress)
             export_policy(run_dir, agent, {"train_steps": progress["step"], "seed": config.seed})
-            progress["next_checkpoint"] += config.checkpoint_every
     bar.close()
     writer.close()
     log.close()

@@ -1,0 +1,1 @@
+"""Training: data loading for latent action models and the stages after them."""
