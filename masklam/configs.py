@@ -1,0 +1,117 @@
+"""Typed configs from TOML files with command-line overrides, validated at the edge.
+
+A config is a (nested) dataclass. ``load_config(cls, path, overrides)`` reads a TOML file, applies
+``section.field=value`` overrides (values parsed as TOML literals, so ``lr=3e-4``, ``stack=3``,
+``vq=true`` and ``name="x"`` all work, and a bare word is taken as a string), and builds the dataclass.
+Unknown keys and values of the wrong type are UsageErrors that name the key and the file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+from masklam.errors import UsageError
+
+T = TypeVar("T")
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise UsageError(f"override '{text}' is not key=value: write e.g. --set optim.lr=3e-4")
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()  # a bare word: a string
+    return key.strip().split("."), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    for override in overrides:
+        path, value = parse_override(override)
+        node = data
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise UsageError(f"override '{override}': '{part}' is a value, not a section")
+        node[path[-1]] = value
+    return data
+
+
+def _coerce(value: Any, annotation: Any, where: str) -> Any:
+    origin = typing.get_origin(annotation)
+    if dataclasses.is_dataclass(annotation):
+        if not isinstance(value, dict):
+            raise UsageError(f"{where} must be a section (a table of settings), not {value!r}")
+        return build(annotation, value, where)
+    if origin in (typing.Union, types.UnionType):
+        arguments = typing.get_args(annotation)
+        if value is None and type(None) in arguments:
+            return None
+        for argument in arguments:
+            if argument is type(None):
+                continue
+            try:
+                return _coerce(value, argument, where)
+            except UsageError:
+                continue
+        raise UsageError(f"{where} = {value!r} has the wrong type: expected {annotation}")
+    if origin is typing.Literal:
+        if value not in typing.get_args(annotation):
+            raise UsageError(f"{where} = {value!r}: choose one of {', '.join(map(repr, typing.get_args(annotation)))}")
+        return value
+    if origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            raise UsageError(f"{where} = {value!r} must be a list")
+        item = typing.get_args(annotation)[0] if typing.get_args(annotation) else Any
+        items = [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if annotation is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if annotation in (int, float, str, bool) and not (isinstance(value, annotation) and not (annotation is int and isinstance(value, bool))):
+        raise UsageError(f"{where} = {value!r} has the wrong type: expected {annotation.__name__}")
+    return value
+
+
+def build(cls: type[T], data: dict[str, Any], where: str = "config") -> T:
+    """The dataclass ``cls`` from plain data; unknown keys and wrong types are UsageErrors."""
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise UsageError(f"unknown setting {where}.{unknown[0]}: the settings of {where} are {', '.join(sorted(fields))}")
+    values = {name: _coerce(value, hints[name], f"{where}.{name}") for name, value in data.items()}
+    try:
+        return cls(**values)
+    except TypeError as error:  # a required field is missing
+        raise UsageError(f"{where}: {error}") from None
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        return tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise UsageError(f"config file {path} does not exist: check the path") from None
+    except tomllib.TOMLDecodeError as error:
+        raise UsageError(f"config file {path} is not valid TOML ({error})") from None
+
+
+def load_config(cls: type[T], path: Path | None, overrides: list[str] = ()) -> T:
+    data = read_toml(path) if path is not None else {}
+    return build(cls, apply_overrides(data, list(overrides)), where=Path(path).stem if path else "config")
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """Plain data (for saving next to a run, and comparing on resume)."""
+    return dataclasses.asdict(config)
