@@ -249,7 +249,7 @@ class LAOM(Model):
         self.target_encoder = copy.deepcopy(self.encoder).requires_grad_(False)
         self.idm = mlp(2 * embed_dim, c.hidden_dim, c.latent_dim, c.hidden_layers)
         self.fdm = mlp(embed_dim + c.latent_dim, c.hidden_dim, embed_dim, c.hidden_layers)
-        self.generator = torch.Generator().manual_seed(c.augment.seed) if c.augment else None
+        self.generator = torch.Generator().manual_seed(c.augment.seed) if c.augment is not None else None
 
     def augmented(self, frames: torch.Tensor) -> torch.Tensor:
         """Preprocessed frames, randomly augmented in training mode."""

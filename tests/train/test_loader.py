@@ -278,7 +278,7 @@ def test_action_variance(tmp_path, backend):
 def s3_endpoint() -> Iterator[str]:
     """A moto S3 server on a free local port, and the AWS variables that point boto and s3fs at it."""
     pytest.importorskip("s3fs")
-    from moto.server import ThreadedMotoServer
+    ThreadedMotoServer = pytest.importorskip("moto.server").ThreadedMotoServer
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no line per request
     with socket.socket() as s:
