@@ -171,6 +171,29 @@ def expert_eval(
     typer.echo(json.dumps(result, indent=1) if as_json else f"{env}: return {result['mean']:.1f} ± {result['std']:.1f}{success} over {episodes} episodes ({result['checkpoint']})")
 
 
+train_app = typer.Typer(help="Train latent action models (more stages arrive with masklam train).", no_args_is_help=True)
+app.add_typer(train_app, name="train")
+
+
+@train_app.command("lam")
+@fails_cleanly
+def train_lam_command(
+    data: str = typer.Option(..., "--data", help="dataset folder or URL (file://, s3://)"),
+    out: Path = typer.Option(..., "--out", help="run folder (resumed if it holds a run with the same settings)"),
+    trainer: str = typer.Option("masklam-small", help="a preset in trainers/ (e.g. lapo-small) or a TOML file"),
+    overrides: list[str] = typer.Option([], "--set", help="override a setting: --set optim.steps=500 (repeatable)"),
+    progress: bool = typer.Option(True),
+) -> None:
+    """Pretrain a latent action model (lapo, masklam, laom, laom-labels) on a dataset's transitions."""
+    from masklam.configs import load_config
+    from masklam.train.lam import LAMTrainConfig, train_lam
+    from masklam.train.presets import trainer_file
+
+    config = load_config(LAMTrainConfig, trainer_file(trainer), [*overrides, f"data.path={json.dumps(data)}"])
+    result = train_lam(config, out, show_progress=progress)
+    typer.echo(f"trained {config.method} for {result['steps']} steps (final loss {result['final_loss']:.4f}); checkpoint: {out}/lam.pt")
+
+
 def main() -> None:  # pragma: no cover - entry point for `python -m masklam`
     app(prog_name="masklam")
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
@@ -74,9 +75,24 @@ def masked_mse(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tenso
     pixels, not by channels too, so an all-ones mask gives sum (prediction - target)^2 / (B H W):
     that is the "full" (LAPO) loss here, C = 3 times torch's mean squared error. A batch whose mask
     is empty everywhere gives 0 with zero gradients instead of 0/0 (PixelLAM counts such batches).
+    Under DDP the count is summed over all ranks, so the gradient is that of the whole global batch.
     """
     mask = mask.to(prediction.dtype)
-    return (mask[:, None] * (prediction - target).square()).sum() / mask.sum().clamp(min=1)
+    return (mask[:, None] * (prediction - target).square()).sum() * ranks_scale() / global_count(mask.sum())
+
+
+def ranks_scale() -> int:
+    """DDP averages gradients over ranks: a rank's loss scaled by the rank count makes that average the
+    gradient of the whole (all ranks') batch's loss, given denominators counted over all ranks."""
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def global_count(count: torch.Tensor) -> torch.Tensor:
+    """A normaliser counted over the whole batch, all DDP ranks together (at least 1)."""
+    if ranks_scale() > 1:
+        count = count.detach().clone()
+        dist.all_reduce(count)
+    return count.clamp(min=1)
 
 
 def row_mse(prediction: torch.Tensor, target: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
@@ -84,7 +100,7 @@ def row_mse(prediction: torch.Tensor, target: torch.Tensor, rows: torch.Tensor) 
     (NaN for unlabelled actions) never reach the result or its gradient. No host sync."""
     weight = rows.to(prediction.dtype)[:, None]
     error = (prediction - torch.where(weight > 0, target, prediction.detach())).square()
-    return (weight * error).sum() / (weight.sum().clamp(min=1) * prediction.shape[1])
+    return (weight * error).sum() * ranks_scale() / (global_count(weight.sum()) * prediction.shape[1])
 
 
 def mlp(in_dim: int, hidden_dim: int, out_dim: int, hidden_layers: int = 2) -> nn.Sequential:

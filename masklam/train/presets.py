@@ -1,0 +1,21 @@
+"""Finding trainer presets: the TOML files in the repository's trainers/ folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from masklam.errors import UsageError
+
+TRAINERS = Path(__file__).resolve().parents[2] / "trainers"
+
+
+def trainer_file(name: str) -> Path:
+    """A path to a TOML file, or the name of a preset in trainers/ (with or without .toml)."""
+    path = Path(name)
+    if path.suffix == ".toml" and path.is_file():
+        return path
+    preset = TRAINERS / f"{name.removesuffix('.toml')}.toml"
+    if preset.is_file():
+        return preset
+    available = ", ".join(sorted(p.stem for p in TRAINERS.glob("*.toml"))) or f"none found in {TRAINERS}"
+    raise UsageError(f"no trainer preset or TOML file '{name}': choose one of {available}")
