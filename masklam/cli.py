@@ -194,6 +194,21 @@ def train_lam_command(
     typer.echo(f"trained {config.method} for {result['steps']} steps (final loss {result['final_loss']:.4f}); checkpoint: {out}/lam.pt")
 
 
+@app.command()
+@fails_cleanly
+def probe(
+    run: Path = typer.Argument(..., help="a LAM run folder (from masklam train lam)"),
+    data: str = typer.Option(..., "--data", help="dataset: probes fit on its train split and score on its test split"),
+    windows: int = typer.Option(20000, help="train windows to fit on (a quarter as many test windows)"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Normalised linear-probe MSE from the frozen latent action to the action, and to each distractor's state."""
+    from masklam.eval.probe import probe_run, render_probe
+
+    result = probe_run(run, data, windows)
+    typer.echo(json.dumps(result, indent=1) if as_json else render_probe(result))
+
+
 def main() -> None:  # pragma: no cover - entry point for `python -m masklam`
     app(prog_name="masklam")
 

@@ -117,3 +117,13 @@ def test_two_process_ddp_gives_the_gradients_of_one_process(tmp_path, method):
     assert distributed.keys() == expected.keys()
     for name, grad in expected.items():
         torch.testing.assert_close(distributed[name], grad, rtol=1e-4, atol=1e-6)
+
+
+def test_probe_of_a_trained_run(tiny_data, tmp_path):
+    from masklam.eval.probe import probe_run
+
+    train_lam(tiny_config(tiny_data, "masklam", "optim.steps=5", "model.latent_dim=8"), tmp_path, show_progress=False)
+    result = probe_run(tmp_path, str(tiny_data), windows=60, batch_size=16)
+    assert result["windows"] == {"train": 60, "test": 15}
+    assert 0 < result["action_nmse"] < 10 and set(result["distractor_nmse"]) == {"bg_frame"}
+    assert json.loads((tmp_path / "probe.json").read_text()) == result
