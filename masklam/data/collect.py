@@ -38,6 +38,7 @@ from masklam.envs.env import DistractingEnv, Observation
 from masklam.envs.policies import NoisyPolicy, file_sha256, make_policy
 from masklam.envs.spec import EnvSpec
 from masklam.errors import UsageError
+from masklam.ranks import rank_and_world_size
 
 CONFIG_FILE = "collect.json"
 INFO_FILE = "info.json"
@@ -281,21 +282,6 @@ def _worker_write(plan: ShardPlan) -> None:
     _worker_progress.put(pending[0])
 
 
-def rank_and_world_size(rank: int | None, world_size: int | None) -> tuple[int, int]:
-    """From the flags, else torchrun's RANK/WORLD_SIZE, else a Slurm array, else (0, 1)."""
-    env = os.environ
-    if world_size is None:
-        if "WORLD_SIZE" in env:
-            rank, world_size = int(env.get("RANK", 0)) if rank is None else rank, int(env["WORLD_SIZE"])
-        elif "SLURM_ARRAY_TASK_COUNT" in env:
-            first = int(env.get("SLURM_ARRAY_TASK_MIN", 0))
-            rank, world_size = int(env["SLURM_ARRAY_TASK_ID"]) - first if rank is None else rank, int(env["SLURM_ARRAY_TASK_COUNT"])
-    rank, world_size = rank or 0, world_size or 1
-    if not 0 <= rank < world_size:
-        raise UsageError(f"rank {rank} is outside world size {world_size}: ranks go from 0 to world size - 1")
-    return rank, world_size
-
-
 # --- the command ----------------------------------------------------------------------------
 def prepare_output(root: Path, config: CollectConfig, overwrite: bool) -> None:
     """Refuse a folder made by another command; resume one made by this one; never damage on error."""
@@ -344,7 +330,7 @@ def _command_line() -> str:
 def collect(config: CollectConfig, root: Path, workers: int = 1, overwrite: bool = False, rank: int | None = None, world_size: int | None = None, show_progress: bool = True) -> bool:
     """Write every shard of this rank; write info.json once all ranks' shards exist. Returns whether the dataset is complete."""
     root = Path(root)
-    rank, world_size = rank_and_world_size(rank, world_size)
+    rank, world_size = rank_and_world_size(rank, world_size, slurm_array=True)
     if workers < 1:
         raise UsageError(f"--workers {workers}: use 1 or more worker processes")
     # Build one env and the policy before touching the output: bad envs, videos or checkpoints fail here.

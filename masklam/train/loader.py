@@ -33,7 +33,6 @@ FSSPEC_S3_<OPTION> (e.g. FSSPEC_S3_ENDPOINT_URL), read when fsspec is imported. 
 from __future__ import annotations
 
 import itertools
-import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +45,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from masklam.data.dataset import Dataset, open_dataset
 from masklam.data.schema import ORACLE, Record
 from masklam.errors import UsageError
+from masklam.ranks import rank_and_world_size
 
 Window = dict[str, Any]
 T = TypeVar("T")
@@ -105,18 +105,6 @@ def shuffled(items: Iterable[T], size: int, rng: np.random.Generator) -> Iterato
             yield buffer.pop()
     rng.shuffle(buffer)
     yield from buffer
-
-
-def rank_and_world_size(rank: int | None, world_size: int | None) -> tuple[int, int]:
-    """From the arguments, else torchrun's RANK / WORLD_SIZE, else (0, 1).
-
-    Unlike collect, no Slurm array: its tasks are separate jobs, not one training world.
-    """
-    rank = int(os.environ.get("RANK", 0)) if rank is None else rank
-    world_size = int(os.environ.get("WORLD_SIZE", 1)) if world_size is None else world_size
-    if not 0 <= rank < world_size:
-        raise UsageError(f"rank {rank} is outside world size {world_size}: ranks go from 0 to world size - 1")
-    return rank, world_size
 
 
 class WindowDataset(IterableDataset):

@@ -240,3 +240,17 @@ def test_action_noise_is_seeded_and_clipped(tmp_path):
     clean = next(open_dataset(tmp_path / "clean").records("train")).steps["action"][:-1]
     assert np.abs(noisy).max() <= 1.0 and (np.abs(noisy) == 1.0).mean() > 0.2  # big noise saturates at the bounds
     assert not np.array_equal(noisy, clean)
+
+
+def test_rank_comes_from_a_slurm_array(monkeypatch):
+    from masklam.ranks import rank_and_world_size
+
+    for name in ("RANK", "WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "5")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_MIN", "4")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_COUNT", "3")
+    assert rank_and_world_size(None, None, slurm_array=True) == (1, 3)
+    assert rank_and_world_size(None, None) == (0, 1)  # training worlds ignore Slurm arrays
+    with pytest.raises(UsageError, match="outside world size"):
+        rank_and_world_size(3, 3)
