@@ -209,6 +209,69 @@ def probe(
     typer.echo(json.dumps(result, indent=1) if as_json else render_probe(result))
 
 
+def _stage_config(overrides: list[str], **settings):
+    from masklam.configs import build, apply_overrides
+    from masklam.train.stages import StageConfig
+
+    return build(StageConfig, apply_overrides({k: v for k, v in settings.items() if v is not None}, overrides), "stage")
+
+
+@train_app.command("bc")
+@fails_cleanly
+def train_bc_command(
+    run: Path = typer.Argument(..., help="a LAM run folder (from masklam train lam)"),
+    data: Optional[str] = typer.Option(None, "--data", help="dataset (default: the LAM's)"),
+    overrides: list[str] = typer.Option([], "--set", help="override a setting: --set optim.steps=500 --set preset=tiny"),
+    progress: bool = typer.Option(True),
+) -> None:
+    """Latent behaviour cloning: a policy from the frame stack to the frozen LAM's latent action."""
+    from masklam.train.stages import train_bc
+
+    result = train_bc(run, _stage_config(overrides, data=data), show_progress=progress)
+    typer.echo(f"trained the latent policy for {result['steps']} steps (final loss {result['final_loss']:.4f}); checkpoint: {run}/bc.pt")
+
+
+@train_app.command("decoder")
+@fails_cleanly
+def train_decoder_command(
+    run: Path = typer.Argument(..., help="a run folder with a LAM and a latent policy"),
+    labelled: int = typer.Option(0, "--labelled", help="labelled transitions to train on (0 = all)"),
+    data: Optional[str] = typer.Option(None, "--data", help="dataset (default: the LAM's)"),
+    overrides: list[str] = typer.Option([], "--set", help="override a setting: --set optim.steps=500"),
+    progress: bool = typer.Option(True),
+) -> None:
+    """The action decoder: an MLP from the frozen latent policy's output to real actions, on labelled transitions only."""
+    from masklam.train.stages import train_decoder
+
+    result = train_decoder(run, _stage_config(overrides, data=data, labelled=labelled), show_progress=progress)
+    typer.echo(f"trained the action decoder on {result['labelled_transitions']} labelled transitions (final loss {result['final_loss']:.4f}); checkpoint: {run}/decoder.pt")
+
+
+@train_app.command("all")
+@fails_cleanly
+def train_all_command(
+    data: str = typer.Option(..., "--data", help="dataset folder or URL"),
+    out: Path = typer.Option(..., "--out", help="run folder for all three stages (each resumes)"),
+    trainer: str = typer.Option("masklam-small", help="LAM preset in trainers/ or a TOML file"),
+    labelled: int = typer.Option(0, "--labelled", help="labelled transitions for the decoder (0 = all)"),
+    overrides: list[str] = typer.Option([], "--set", help="LAM settings: --set optim.steps=500"),
+    stage_overrides: list[str] = typer.Option([], "--stage-set", help="settings of the BC and decoder stages: --stage-set optim.steps=500"),
+    progress: bool = typer.Option(True),
+) -> None:
+    """LAM pretraining, then latent behaviour cloning, then the action decoder, in one run folder."""
+    from masklam.configs import load_config
+    from masklam.train.lam import LAMTrainConfig, train_lam
+    from masklam.train.presets import trainer_file
+    from masklam.train.stages import train_bc, train_decoder
+
+    config = load_config(LAMTrainConfig, trainer_file(trainer), [*overrides, f"data.path={json.dumps(data)}"])
+    stage = _stage_config(stage_overrides, preset=config.preset, labelled=labelled)
+    train_lam(config, out, show_progress=progress)
+    train_bc(out, stage, show_progress=progress)
+    result = train_decoder(out, stage, show_progress=progress)
+    typer.echo(f"trained {config.method}: LAM, latent policy and action decoder ({result['labelled_transitions']} labelled transitions) in {out}")
+
+
 def main() -> None:  # pragma: no cover - entry point for `python -m masklam`
     app(prog_name="masklam")
 

@@ -34,8 +34,8 @@ def tiny_config(data: Path, method: str, *overrides: str) -> LAMTrainConfig:
     return load_config(LAMTrainConfig, trainer_file(f"{method}-tiny"), [f'data.path="{data}"', "data.batch_size=8", "log_every=5", *overrides])
 
 
-def losses(run: Path) -> list[float]:
-    return [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+def losses(run: Path, stage: str = "lam") -> list[float]:
+    return [json.loads(line)["loss"] for line in (run / f"{stage}-metrics.jsonl").read_text().splitlines()]
 
 
 @pytest.mark.parametrize("method", ["lapo", "masklam", "laom", "laom-labels"])
@@ -127,3 +127,22 @@ def test_probe_of_a_trained_run(tiny_data, tmp_path):
     assert result["windows"] == {"train": 60, "test": 15}
     assert 0 < result["action_nmse"] < 10 and set(result["distractor_nmse"]) == {"bg_frame"}
     assert json.loads((tmp_path / "probe.json").read_text()) == result
+
+
+def test_bc_then_decoder_on_a_label_budget(tiny_data, tmp_path):
+    from masklam.train.loop import OptimConfig
+    from masklam.train.stages import StageConfig, labelled_latents, train_bc, train_decoder
+
+    train_lam(tiny_config(tiny_data, "masklam", "optim.steps=10", "model.latent_dim=16"), tmp_path, show_progress=False)
+    stage = StageConfig(preset="tiny", batch_size=8, labelled=40, log_every=5, optim=OptimConfig(steps=40, lr=1e-3))
+    train_bc(tmp_path, stage, show_progress=False)
+    curve = losses(tmp_path, "bc")
+    assert curve[-1] < curve[0], curve
+    result = train_decoder(tmp_path, stage, show_progress=False)
+    assert result["labelled_transitions"] == 40 and (tmp_path / "decoder.pt").exists()
+    curve = losses(tmp_path, "decoder")
+    assert curve[-1] < curve[0], curve
+    latents, actions = labelled_latents(tmp_path, stage)
+    assert latents.shape == (40, 16) and torch.isfinite(actions).all()
+    with pytest.raises(UsageError, match="has only"):
+        labelled_latents(tmp_path, StageConfig(preset="tiny", labelled=10**6))
