@@ -114,7 +114,7 @@ def fit(
             raise UsageError(f"the {stage} loss became {loss.item()} at step {step}: lower optim.lr or check the data")
         bar.update(1)
         if rank == 0 and step % log_every == 0:
-            row = {"step": step, "loss": loss.item(), **{k: float(v) for k, v in out.items() if v.dim() == 0 and k != "loss"}}
+            row = {"step": step, "loss": loss.item(), **{k: float(v.detach()) for k, v in out.items() if v.dim() == 0 and k != "loss"}}
             row["samples_per_second"] = (step - start) * batch_size * world_size / (time.perf_counter() - began)
             log.write(json.dumps(row) + "\n")
             log.flush()
