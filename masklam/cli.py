@@ -272,6 +272,23 @@ def train_all_command(
     typer.echo(f"trained {config.method}: LAM, latent policy and action decoder ({result['labelled_transitions']} labelled transitions) in {out}")
 
 
+@app.command()
+@fails_cleanly
+def evaluate(
+    run: Path = typer.Argument(..., help="a run folder with a LAM, a latent policy and an action decoder"),
+    episodes: int = typer.Option(10, help="evaluation episodes (held-out seeds, the test split's background videos)"),
+    seed: int = typer.Option(0),
+    steps: Optional[int] = typer.Option(None, help="steps per episode (default: the dataset's episode length)"),
+    as_json: bool = typer.Option(False, "--json"),
+    progress: bool = typer.Option(True),
+) -> None:
+    """Online rollouts of the decoded latent policy in the dataset's distracting environment."""
+    from masklam.eval.rollout import evaluate_run, render_evaluation
+
+    result = evaluate_run(run, episodes, seed, steps, show_progress=progress)
+    typer.echo(json.dumps(result, indent=1) if as_json else render_evaluation(result))
+
+
 def main() -> None:  # pragma: no cover - entry point for `python -m masklam`
     app(prog_name="masklam")
 

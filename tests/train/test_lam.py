@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -146,3 +147,10 @@ def test_bc_then_decoder_on_a_label_budget(tiny_data, tmp_path):
     assert latents.shape == (40, 16) and torch.isfinite(actions).all()
     with pytest.raises(UsageError, match="has only"):
         labelled_latents(tmp_path, StageConfig(preset="tiny", labelled=10**6))
+
+    from masklam.eval.rollout import evaluate_run
+
+    evaluation = evaluate_run(tmp_path, episodes=2, steps=10, show_progress=False)
+    assert evaluation["episodes"] == 2 and len(evaluation["returns"]) == 2 and np.isfinite(evaluation["return_mean"])
+    assert json.loads((tmp_path / "evaluate.json").read_text()) == evaluation
+    assert evaluation == evaluate_run(tmp_path, episodes=2, steps=10, show_progress=False)  # deterministic

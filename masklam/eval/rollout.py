@@ -1,0 +1,95 @@
+"""`masklam evaluate`: online rollouts of a decoded latent policy in the distracting environment.
+
+The policy sees what the dataset's frames show (same env, render and distractor spec, the test split's
+held-out background videos): a stack of the last frames -> latent policy -> action decoder -> action,
+deterministic, clipped to the bounds. Returns are normalised by the return of the policy that collected
+the dataset (its test split's mean: the expert's, for `--policy expert` data).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from masklam.atomic import atomic_write_json
+from masklam.envs.env import DistractingEnv
+from masklam.envs.spec import EnvSpec
+from masklam.errors import UsageError
+from masklam.models.lam import ActionDecoder, ActionDecoderConfig
+from masklam.train.loop import load_checkpoint
+from masklam.train.stages import frozen_lam, frozen_policy
+
+EVAL_SEED_KEY = 11  # evaluation episodes draw seeds no dataset episode uses
+
+
+def load_decoded_policy(run_dir: Path):
+    """The run's frozen latent policy and action decoder, and the LAM's config and dataset info."""
+    lam_config, lam, info = frozen_lam(run_dir)
+    policy = frozen_policy(run_dir, lam)
+    if not (run_dir / "decoder.pt").exists():
+        raise UsageError(f"{run_dir} has no action decoder (decoder.pt): run `masklam train decoder {run_dir}` first")
+    decoder = ActionDecoder(ActionDecoderConfig(latent_dim=policy.config.latent_dim), info["features"]["action"]["shape"][0])
+    load_checkpoint(run_dir / "decoder.pt", decoder)
+    return lam_config, policy, decoder.eval(), info
+
+
+def evaluate_run(run_dir: Path, episodes: int = 10, seed: int = 0, steps: int | None = None, show_progress: bool = True) -> dict[str, Any]:
+    run_dir = Path(run_dir)
+    if episodes < 1:
+        raise UsageError("--episodes must be at least 1")
+    lam_config, policy, decoder, info = load_decoded_policy(run_dir)
+    spec = EnvSpec.from_json(info["env"])
+    stack = lam_config.data.stack
+    returns, successes = [], []
+    with DistractingEnv(spec, "test") as env, torch.no_grad():
+        limit = steps or env.max_steps
+        bar = tqdm(total=episodes * limit, unit="step", desc="evaluate", disable=not show_progress or None)
+        for episode in range(episodes):
+            episode_seed = int(np.random.SeedSequence(seed, spawn_key=(EVAL_SEED_KEY, episode)).generate_state(1)[0])
+            observation = env.reset(episode_seed)
+            frames = deque([observation.rgb] * stack, maxlen=stack)  # the stack starts filled with the first frame
+            total, success = 0.0, False
+            for _ in range(limit):
+                obs = torch.from_numpy(np.stack(frames))[None]
+                action = decoder(policy.latent({"obs": obs}))[0].numpy()
+                transition = env.step(np.clip(action, env.action_low, env.action_high))
+                frames.append(transition.observation.rgb)
+                total += transition.reward
+                success = success or bool(transition.info.get("success", False))
+                bar.update(1)
+                if transition.terminated or transition.truncated:
+                    break
+            returns.append(total)
+            successes.append(success)
+        bar.close()
+    returns_a = np.array(returns)
+    reference = info["splits"]["test"].get("mean_return") or info["splits"]["train"].get("mean_return")
+    result: dict[str, Any] = {
+        "run": str(run_dir),
+        "env": spec.env_id,
+        "episodes": episodes,
+        "return_mean": float(returns_a.mean()),
+        "return_std": float(returns_a.std()),
+        "returns": returns_a.round(3).tolist(),
+        "reference_return": reference,
+        "reference": "mean return of the policy that collected the dataset (its test split)",
+        "normalised_return": float(returns_a.mean() / reference) if reference else None,
+    }
+    if spec.env_id.startswith("metaworld:"):
+        result["success_rate"] = float(np.mean(successes))
+    atomic_write_json(run_dir / "evaluate.json", result)
+    return result
+
+
+def render_evaluation(result: dict[str, Any]) -> str:
+    line = f"{result['env']}: return {result['return_mean']:.1f} ± {result['return_std']:.1f} over {result['episodes']} episodes"
+    if result["normalised_return"] is not None:
+        line += f"; normalised {result['normalised_return']:.3f} (reference {result['reference_return']:.1f}: {result['reference']})"
+    if "success_rate" in result:
+        line += f"; success {result['success_rate']:.0%}"
+    return line
