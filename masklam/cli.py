@@ -247,6 +247,21 @@ def train_decoder_command(
     typer.echo(f"trained the action decoder on {result['labelled_transitions']} labelled transitions (final loss {result['final_loss']:.4f}); checkpoint: {run}/decoder.pt")
 
 
+@train_app.command("bc-actions")
+@fails_cleanly
+def train_action_bc_command(
+    run: Path = typer.Argument(..., help="a LAM run folder (its dataset and frame stack are used)"),
+    data: Optional[str] = typer.Option(None, "--data", help="dataset (default: the LAM's)"),
+    overrides: list[str] = typer.Option([], "--set", help="override a setting: --set optim.steps=500"),
+    progress: bool = typer.Option(True),
+) -> None:
+    """The reference policy for normalised returns: BC from the frame stack to every labelled true action."""
+    from masklam.train.stages import train_action_bc
+
+    result = train_action_bc(run, _stage_config(overrides, data=data), show_progress=progress)
+    typer.echo(f"trained BC on true actions for {result['steps']} steps (final loss {result['final_loss']:.4f}); checkpoint: {run}/bc-actions.pt")
+
+
 @train_app.command("all")
 @fails_cleanly
 def train_all_command(
@@ -256,19 +271,22 @@ def train_all_command(
     labelled: int = typer.Option(0, "--labelled", help="labelled transitions for the decoder (0 = all)"),
     overrides: list[str] = typer.Option([], "--set", help="LAM settings: --set optim.steps=500"),
     stage_overrides: list[str] = typer.Option([], "--stage-set", help="settings of the BC and decoder stages: --stage-set optim.steps=500"),
+    reference: bool = typer.Option(True, help="also train BC on true actions, the reference of normalised returns"),
     progress: bool = typer.Option(True),
 ) -> None:
-    """LAM pretraining, then latent behaviour cloning, then the action decoder, in one run folder."""
+    """LAM pretraining, latent behaviour cloning, the action decoder (and the BC-on-actions reference), in one run folder."""
     from masklam.configs import load_config
     from masklam.train.lam import LAMTrainConfig, train_lam
     from masklam.train.presets import trainer_file
-    from masklam.train.stages import train_bc, train_decoder
+    from masklam.train.stages import train_action_bc, train_bc, train_decoder
 
     config = load_config(LAMTrainConfig, trainer_file(trainer), [*overrides, f"data.path={json.dumps(data)}"])
     stage = _stage_config(stage_overrides, preset=config.preset, labelled=labelled)
     train_lam(config, out, show_progress=progress)
     train_bc(out, stage, show_progress=progress)
     result = train_decoder(out, stage, show_progress=progress)
+    if reference:
+        train_action_bc(out, stage, show_progress=progress)
     typer.echo(f"trained {config.method}: LAM, latent policy and action decoder ({result['labelled_transitions']} labelled transitions) in {out}")
 
 

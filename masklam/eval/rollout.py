@@ -22,7 +22,7 @@ from masklam.envs.spec import EnvSpec
 from masklam.errors import UsageError
 from masklam.models.lam import ActionDecoder, ActionDecoderConfig
 from masklam.train.loop import load_checkpoint
-from masklam.train.stages import frozen_lam, frozen_policy
+from masklam.train.stages import frozen_action_bc, frozen_lam, frozen_policy
 
 EVAL_SEED_KEY = 11  # evaluation episodes draw seeds no dataset episode uses
 
@@ -38,47 +38,61 @@ def load_decoded_policy(run_dir: Path):
     return lam_config, policy, decoder.eval(), info
 
 
+def rollout_returns(env: DistractingEnv, act, stack: int, episodes: int, seed: int, limit: int, bar) -> tuple[np.ndarray, list[bool]]:
+    """Returns (and Meta-World successes) of ``act(frame_stack) -> action`` over seeded episodes."""
+    returns, successes = [], []
+    for episode in range(episodes):
+        episode_seed = int(np.random.SeedSequence(seed, spawn_key=(EVAL_SEED_KEY, episode)).generate_state(1)[0])
+        observation = env.reset(episode_seed)
+        frames = deque([observation.rgb] * stack, maxlen=stack)  # the stack starts filled with the first frame
+        total, success = 0.0, False
+        for _ in range(limit):
+            action = act(torch.from_numpy(np.stack(frames))[None])
+            transition = env.step(np.clip(action, env.action_low, env.action_high))
+            frames.append(transition.observation.rgb)
+            total += transition.reward
+            success = success or bool(transition.info.get("success", False))
+            bar.update(1)
+            if transition.terminated or transition.truncated:
+                break
+        returns.append(total)
+        successes.append(success)
+    return np.array(returns), successes
+
+
 def evaluate_run(run_dir: Path, episodes: int = 10, seed: int = 0, steps: int | None = None, show_progress: bool = True) -> dict[str, Any]:
     run_dir = Path(run_dir)
     if episodes < 1:
         raise UsageError("--episodes must be at least 1")
     lam_config, policy, decoder, info = load_decoded_policy(run_dir)
+    reference_policy = frozen_action_bc(run_dir, frozen_lam(run_dir)[1], info["features"]["action"]["shape"][0])
     spec = EnvSpec.from_json(info["env"])
     stack = lam_config.data.stack
-    returns, successes = [], []
     with DistractingEnv(spec, "test") as env, torch.no_grad():
         limit = steps or env.max_steps
-        bar = tqdm(total=episodes * limit, unit="step", desc="evaluate", disable=not show_progress or None)
-        for episode in range(episodes):
-            episode_seed = int(np.random.SeedSequence(seed, spawn_key=(EVAL_SEED_KEY, episode)).generate_state(1)[0])
-            observation = env.reset(episode_seed)
-            frames = deque([observation.rgb] * stack, maxlen=stack)  # the stack starts filled with the first frame
-            total, success = 0.0, False
-            for _ in range(limit):
-                obs = torch.from_numpy(np.stack(frames))[None]
-                action = decoder(policy.latent({"obs": obs}))[0].numpy()
-                transition = env.step(np.clip(action, env.action_low, env.action_high))
-                frames.append(transition.observation.rgb)
-                total += transition.reward
-                success = success or bool(transition.info.get("success", False))
-                bar.update(1)
-                if transition.terminated or transition.truncated:
-                    break
-            returns.append(total)
-            successes.append(success)
+        bar = tqdm(total=episodes * limit * (2 if reference_policy else 1), unit="step", desc="evaluate", disable=not show_progress or None)
+        returns, successes = rollout_returns(env, lambda obs: decoder(policy.latent({"obs": obs}))[0].numpy(), stack, episodes, seed, limit, bar)
+        bc_returns = None
+        if reference_policy is not None:
+            bc_returns, _ = rollout_returns(env, lambda obs: reference_policy.latent({"obs": obs})[0].numpy(), stack, episodes, seed, limit, bar)
         bar.close()
-    returns_a = np.array(returns)
-    reference = info["splits"]["test"].get("mean_return") or info["splits"]["train"].get("mean_return")
+    collector = info["splits"]["test"].get("mean_return") or info["splits"]["train"].get("mean_return")
+    mean = float(returns.mean())
     result: dict[str, Any] = {
         "run": str(run_dir),
         "env": spec.env_id,
         "episodes": episodes,
-        "return_mean": float(returns_a.mean()),
-        "return_std": float(returns_a.std()),
-        "returns": returns_a.round(3).tolist(),
-        "reference_return": reference,
-        "reference": "mean return of the policy that collected the dataset (its test split)",
-        "normalised_return": float(returns_a.mean() / reference) if reference else None,
+        "return_mean": mean,
+        "return_std": float(returns.std()),
+        "returns": returns.round(3).tolist(),
+        "collector_return": collector,
+        "normalised_by_collector": mean / collector if collector else None,
+        "bc_actions_return": float(bc_returns.mean()) if bc_returns is not None else None,
+        "normalised_by_bc_actions": mean / float(bc_returns.mean()) if bc_returns is not None and bc_returns.mean() != 0 else None,
+        "references": {
+            "collector": "mean return of the policy that collected the dataset (its test split; the expert for --policy expert data)",
+            "bc_actions": "return of the same network trained by BC on every labelled transition's true action (masklam train bc-actions), same episodes",
+        },
     }
     if spec.env_id.startswith("metaworld:"):
         result["success_rate"] = float(np.mean(successes))
@@ -88,8 +102,10 @@ def evaluate_run(run_dir: Path, episodes: int = 10, seed: int = 0, steps: int | 
 
 def render_evaluation(result: dict[str, Any]) -> str:
     line = f"{result['env']}: return {result['return_mean']:.1f} ± {result['return_std']:.1f} over {result['episodes']} episodes"
-    if result["normalised_return"] is not None:
-        line += f"; normalised {result['normalised_return']:.3f} (reference {result['reference_return']:.1f}: {result['reference']})"
+    if result["normalised_by_collector"] is not None:
+        line += f"\n  / the collecting policy's return ({result['collector_return']:.1f}): {result['normalised_by_collector']:.3f}"
+    if result["normalised_by_bc_actions"] is not None:
+        line += f"\n  / BC on true actions' return ({result['bc_actions_return']:.1f}): {result['normalised_by_bc_actions']:.3f}"
     if "success_rate" in result:
         line += f"; success {result['success_rate']:.0%}"
     return line

@@ -135,3 +135,32 @@ def train_decoder(run_dir: Path, stage: StageConfig, show_progress: bool = True)
 
     result = fit("decoder", run_dir, decoder, forward, batches(), stage.optim, stage.log_every, stage.checkpoint_every, batch_size=stage.batch_size, show_progress=show_progress)
     return {**result, "labelled_transitions": len(latents)}
+
+
+def train_action_bc(run_dir: Path, stage: StageConfig, show_progress: bool = True) -> dict[str, Any]:
+    """The reference policy: the same network, from the frame stack straight to the true actions, on every
+    labelled train transition (all of the dataset's labels). Its online return normalises the LAM policies'."""
+    run_dir = Path(run_dir)
+    lam_config, lam, info = frozen_lam(run_dir)
+    claim_run_folder(run_dir, "bc-actions", stage)
+    action_dim = info["features"]["action"]["shape"][0]
+    torch.manual_seed(stage.seed)
+    policy = LatentPolicy(policy_config(stage.preset, lam.config, latent_dim=action_dim))
+    data = stage.data or lam_config.data.path
+    windows = WindowDataset(data, "train", window_spec(lam_config, labelled_only=True), seed=stage.seed, shuffle_buffer=stage.shuffle_buffer)
+    batches = iter(make_loader(windows, stage.batch_size))
+
+    def forward(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return policy({**batch, "latent_target": batch["action"]})
+
+    return fit("bc-actions", run_dir, policy, forward, batches, stage.optim, stage.log_every, stage.checkpoint_every, batch_size=stage.batch_size, show_progress=show_progress)
+
+
+def frozen_action_bc(run_dir: Path, lam: torch.nn.Module, action_dim: int) -> LatentPolicy | None:
+    """The run's action-BC reference policy, or None if it was not trained."""
+    if not (run_dir / "bc-actions.pt").exists():
+        return None
+    stage = build(StageConfig, json.loads((run_dir / "bc-actions-config.json").read_text()), "bc-actions-config")
+    policy = LatentPolicy(policy_config(stage.preset, lam.config, latent_dim=action_dim))
+    load_checkpoint(run_dir / "bc-actions.pt", policy)
+    return policy.eval().requires_grad_(False)

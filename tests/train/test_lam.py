@@ -149,8 +149,11 @@ def test_bc_then_decoder_on_a_label_budget(tiny_data, tmp_path):
         labelled_latents(tmp_path, StageConfig(preset="tiny", labelled=10**6))
 
     from masklam.eval.rollout import evaluate_run
+    from masklam.train.stages import train_action_bc
 
+    train_action_bc(tmp_path, stage, show_progress=False)
     evaluation = evaluate_run(tmp_path, episodes=2, steps=10, show_progress=False)
+    assert evaluation["bc_actions_return"] is not None and evaluation["collector_return"] is not None
     assert evaluation["episodes"] == 2 and len(evaluation["returns"]) == 2 and np.isfinite(evaluation["return_mean"])
     assert json.loads((tmp_path / "evaluate.json").read_text()) == evaluation
     assert evaluation == evaluate_run(tmp_path, episodes=2, steps=10, show_progress=False)  # deterministic
