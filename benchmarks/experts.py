@@ -34,7 +34,7 @@ def env_steps_per_second(env_id: str, steps: int) -> float:
 def updates_per_second(env_id: str, updates: int, threads: int, hidden: int, batch_size: int) -> float:
     torch.set_num_threads(threads)
     sim = DMCSimulator(parse_env_id(env_id).task)
-    state_dim, action_dim = len(sim.reset(np.random.default_rng(0))), len(sim.action_low)
+    state_dim, action_dim = sim.state_dim, len(sim.action_low)
     agent = SAC(SACConfig(env_id, hidden=hidden, batch_size=batch_size), state_dim, action_dim)
     buffer = ReplayBuffer(10_000, state_dim, action_dim)
     rng = np.random.default_rng(0)

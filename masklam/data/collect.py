@@ -9,6 +9,7 @@ written in any order, by any worker or rank, and a re-run skips the shards alrea
 from __future__ import annotations
 
 import dataclasses
+import json
 import multiprocessing
 import os
 import queue
@@ -247,7 +248,7 @@ def dataset_features(env: DistractingEnv, state_dim: int) -> dict[str, Feature]:
     features = {
         "rgb": Feature("uint8", (size, size, 3), "RGB frame with distractors"),
         "state": Feature("float32", (state_dim,), "proprioceptive state: " + ", ".join(env.sim.state_names)),
-        "action": Feature("float32", (action_dim,), "action taken at this frame, clipped to the bounds; NaN at an episode's final frame; absent for unlabelled episodes"),
+        "action": Feature("float32", (action_dim,), "action taken at this frame, clipped to the bounds; NaN at an episode's final frame and throughout unlabelled episodes (readers return no action for those)"),
         "reward": Feature("float32", (), "reward of the transition from this frame; NaN at an episode's final frame"),
         "terminated": Feature("bool", (), "this frame is a terminal state"),
         "truncated": Feature("bool", (), "this frame ends the episode by the time limit"),
@@ -308,8 +309,6 @@ def prepare_output(root: Path, config: CollectConfig, overwrite: bool) -> None:
 
 
 def _read_identity(root: Path) -> dict | None:
-    import json
-
     try:
         return json.loads((root / CONFIG_FILE).read_text())["config"]
     except (OSError, ValueError, KeyError, TypeError):
@@ -353,7 +352,7 @@ def collect(config: CollectConfig, root: Path, workers: int = 1, overwrite: bool
             validator.close()
             _write_in_pool(config, root, todo, workers, bar)
     validator.close()
-    if all(ShardWriter(config, root).is_done(p) for p in plans):
+    if all(validator.is_done(p) for p in plans):
         write_info(root, config, plans, summary)
         return True
     return False
@@ -389,12 +388,12 @@ class EnvSummary:
 
     @classmethod
     def of(cls, env: DistractingEnv) -> EnvSummary:
-        state_dim = int(env.reset(0).state.shape[0])
-        return cls(dataset_features(env, state_dim), env.sim.fps, env.action_low.tolist(), env.action_high.tolist(), list(env.sim.state_names))
+        return cls(dataset_features(env, env.sim.state_dim), env.sim.fps, env.action_low.tolist(), env.action_high.tolist(), list(env.sim.state_names))
 
 
 def write_info(root: Path, config: CollectConfig, plans: list[ShardPlan], env: EnvSummary) -> dict:
     """Summarise the finished shards into info.json (the last file written: its presence means complete)."""
+    made_by = read_json(root / CONFIG_FILE, "re-run the same masklam collect command")
     splits, count, action_sum, action_sq = {}, 0, 0.0, 0.0
     coverage = []
     for split in SPLITS:
@@ -435,13 +434,8 @@ def write_info(root: Path, config: CollectConfig, plans: list[ShardPlan], env: E
         },
         "mask_sources": {ORACLE: {"kind": "oracle", "description": "simulator segmentation of the agent's geoms", "coverage": float(np.round(np.mean(coverage), 6))}},
         "splits": splits,
-        "collect": {"config": config.identity(), "command": _read_command(root)},
+        "collect": {key: made_by[key] for key in ("config", "command")},
     }
     atomic_write_json(root / INFO_FILE, info)
     return info
 
-
-def _read_command(root: Path) -> str:
-    import json
-
-    return json.loads((root / CONFIG_FILE).read_text())["command"]

@@ -41,6 +41,7 @@ class DMCSimulator:
         self.action_low = spec.minimum.astype(np.float32)
         self.action_high = spec.maximum.astype(np.float32)
         self.state_names = list(self._env.observation_spec())
+        self.state_dim = sum(int(np.prod(spec.shape)) for spec in self._env.observation_spec().values())
         self.agent_geoms = geoms_of_bodies(self.model, _agent_bodies(self.model))
         self.background_geoms = np.zeros(0, dtype=np.int32)  # the floor stays visible, as in the papers
 

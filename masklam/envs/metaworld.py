@@ -71,6 +71,7 @@ class MetaWorldSimulator:
         self.action_low = self._env.action_space.low.astype(np.float32)
         self.action_high = self._env.action_space.high.astype(np.float32)
         self.state_names = ["observation"]
+        self.state_dim = int(self._env.observation_space.shape[0])
         # The agent is the moving robot: arm, head and gripper (the bodies under the first arm
         # link). The pedestal and base are static scenery.
         self.agent_geoms = geoms_of_bodies(self.model, _subtree(self.model, self.model.body("right_l0").id))

@@ -156,8 +156,7 @@ def make_policy(name: str, env: Any) -> Policy:
         path = shipped_expert(env.spec.env_id)
     else:
         path = Path(name)
-    state_dim = int(env.reset(0).state.shape[0])
-    return CheckpointPolicy(path, env.spec.env_id, state_dim, env.action_low, env.action_high)
+    return CheckpointPolicy(path, env.spec.env_id, simulator.state_dim, env.action_low, env.action_high)
 
 
 class NoisyPolicy:

@@ -28,6 +28,7 @@ class Simulator(Protocol):
     action_low: np.ndarray
     action_high: np.ndarray
     state_names: list[str]
+    state_dim: int  # size of the proprioceptive state vector
     agent_geoms: np.ndarray  # geom ids that belong to the agent (the mask)
     background_geoms: np.ndarray  # geom ids drawn over by the background video, beside the skybox
 

@@ -59,27 +59,19 @@ def collect_latents(latent_of: Callable[[dict[str, torch.Tensor]], torch.Tensor]
 
 def probe_run(run_dir, data: str, windows: int = 20000, batch_size: int = 64) -> dict:
     """Action and distractor probes of a trained LAM run (lam.pt + lam-config.json) on a dataset."""
-    import json
     from pathlib import Path
 
     from masklam.atomic import atomic_write_json
-    from masklam.configs import build
     from masklam.data.dataset import open_dataset
-    from masklam.errors import UsageError
-    from masklam.train.lam import CHECKPOINT, CONFIG, LAMTrainConfig, build_model
-    from masklam.train.loader import WindowDataset, WindowSpec, action_variance, make_loader
+    from masklam.train.loader import WindowDataset, action_variance, make_loader
+    from masklam.train.stages import frozen_lam, window_spec
 
     run_dir = Path(run_dir)
-    if not (run_dir / CHECKPOINT).exists() or not (run_dir / CONFIG).exists():
-        raise UsageError(f"{run_dir} has no trained LAM ({CHECKPOINT} and {CONFIG}): train one with `masklam train lam --out {run_dir}`")
-    config = build(LAMTrainConfig, json.loads((run_dir / CONFIG).read_text()), "lam-config")
+    config, model, _ = frozen_lam(run_dir)
     info = open_dataset(data).info
-    model = build_model(config, info)
-    model.load_state_dict(torch.load(run_dir / CHECKPOINT, map_location="cpu", weights_only=False)["model"])
-    model.eval()
     # Distractor states to probe; the background video's index is a category, not a state, so it is left out.
     distractors = tuple(name for name in info["features"] if name.startswith("distractor_") and name != "distractor_bg_video")
-    spec = WindowSpec(stack=config.data.stack, future_max=1, mask_source=config.data.mask_source if config.uses_masks else None, labelled_only=True, fields=distractors)
+    spec = window_spec(config, labelled_only=True, fields=distractors)
 
     def latents(split: str, limit: int):
         stream = WindowDataset(data, split, spec, seed=config.seed, shuffle_buffer=256, epochs=1)

@@ -22,20 +22,20 @@ from masklam.envs.spec import EnvSpec
 from masklam.errors import UsageError
 from masklam.models.lam import ActionDecoder, ActionDecoderConfig
 from masklam.train.loop import load_checkpoint
-from masklam.train.stages import frozen_action_bc, frozen_lam, frozen_policy
+from masklam.train.stages import frozen_lam, frozen_policy, frozen_stage_policy
 
 EVAL_SEED_KEY = 11  # evaluation episodes draw seeds no dataset episode uses
 
 
 def load_decoded_policy(run_dir: Path):
-    """The run's frozen latent policy and action decoder, and the LAM's config and dataset info."""
+    """The run's frozen LAM, latent policy and action decoder, and the LAM's config and dataset info."""
     lam_config, lam, info = frozen_lam(run_dir)
     policy = frozen_policy(run_dir, lam)
     if not (run_dir / "decoder.pt").exists():
         raise UsageError(f"{run_dir} has no action decoder (decoder.pt): run `masklam train decoder {run_dir}` first")
     decoder = ActionDecoder(ActionDecoderConfig(latent_dim=policy.config.latent_dim), info["features"]["action"]["shape"][0])
     load_checkpoint(run_dir / "decoder.pt", decoder)
-    return lam_config, policy, decoder.eval(), info
+    return lam_config, lam, policy, decoder.eval(), info
 
 
 def rollout_returns(env: DistractingEnv, act, stack: int, episodes: int, seed: int, limit: int, bar) -> tuple[np.ndarray, list[bool]]:
@@ -64,8 +64,8 @@ def evaluate_run(run_dir: Path, episodes: int = 10, seed: int = 0, steps: int | 
     run_dir = Path(run_dir)
     if episodes < 1:
         raise UsageError("--episodes must be at least 1")
-    lam_config, policy, decoder, info = load_decoded_policy(run_dir)
-    reference_policy = frozen_action_bc(run_dir, frozen_lam(run_dir)[1], info["features"]["action"]["shape"][0])
+    lam_config, lam, policy, decoder, info = load_decoded_policy(run_dir)
+    reference_policy = frozen_stage_policy(run_dir, "bc-actions", lam, latent_dim=info["features"]["action"]["shape"][0])
     spec = EnvSpec.from_json(info["env"])
     stack = lam_config.data.stack
     with DistractingEnv(spec, "test") as env, torch.no_grad():

@@ -56,7 +56,7 @@ def evaluate_checkpoint(env_id: str, checkpoint: Path | None, episodes: int, see
         return evaluate_scripted(env_id, episodes, seed)
     path = Path(checkpoint) if checkpoint is not None else shipped_expert(env_id)
     sim = DMCSimulator(parse_env_id(env_id).task)
-    state_dim = len(sim.reset(np.random.default_rng(0)))
+    state_dim = sim.state_dim
     unit = np.ones_like(sim.action_low)
     sim.close()
     policy = CheckpointPolicy(path, env_id, state_dim, -unit, unit)  # actions in [-1, 1]; evaluate rescales

@@ -282,10 +282,9 @@ def train(config: SACConfig, run_dir: Path, show_progress: bool = True) -> dict[
 
     sim = DMCSimulator(parse_env_id(config.env_id).task)
     low, high = sim.action_low, sim.action_high
-    state_dim = len(sim.reset(np.random.default_rng(0)))
     action_dim = len(low)
-    agent = SAC(config, state_dim, action_dim)
-    buffer = ReplayBuffer(min(config.buffer_size, config.total_steps), state_dim, action_dim)
+    agent = SAC(config, sim.state_dim, action_dim)
+    buffer = ReplayBuffer(min(config.buffer_size, config.total_steps), sim.state_dim, action_dim)
     rng = np.random.default_rng(config.seed)
     progress = {"step": 0, "episode": 0, "next_eval": config.eval_every, "next_checkpoint": config.checkpoint_every, "wall_seconds": 0.0}
     if saved is not None:

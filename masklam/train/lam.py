@@ -1,6 +1,7 @@
 """`masklam train lam`: pretrain a latent action model on a dataset's unlabelled transitions.
 
-Read top to bottom: config, set-up (distributed, data, model, optimiser, resume), the loop.
+Read top to bottom: config, model, distributed set-up, then data and model handed to the loop every
+stage shares (masklam/train/loop.py: optimiser, resume, logging, checkpoints).
 Distributed training is torch DDP launched by torchrun (gloo on CPU, nccl on GPU); every rank reads
 its own shards. The data stream is deterministic, so a resumed run replays the stream up to its
 step and continues bit-identical to an uninterrupted run.

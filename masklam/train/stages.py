@@ -59,15 +59,27 @@ def frozen_lam(run_dir: Path) -> tuple[LAMTrainConfig, torch.nn.Module, dict[str
     return config, model, info
 
 
-def policy_model(stage: StageConfig, lam: torch.nn.Module) -> LatentPolicy:
-    """The latent policy: the stage's encoder size, the LAM's latent, image and stack sizes."""
+def policy_model(stage: StageConfig, lam: torch.nn.Module, latent_dim: int | None = None) -> LatentPolicy:
+    """The policy network: the stage's encoder size, the LAM's image and stack sizes, and the LAM's latent
+    size unless ``latent_dim`` says otherwise (the action size, for BC on true actions)."""
     torch.manual_seed(stage.seed)
-    return LatentPolicy(policy_config(stage.preset, lam.config))
+    return LatentPolicy(policy_config(stage.preset, lam.config, **({"latent_dim": latent_dim} if latent_dim else {})))
 
 
-def window_spec(lam_config: LAMTrainConfig, labelled_only: bool) -> WindowSpec:
+def frozen_stage_policy(run_dir: Path, stage: str, lam: torch.nn.Module, latent_dim: int | None = None) -> LatentPolicy | None:
+    """A trained stage's policy network (``bc``, ``bc-actions``), frozen; None if that stage was not run."""
+    if not (run_dir / f"{stage}.pt").exists():
+        return None
+    config = build(StageConfig, json.loads((run_dir / f"{stage}-config.json").read_text()), f"{stage}-config")
+    policy = policy_model(config, lam, latent_dim)
+    load_checkpoint(run_dir / f"{stage}.pt", policy)
+    return policy.eval().requires_grad_(False)
+
+
+def window_spec(lam_config: LAMTrainConfig, labelled_only: bool, fields: tuple[str, ...] = ()) -> WindowSpec:
+    """Windows for the stages after the LAM: k = 1, the LAM's stack and masks."""
     masks = lam_config.data.mask_source if lam_config.uses_masks else None
-    return WindowSpec(stack=lam_config.data.stack, future_max=1, mask_source=masks, labelled_only=labelled_only)
+    return WindowSpec(stack=lam_config.data.stack, future_max=1, mask_source=masks, labelled_only=labelled_only, fields=fields)
 
 
 def train_bc(run_dir: Path, stage: StageConfig, show_progress: bool = True) -> dict[str, Any]:
@@ -86,12 +98,10 @@ def train_bc(run_dir: Path, stage: StageConfig, show_progress: bool = True) -> d
 
 
 def frozen_policy(run_dir: Path, lam: torch.nn.Module) -> LatentPolicy:
-    if not (run_dir / "bc.pt").exists():
+    policy = frozen_stage_policy(run_dir, "bc", lam)
+    if policy is None:
         raise UsageError(f"{run_dir} has no latent policy (bc.pt): run `masklam train bc {run_dir}` first")
-    bc_stage = build(StageConfig, json.loads((run_dir / "bc-config.json").read_text()), "bc-config")
-    policy = policy_model(bc_stage, lam)
-    load_checkpoint(run_dir / "bc.pt", policy)
-    return policy.eval().requires_grad_(False)
+    return policy
 
 
 def labelled_latents(run_dir: Path, stage: StageConfig) -> tuple[torch.Tensor, torch.Tensor]:
@@ -143,9 +153,7 @@ def train_action_bc(run_dir: Path, stage: StageConfig, show_progress: bool = Tru
     run_dir = Path(run_dir)
     lam_config, lam, info = frozen_lam(run_dir)
     claim_run_folder(run_dir, "bc-actions", stage)
-    action_dim = info["features"]["action"]["shape"][0]
-    torch.manual_seed(stage.seed)
-    policy = LatentPolicy(policy_config(stage.preset, lam.config, latent_dim=action_dim))
+    policy = policy_model(stage, lam, latent_dim=info["features"]["action"]["shape"][0])
     data = stage.data or lam_config.data.path
     windows = WindowDataset(data, "train", window_spec(lam_config, labelled_only=True), seed=stage.seed, shuffle_buffer=stage.shuffle_buffer)
     batches = iter(make_loader(windows, stage.batch_size))
@@ -155,12 +163,3 @@ def train_action_bc(run_dir: Path, stage: StageConfig, show_progress: bool = Tru
 
     return fit("bc-actions", run_dir, policy, forward, batches, stage.optim, stage.log_every, stage.checkpoint_every, batch_size=stage.batch_size, show_progress=show_progress)
 
-
-def frozen_action_bc(run_dir: Path, lam: torch.nn.Module, action_dim: int) -> LatentPolicy | None:
-    """The run's action-BC reference policy, or None if it was not trained."""
-    if not (run_dir / "bc-actions.pt").exists():
-        return None
-    stage = build(StageConfig, json.loads((run_dir / "bc-actions-config.json").read_text()), "bc-actions-config")
-    policy = LatentPolicy(policy_config(stage.preset, lam.config, latent_dim=action_dim))
-    load_checkpoint(run_dir / "bc-actions.pt", policy)
-    return policy.eval().requires_grad_(False)

@@ -204,3 +204,4 @@ def test_every_listed_task_renders_its_agent(env_id):
             observation = env.step(action).observation
         assert observation.mask.any() and observation.mask.mean() < 0.6
         assert observation.rgb.shape == (32, 32, 3)
+        assert observation.state.shape == (env.sim.state_dim,)
