@@ -201,11 +201,12 @@ def probe(
     data: str = typer.Option(..., "--data", help="dataset: probes fit on its train split and score on its test split"),
     windows: int = typer.Option(20000, help="train windows to fit on (a quarter as many test windows)"),
     as_json: bool = typer.Option(False, "--json"),
+    progress: bool = typer.Option(True),
 ) -> None:
     """Normalised linear-probe MSE from the frozen latent action to the action, and to each distractor's state."""
     from masklam.eval.probe import probe_run, render_probe
 
-    result = probe_run(run, data, windows)
+    result = probe_run(run, data, windows, show_progress=progress)
     typer.echo(json.dumps(result, indent=1) if as_json else render_probe(result))
 
 

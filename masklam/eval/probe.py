@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 RIDGE = 1e-3
 
@@ -42,22 +43,23 @@ def normalised_mse(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,
     return mse / max(var, 1e-12)
 
 
-def collect_latents(latent_of: Callable[[dict[str, torch.Tensor]], torch.Tensor], batches: Iterable[dict[str, torch.Tensor]], fields: tuple[str, ...], limit: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+def collect_latents(latent_of: Callable[[dict[str, torch.Tensor]], torch.Tensor], batches: Iterable[dict[str, torch.Tensor]], fields: tuple[str, ...], limit: int, desc: str = "latents", show_progress: bool = True) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Latents of up to ``limit`` windows and the batches' ``fields`` alongside them."""
     latents, values = [], {name: [] for name in fields}
     count = 0
-    with torch.no_grad():
+    with torch.no_grad(), tqdm(total=limit, unit="window", desc=desc, disable=not show_progress or None) as bar:
         for batch in batches:
             latents.append(latent_of(batch).float().cpu().numpy())
             for name in fields:
                 values[name].append(batch[name].float().cpu().numpy())
             count += len(latents[-1])
+            bar.update(min(len(latents[-1]), limit - bar.n))
             if count >= limit:
                 break
     return np.concatenate(latents)[:limit], {name: np.concatenate(v)[:limit] for name, v in values.items()}
 
 
-def probe_run(run_dir, data: str, windows: int = 20000, batch_size: int = 64) -> dict:
+def probe_run(run_dir, data: str, windows: int = 20000, batch_size: int = 64, show_progress: bool = True) -> dict:
     """Action and distractor probes of a trained LAM run (lam.pt + lam-config.json) on a dataset."""
     from pathlib import Path
 
@@ -75,7 +77,7 @@ def probe_run(run_dir, data: str, windows: int = 20000, batch_size: int = 64) ->
 
     def latents(split: str, limit: int):
         stream = WindowDataset(data, split, spec, seed=config.seed, shuffle_buffer=256, epochs=1)
-        return collect_latents(model.latent, make_loader(stream, batch_size), ("action", *distractors), limit)
+        return collect_latents(model.latent, make_loader(stream, batch_size), ("action", *distractors), limit, f"probe {split}", show_progress)
 
     train_z, train_values = latents("train", windows)
     test_z, test_values = latents("test", max(windows // 4, 1))
