@@ -3,7 +3,8 @@
 - PixelLAM: an IDM and a pixel-space FDM. LAPO with the full-frame loss, MaskLAM with the loss
   restricted to the agent's pixels (``masked_mse``).
 - LAOM: a shared encoder, latent IDM and FDM heads, an EMA target encoder, augmentations.
-- LAOMLabels: LAOM plus a linear head from the latent to the true action, trained on labelled rows.
+- LAOMLabels: LAOM plus a linear head from the latent to the true action, trained on a separate
+  labelled batch (``labelled_obs``, ``labelled_future``, ``labelled_action``) each step.
 - LatentPolicy (latent behaviour cloning) and ActionDecoder (latent -> action).
 
 Batches are dicts of tensors as the loader gives them (frames uint8, channels last):
@@ -304,8 +305,11 @@ class LAOMLabelsConfig(LAOMConfig):
 
 
 class LAOMLabels(LAOM):
-    """LAOM plus a linear head latent -> action, trained on the batch's labelled rows:
-    loss = latent loss + action_weight x action MSE (0 for a batch with no labelled row)."""
+    """LAOM plus a linear head latent -> action, trained each step on a separate labelled batch (the
+    trainer streams it from the labelled records): ``labelled_obs`` / ``labelled_future`` stacks and
+    ``labelled_action``. loss = latent loss (on the main batch) + action_weight x action MSE."""
+
+    LABELLED_KEYS = ("obs", "future", "action")  # of the labelled batch, each prefixed "labelled_"
 
     def __init__(self, config: LAOMLabelsConfig, action_dim: int) -> None:
         super().__init__(config)
@@ -313,8 +317,11 @@ class LAOMLabels(LAOM):
 
     def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
         out = super().forward(batch)
-        action_prediction = self.action_head(out["latent"])
-        action_loss = row_mse(action_prediction, batch["action"], batch["labelled"])
+        # Same augmented encoder and IDM as the latent loss; every labelled row counts, so under DDP the
+        # ranks' equal-sized means average to the global batch's mean.
+        _, labelled_latent = self.idm_latent(self.augmented(batch["labelled_obs"]), self.augmented(batch["labelled_future"]))
+        action_prediction = self.action_head(labelled_latent)
+        action_loss = F.mse_loss(action_prediction, batch["labelled_action"])
         out["loss"] = out["latent_loss"] + self.config.action_weight * action_loss
         return {**out, "action_prediction": action_prediction, "action_loss": action_loss}
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -19,6 +20,7 @@ import torch.distributed as dist
 
 from masklam.data.dataset import open_dataset
 from masklam.errors import UsageError
+from masklam.models.lam import LAOMLabels
 from masklam.models.presets import METHODS, PRESETS, build_lam, lam_config
 from masklam.train.loader import WindowDataset, WindowSpec, make_loader
 from masklam.train.loop import OptimConfig, claim_run_folder, fit
@@ -34,6 +36,7 @@ class DataConfig:
     future_max: int = 10  # multi-step IDM: k ~ U{1..K}
     mask_source: str = "oracle"  # used by masked methods; ignored by lapo and laom
     batch_size: int = 32
+    labelled_batch_size: int = 32  # laom-labels: the separate labelled batch drawn each step
     shuffle_buffer: int = 2048
     workers: int = 0
 
@@ -57,8 +60,8 @@ class LAMTrainConfig:
             raise UsageError(f"unknown method '{self.method}': choose one of {', '.join(METHODS)}")
         if self.preset not in PRESETS:
             raise UsageError(f"unknown model preset '{self.preset}': choose one of {', '.join(PRESETS)}")
-        if self.optim.steps < 1 or self.data.batch_size < 1:
-            raise UsageError("optim.steps and data.batch_size must be at least 1")
+        if self.optim.steps < 1 or self.data.batch_size < 1 or self.data.labelled_batch_size < 1:
+            raise UsageError("optim.steps, data.batch_size and data.labelled_batch_size must be at least 1")
 
     @property
     def uses_masks(self) -> bool:
@@ -84,6 +87,26 @@ def setup_distributed(device: str) -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
+# --- data -----------------------------------------------------------------------------------
+def window_batches(config: LAMTrainConfig, rank: int, world_size: int) -> Iterator[dict[str, torch.Tensor]]:
+    """Batches of training windows; for laom-labels each also carries a separate labelled batch
+    (``labelled_obs``, ``labelled_future``, ``labelled_action``) from its own stream of labelled records."""
+    data = config.data
+    spec = WindowSpec(stack=data.stack, future_max=data.future_max, mask_source=data.mask_source if config.uses_masks else None)
+    windows = WindowDataset(data.path, "train", spec, seed=config.seed, shuffle_buffer=data.shuffle_buffer, rank=rank, world_size=world_size)
+    batches = iter(make_loader(windows, data.batch_size, data.workers))
+    if config.method != "laom-labels":
+        return batches
+    labelled_spec = WindowSpec(stack=data.stack, future_max=data.future_max, mask_source=None, labelled_only=True)
+    # Another seed than the main stream's, so the two streams do not visit records in the same order.
+    labelled = WindowDataset(data.path, "train", labelled_spec, seed=config.seed + 7919, shuffle_buffer=data.shuffle_buffer, rank=rank, world_size=world_size)
+    labelled_batches = iter(make_loader(labelled, data.labelled_batch_size, data.workers))
+    return (
+        batch | {f"labelled_{key}": extra[key] for key in LAOMLabels.LABELLED_KEYS}
+        for batch, extra in zip(batches, labelled_batches)
+    )
+
+
 # --- training -------------------------------------------------------------------------------
 def train_lam(config: LAMTrainConfig, run_dir: Path, show_progress: bool = True) -> dict[str, Any]:
     run_dir = Path(run_dir)
@@ -96,9 +119,7 @@ def train_lam(config: LAMTrainConfig, run_dir: Path, show_progress: bool = True)
     trained = torch.nn.parallel.DistributedDataParallel(model) if world_size > 1 else model
     forward = torch.compile(trained) if config.compile else trained  # DDP's forward all-reduces the gradients
 
-    spec = WindowSpec(stack=config.data.stack, future_max=config.data.future_max, mask_source=config.data.mask_source if config.uses_masks else None)
-    windows = WindowDataset(config.data.path, "train", spec, seed=config.seed, shuffle_buffer=config.data.shuffle_buffer, rank=rank, world_size=world_size)
-    batches = iter(make_loader(windows, config.data.batch_size, config.data.workers))
+    batches = window_batches(config, rank, world_size)
     result = fit(
         "lam", run_dir, model, forward, batches, config.optim, config.log_every, config.checkpoint_every,
         config.device, config.bf16, rank, world_size, config.data.batch_size, show_progress,

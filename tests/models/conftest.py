@@ -28,6 +28,9 @@ def synthetic_batch(batch: int = 4, size: int = 32, stack: int = 3, seed: int = 
         "next": frames(batch, size, size, 3), "obs_mask": masks(batch, stack, size, size),
         "future_mask": masks(batch, stack, size, size), "next_mask": masks(batch, size, size),
         "action": action, "labelled": labelled,
+        # LAOM-Labels' separate labelled batch
+        "labelled_obs": frames(2, stack, size, size, 3), "labelled_future": frames(2, stack, size, size, 3),
+        "labelled_action": torch.randn(2, 2, generator=g),
     }
 
 

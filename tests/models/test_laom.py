@@ -4,7 +4,7 @@ import dataclasses
 
 import torch
 
-from masklam.models import LAOM, AugmentConfig, augment, lam_config
+from masklam.models import LAOM, AugmentConfig, LAOMLabels, augment, lam_config
 
 
 def tiny_laom(**overrides) -> LAOM:
@@ -78,3 +78,22 @@ def test_laom_augments_only_in_training_and_never_in_latent(make_batch):
     seeded = [tiny_laom(augment=dataclasses.replace(AugmentConfig(), seed=5)) for _ in range(2)]
     seeded[1].load_state_dict(seeded[0].state_dict())
     torch.testing.assert_close(seeded[0](batch)["loss"], seeded[1](batch)["loss"])
+
+
+def test_laom_labels_fits_its_action_head_on_the_separate_labelled_batch_only(make_batch):
+    config = lam_config("laom-labels", "tiny", channels=(4, 8, 8), latent_dim=32, hidden_dim=32, augment=None)
+    model = LAOMLabels(config, action_dim=2)
+    batch = make_batch()
+    out = model(batch)
+    torch.testing.assert_close(out["loss"], out["latent_loss"] + config.action_weight * out["action_loss"])
+    assert out["action_prediction"].shape == batch["labelled_action"].shape
+    # The main batch's actions play no part; the labelled batch's do.
+    unchanged = model({**batch, "action": torch.randn_like(batch["action"])})
+    changed = model({**batch, "labelled_action": batch["labelled_action"] + 1})
+    torch.testing.assert_close(unchanged["action_loss"], out["action_loss"])
+    assert not torch.isclose(changed["action_loss"], out["action_loss"])
+    # The action loss trains the encoder and the IDM too, not only the head.
+    model.zero_grad(set_to_none=True)
+    out["action_loss"].backward()
+    assert model.action_head.weight.grad.abs().sum() > 0 and model.idm[0].weight.grad.abs().sum() > 0
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.encoder.parameters())

@@ -86,7 +86,15 @@ def synthetic_batch(batch: int = 4, size: int = 32) -> dict[str, torch.Tensor]:
     return {
         "obs": frames(batch, 3, size, size, 3), "future": frames(batch, 3, size, size, 3), "next": frames(batch, size, size, 3),
         "obs_mask": masks[:, None].repeat(1, 3, 1, 1), "future_mask": masks[:, None].repeat(1, 3, 1, 1), "next_mask": masks,
+        "labelled_obs": frames(batch, 3, size, size, 3), "labelled_future": frames(batch, 3, size, size, 3),
+        "labelled_action": torch.randn(batch, 6, generator=generator),
     }
+
+
+def ddp_model(method: str) -> torch.nn.Module:
+    # LAOM's augmentations draw per process: off, so that both runs see the same inputs.
+    options = {"augment": None} if method.startswith("laom") else {}
+    return build_lam(lam_config(method, "tiny", **options), action_dim=6)
 
 
 def gradients(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -99,7 +107,7 @@ def ddp_worker(rank: int, method: str, init_file: str, out: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
     torch.manual_seed(0)
-    model = torch.nn.parallel.DistributedDataParallel(build_lam(lam_config(method, "tiny")))
+    model = torch.nn.parallel.DistributedDataParallel(ddp_model(method))
     half = {k: v[2 * rank : 2 * rank + 2] for k, v in synthetic_batch().items()}
     model(half)["loss"].backward()
     if rank == 0:
@@ -107,10 +115,10 @@ def ddp_worker(rank: int, method: str, init_file: str, out: str) -> None:
     dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("method", ["masklam", "lapo"])
+@pytest.mark.parametrize("method", ["masklam", "lapo", "laom-labels"])
 def test_two_process_ddp_gives_the_gradients_of_one_process(tmp_path, method):
     torch.manual_seed(0)
-    single = build_lam(lam_config(method, "tiny"))
+    single = ddp_model(method)
     single(synthetic_batch())["loss"].backward()
     torch.multiprocessing.spawn(ddp_worker, args=(method, str(tmp_path / "init"), str(tmp_path / "grads.pt")), nprocs=2)
     distributed = torch.load(tmp_path / "grads.pt")
