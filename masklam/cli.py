@@ -171,7 +171,7 @@ def expert_eval(
     typer.echo(json.dumps(result, indent=1) if as_json else f"{env}: return {result['mean']:.1f} ± {result['std']:.1f}{success} over {episodes} episodes ({result['checkpoint']})")
 
 
-train_app = typer.Typer(help="Train latent action models (more stages arrive with masklam train).", no_args_is_help=True)
+train_app = typer.Typer(help="Train latent action models and the stages after them (latent BC, action decoder).", no_args_is_help=True)
 app.add_typer(train_app, name="train")
 
 

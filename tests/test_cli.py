@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -92,3 +93,54 @@ def test_collect_info_view(tmp_path, backend):
                 assert picture.size == (128, 2 * 128) and picture.n_frames == 6  # every frame of a 5-step episode
     bad = masklam("view", str(out), "--out", str(tmp_path / "v.png"), "--mask-source", "sam_vit_h")
     assert bad.returncode == 2 and "oracle" in bad.stderr
+
+
+@pytest.fixture(scope="module")
+def cheetah_low(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("cli-train") / "cheetah-low"
+    args = ["--env", "dmc:cheetah-run", "--distractors", "low", "--size", "32", "--steps", "20", "--episodes", "4"]
+    done = masklam("collect", *args, "--test-episodes", "1", "--labelled-episodes", "2", "--episodes-per-shard", "2", "--out", str(root), "--no-progress")
+    assert done.returncode == 0, done.stderr
+    return root
+
+
+@pytest.mark.parametrize("method", ["lapo", "masklam", "laom", "laom-labels"])
+def test_train_all_then_probe_and_evaluate(cheetah_low, tmp_path, method):
+    """Issue 4's end-to-end path, at smoke scale, for each method."""
+    run = tmp_path / method
+    steps = ["--set", "optim.steps=6", "--stage-set", "optim.steps=6", "--stage-set", "batch_size=8"]
+    done = masklam("train", "all", "--data", str(cheetah_low), "--out", str(run), "--trainer", f"{method}-tiny", "--labelled", "30", *steps, "--no-progress")
+    assert done.returncode == 0, done.stderr
+    assert f"trained {method}" in done.stdout and "30 labelled transitions" in done.stdout
+    assert {"lam.pt", "bc.pt", "decoder.pt", "bc-actions.pt"} <= {p.name for p in run.iterdir()}
+
+    done = masklam("probe", str(run), "--data", str(cheetah_low), "--windows", "40", "--no-progress")
+    assert done.returncode == 0, done.stderr
+    assert "NMSE" in done.stdout and (run / "probe.json").exists()
+
+    done = masklam("evaluate", str(run), "--episodes", "2", "--steps", "8", "--json", "--no-progress")
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["episodes"] == 2 and len(result["returns"]) == 2
+    assert result["return_mean"] == pytest.approx(sum(result["returns"]) / 2)
+
+
+TRAIN_BAD_INPUTS = {
+    "missing dataset": (["train", "lam", "--data", "{tmp}/nowhere", "--out", "{tmp}/run"], "nowhere"),
+    "unknown trainer": (["train", "lam", "--data", "{data}", "--out", "{tmp}/run", "--trainer", "vae-small"], "no trainer preset"),
+    "unknown setting": (["train", "lam", "--data", "{data}", "--out", "{tmp}/run", "--set", "optim.speed=2"], "speed"),
+    "wrong type": (["train", "lam", "--data", "{data}", "--out", "{tmp}/run", "--set", "optim.steps=many"], "optim.steps"),
+    "unknown mask source": (["train", "lam", "--data", "{data}", "--out", "{tmp}/run", "--trainer", "masklam-tiny", "--set", 'data.mask_source="sam"'], "sam"),
+    "probe without a LAM": (["probe", "{tmp}/run", "--data", "{data}"], "lam"),
+    "bc without a LAM": (["train", "bc", "{tmp}/run"], "lam"),
+    "evaluate without a decoder": (["evaluate", "{tmp}/run"], "run"),
+}
+
+
+@pytest.mark.parametrize("case", list(TRAIN_BAD_INPUTS))
+def test_bad_train_input_fails_cleanly(cheetah_low, tmp_path, case):
+    args, expected = TRAIN_BAD_INPUTS[case]
+    done = masklam(*(a.format(tmp=tmp_path, data=cheetah_low) for a in args), "--no-progress")
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert len(done.stderr.strip().splitlines()) == 1 and expected in done.stderr, done.stderr
+    assert not (tmp_path / "run").exists()

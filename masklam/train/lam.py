@@ -99,8 +99,13 @@ def window_batches(config: LAMTrainConfig, rank: int, world_size: int) -> Iterat
         return batches
     labelled_spec = WindowSpec(stack=data.stack, future_max=data.future_max, mask_source=None, labelled_only=True)
     # Another seed than the main stream's, so the two streams do not visit records in the same order.
-    labelled = WindowDataset(data.path, "train", labelled_spec, seed=config.seed + 7919, shuffle_buffer=data.shuffle_buffer, rank=rank, world_size=world_size)
-    labelled_batches = iter(make_loader(labelled, data.labelled_batch_size, data.workers))
+    try:
+        labelled = WindowDataset(data.path, "train", labelled_spec, seed=config.seed + 7919, shuffle_buffer=data.shuffle_buffer, rank=rank, world_size=world_size)
+    except UsageError as error:
+        raise UsageError(f"laom-labels needs labelled episodes, and {error.args[0].split(': ')[0]}: collect with --labelled-episodes > 0, or train another method") from None
+    # Read in this process: labelled episodes are often too few to deal out to workers, and the loader
+    # outpaces training by far (docs/performance.md).
+    labelled_batches = iter(make_loader(labelled, data.labelled_batch_size))
     return (
         batch | {f"labelled_{key}": extra[key] for key in LAOMLabels.LABELLED_KEYS}
         for batch, extra in zip(batches, labelled_batches)
@@ -112,14 +117,13 @@ def train_lam(config: LAMTrainConfig, run_dir: Path, show_progress: bool = True)
     run_dir = Path(run_dir)
     rank, world_size = setup_distributed(config.device)
     info = open_dataset(config.data.path).info
-    claim_run_folder(run_dir, "lam", config, rank)
-
     torch.manual_seed(config.seed)
     model = build_model(config, info).to(config.device)
+    batches = window_batches(config, rank, world_size)  # bad settings fail here, before the run folder is claimed
+    claim_run_folder(run_dir, "lam", config, rank)
+
     trained = torch.nn.parallel.DistributedDataParallel(model) if world_size > 1 else model
     forward = torch.compile(trained) if config.compile else trained  # DDP's forward all-reduces the gradients
-
-    batches = window_batches(config, rank, world_size)
     result = fit(
         "lam", run_dir, model, forward, batches, config.optim, config.log_every, config.checkpoint_every,
         config.device, config.bf16, rank, world_size, config.data.batch_size, show_progress,

@@ -68,6 +68,32 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.O
     return int(state["step"])
 
 
+def train_step(
+    model: torch.nn.Module,
+    forward: Callable[[Batch], dict[str, torch.Tensor]],
+    optimizer: torch.optim.Optimizer,
+    batch: Batch,
+    grad_clip: float,
+    device: str = "cpu",
+    bf16: bool = False,
+) -> dict[str, torch.Tensor]:
+    """One optimiser step on ``batch``; ``forward``'s outputs."""
+    batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+    with torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16, enabled=bf16):
+        out = forward(batch)
+    optimizer.zero_grad(set_to_none=True)
+    out["loss"].backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    if hasattr(model, "update_target"):
+        model.update_target()  # LAOM's EMA target encoder
+    return out
+
+
+def make_optimizer(model: torch.nn.Module, optim: OptimConfig) -> torch.optim.Optimizer:
+    return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=optim.lr, weight_decay=optim.weight_decay)
+
+
 def fit(
     stage: str,
     run_dir: Path,
@@ -86,7 +112,7 @@ def fit(
 ) -> dict[str, Any]:
     """Train ``model`` by ``forward(batch)["loss"]`` for ``optim.steps`` steps; resume from ``run_dir/<stage>.pt``."""
     checkpoint = run_dir / f"{stage}.pt"
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=optim.lr, weight_decay=optim.weight_decay)
+    optimizer = make_optimizer(model, optim)
     start = load_checkpoint(checkpoint, model, optimizer)
     for _ in range(start):  # replay the deterministic stream up to the resumed step
         next(batches)
@@ -100,16 +126,8 @@ def fit(
     bar = tqdm(total=optim.steps, initial=start, unit="step", desc=f"train {stage}", disable=rank != 0 or not show_progress or None)
     began, loss = time.perf_counter(), torch.tensor(float("nan"))
     for step in range(start + 1, optim.steps + 1):
-        batch = {k: v.to(device, non_blocking=True) for k, v in next(batches).items()}
-        with torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16, enabled=bf16):
-            out = forward(batch)
+        out = train_step(model, forward, optimizer, next(batches), optim.grad_clip, device, bf16)
         loss = out["loss"]
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), optim.grad_clip)
-        optimizer.step()
-        if hasattr(model, "update_target"):
-            model.update_target()  # LAOM's EMA target encoder
         if not torch.isfinite(loss):
             raise UsageError(f"the {stage} loss became {loss.item()} at step {step}: lower optim.lr or check the data")
         bar.update(1)

@@ -165,3 +165,12 @@ def test_bc_then_decoder_on_a_label_budget(tiny_data, tmp_path):
     assert evaluation["episodes"] == 2 and len(evaluation["returns"]) == 2 and np.isfinite(evaluation["return_mean"])
     assert json.loads((tmp_path / "evaluate.json").read_text()) == evaluation
     assert evaluation == evaluate_run(tmp_path, episodes=2, steps=10, show_progress=False)  # deterministic
+
+
+def test_laom_labels_without_labelled_episodes_is_refused(tmp_path):
+    env = EnvSpec("dmc:cheetah-run", RenderSpec(size=32), distractor_preset("none"), episode_steps=5)
+    collect(CollectConfig(env=env, episodes=2, test_episodes=0, labelled_episodes=0, seed=1), tmp_path / "data", show_progress=False)
+    with pytest.raises(UsageError, match="laom-labels needs labelled episodes.*--labelled-episodes"):
+        train_lam(tiny_config(tmp_path / "data", "laom-labels", "optim.steps=2"), tmp_path / "run", show_progress=False)
+    assert not (tmp_path / "run").exists()  # nothing claimed: the folder takes another method's run
+    train_lam(tiny_config(tmp_path / "data", "laom", "optim.steps=2"), tmp_path / "run", show_progress=False)
