@@ -50,7 +50,7 @@ def collect(
     steps: int = typer.Option(0, help="steps per episode (0 = the suite's limit: DMC 1000, Meta-World 500)"),
     episodes: int = typer.Option(10, help="train episodes"),
     test_episodes: int = typer.Option(2, help="test episodes (held-out seeds and background videos, always labelled)"),
-    policy: str = typer.Option("random", help="random | expert (Meta-World's scripted policies) | PATH of a saved policy checkpoint"),
+    policy: str = typer.Option("random", help="random | expert (shipped DMC experts, Meta-World's scripted policies) | PATH of a saved policy checkpoint"),
     action_noise: float = typer.Option(0.0, help="Gaussian action noise, std relative to half the action range"),
     seed: int = typer.Option(0, help="dataset seed: the same command and seed give byte-identical data"),
     labelled_episodes: Optional[int] = typer.Option(None, help="keep actions for only this many train episodes (seeded choice)"),
