@@ -122,7 +122,7 @@ def test_train_all_then_probe_and_evaluate(cheetah_low, tmp_path, method):
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
     assert result["episodes"] == 2 and len(result["returns"]) == 2
-    assert result["return_mean"] == pytest.approx(sum(result["returns"]) / 2)
+    assert result["return_mean"] == pytest.approx(sum(result["returns"]) / 2, abs=1e-3)  # returns are rounded
 
 
 TRAIN_BAD_INPUTS = {
