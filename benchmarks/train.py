@@ -70,7 +70,10 @@ def training_rate(config: LAMTrainConfig, steps: int, warmup: int = 2) -> tuple[
 
 def loader_rate(config: LAMTrainConfig, batches: int) -> float:
     stream = window_batches(config, 0, 1)
-    next(stream)  # start-up: workers, first shard, shuffle buffer
+    # Start-up: every worker opens a shard and fills its shuffle buffer before the first batch it sends.
+    warmup = (config.data.workers + 1) * config.data.shuffle_buffer // config.data.batch_size
+    for _ in islice(stream, warmup):
+        pass
     start = time.perf_counter()
     for _ in islice(stream, batches):
         pass
@@ -146,7 +149,7 @@ def main() -> None:
     for method in METHODS:
         for workers in (0, 2):
             config = trainer_config(small, method, "small", f"data.workers={workers}")
-            rate = loader_rate(config, batches=60)
+            rate = loader_rate(config, batches=400)
             print(f"| {method} | {workers} | {rate:.0f} | {trainer[method, 'small']:.1f} | {rate / trainer[method, 'small']:.1f}x |", flush=True)
 
     print("\n| dataset | size on disk | loader: one epoch, peak RSS | masklam-small: 20 steps, peak RSS |")

@@ -174,3 +174,10 @@ def test_laom_labels_without_labelled_episodes_is_refused(tmp_path):
         train_lam(tiny_config(tmp_path / "data", "laom-labels", "optim.steps=2"), tmp_path / "run", show_progress=False)
     assert not (tmp_path / "run").exists()  # nothing claimed: the folder takes another method's run
     train_lam(tiny_config(tmp_path / "data", "laom", "optim.steps=2"), tmp_path / "run", show_progress=False)
+
+
+def test_bf16_autocast_trains(tiny_data, tmp_path):
+    # The switch is meant for GPUs; CPU autocast runs the same code path.
+    train_lam(tiny_config(tiny_data, "masklam", "optim.steps=30", "optim.lr=1e-3", "bf16=true"), tmp_path, show_progress=False)
+    curve = losses(tmp_path)
+    assert all(np.isfinite(curve)) and sum(curve[-2:]) / 2 < sum(curve[:2]) / 2, curve
