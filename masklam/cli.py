@@ -308,6 +308,81 @@ def evaluate(
     typer.echo(json.dumps(result, indent=1) if as_json else render_evaluation(result))
 
 
+@app.command()
+@fails_cleanly
+def segment(
+    data: Path = typer.Argument(..., help="a local dataset folder: the masks are added to it"),
+    model: str = typer.Option(..., "--model", help="sam_vit_h | sam_vit_l | sam_vit_b (segment-anything) | oracle (a copy of the simulator's masks)"),
+    checkpoint: Optional[str] = typer.Option(None, help="weights file (default: the official file name in $MASKLAM_SAM_CHECKPOINTS or ~/.cache/masklam/sam)"),
+    name: Optional[str] = typer.Option(None, help="name of the new mask source (default: the model's)"),
+    point: list[str] = typer.Option([], "--point", help="prompt point on each episode's first frame, x,y (positive) or neg:x,y (repeatable)"),
+    box: Optional[str] = typer.Option(None, help="prompt box on each episode's first frame: x0,y0,x1,y1"),
+    prompt: Optional[str] = typer.Option(None, help="oracle-box: the box of the oracle mask of each episode's first frame (simulated data)"),
+    batch_size: int = typer.Option(8, help="frames encoded per batch"),
+    device: str = typer.Option("cpu", help="cpu, cuda, cuda:1, ..."),
+    half: bool = typer.Option(False, help="half precision (GPUs)"),
+    rank: Optional[int] = typer.Option(None, help="this process's rank (default: $RANK)"),
+    world_size: Optional[int] = typer.Option(None, help="number of ranks (default: $WORLD_SIZE)"),
+    overwrite: bool = typer.Option(False, help="replace a source of the same name, or one being made with other settings"),
+    progress: bool = typer.Option(True),
+) -> None:
+    """Add agent masks from a segmentation model to a dataset, as a new mask source (frames are not rewritten)."""
+    from masklam.segment.prompts import PromptSpec, parse_prompt
+    from masklam.segment.run import SegmentConfig, segment_dataset
+
+    prompts = PromptSpec() if model == "oracle" else parse_prompt(point, box, prompt)
+    config = SegmentConfig(str(data), model, prompts, checkpoint, name, batch_size, device, half)
+    result = segment_dataset(config, rank, world_size, overwrite, show_progress=progress)
+    state = "registered in info.json" if result["registered"] else "waiting for the other ranks' shards"
+    typer.echo(f"'{result['source']}' masks: {result['written']} of this rank's {result['shards']} shards written; {state}")
+
+
+masks_app = typer.Typer(help="Mask sources: compare them, derive degraded ones.", no_args_is_help=True)
+app.add_typer(masks_app, name="masks")
+
+
+@masks_app.command("compare")
+@fails_cleanly
+def masks_compare(
+    data: str = typer.Argument(..., help="dataset folder or URL"),
+    ref: str = typer.Option("oracle", help="reference mask source"),
+    pred: str = typer.Option(..., help="mask source to score"),
+    out: Optional[Path] = typer.Option(None, help="folder for the JSON and the picture of the worst frames (default: DATA/compare)"),
+    worst: int = typer.Option(8, help="frames in the picture of the worst frames"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """IoU, precision and recall of one mask source against another, per episode and overall."""
+    from masklam.segment.compare import compare_sources, render_comparison
+
+    folder = out if out is not None else (Path(data) / "compare" if "://" not in data else None)
+    result = compare_sources(data, ref, pred, worst=worst, out=folder)
+    typer.echo(json.dumps(result, indent=1) if as_json else render_comparison(result))
+
+
+@masks_app.command("transform")
+@fails_cleanly
+def masks_transform(
+    data: Path = typer.Argument(..., help="a local dataset folder"),
+    source: str = typer.Option("oracle", "--from", help="mask source to degrade"),
+    erode: int = typer.Option(0, help="erode by this many pixels"),
+    dilate: int = typer.Option(0, help="dilate by this many pixels"),
+    drop: float = typer.Option(0.0, help="empty the masks of this fraction of frames"),
+    occlude: float = typer.Option(0.0, help="blank this fraction of the agent's box in every frame"),
+    seed: int = typer.Option(0),
+    name: Optional[str] = typer.Option(None, help="name of the derived source (default e.g. oracle_erode2)"),
+    overwrite: bool = typer.Option(False),
+    progress: bool = typer.Option(True),
+) -> None:
+    """Derive a degraded mask source for robustness studies (erode/dilate, drop frames, occlude the agent)."""
+    from masklam.segment.transforms import MaskTransform
+    from masklam.segment.writer import write_mask_source
+
+    transform = MaskTransform(erode, dilate, drop, occlude, seed)
+    target = name or transform.default_name(source)
+    result = write_mask_source(data, target, transform.describe(source), transform(source), (source,), overwrite=overwrite, show_progress=progress)
+    typer.echo(f"'{target}' masks derived from '{source}' in {data} ({result['written']} shards)")
+
+
 def main() -> None:  # pragma: no cover - entry point for `python -m masklam`
     app(prog_name="masklam")
 

@@ -1,0 +1,60 @@
+"""`masklam segment`: one configuration, validated at the edge, turned into a mask source."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from masklam.data.schema import ORACLE
+from masklam.errors import UsageError
+from masklam.segment.prompts import PromptSpec
+from masklam.segment.writer import write_mask_source
+
+SAM_MODELS = ("sam_vit_h", "sam_vit_l", "sam_vit_b")
+
+
+@dataclass(frozen=True)
+class SegmentConfig:
+    data: str
+    model: str
+    prompts: PromptSpec = field(default_factory=PromptSpec)
+    checkpoint: str | None = None
+    name: str | None = None  # default: the model's name
+    batch_size: int = 8
+    device: str = "cpu"
+    half: bool = False
+
+    def __post_init__(self) -> None:
+        if self.model not in (*SAM_MODELS, ORACLE):
+            raise UsageError(f"unknown --model {self.model!r}: choose {', '.join(SAM_MODELS)} or oracle")
+        if self.batch_size < 1:
+            raise UsageError("--batch-size must be at least 1")
+        if self.half and not self.device.startswith("cuda"):
+            raise UsageError("--half is for GPUs (--device cuda): CPUs compute half precision slowly or not at all")
+
+    @property
+    def source(self) -> str:
+        return self.name or self.model
+
+
+def mask_function(config: SegmentConfig) -> tuple[Any, dict[str, Any], tuple[str, ...]]:
+    """(mask function, description for info.json, mask sources the function reads)."""
+    reads = (ORACLE,) if config.prompts.oracle_box else ()
+    if config.model == ORACLE:
+        def copy(records):
+            for record in records:
+                yield record.masks[ORACLE]
+
+        return copy, {"kind": ORACLE, "description": "a copy of the simulator's masks"}, (ORACLE,)
+    from masklam.segment.sam import SamSegmenter, checkpoint_path, describe, load_sam  # SAM_MODELS
+
+    path = checkpoint_path(config.model, config.checkpoint)
+    model, architecture = load_sam(path, config.device)
+    segmenter = SamSegmenter(model, config.prompts, config.batch_size, config.device, config.half)
+    return segmenter, describe(config.model, path, architecture, config.prompts), reads
+
+
+def segment_dataset(config: SegmentConfig, rank: int | None = None, world_size: int | None = None, overwrite: bool = False, show_progress: bool = True) -> dict[str, Any]:
+    make_masks, description, reads = mask_function(config)
+    return write_mask_source(config.data, config.source, description, make_masks, reads, rank, world_size, overwrite, show_progress)
