@@ -321,6 +321,8 @@ def segment(
     batch_size: int = typer.Option(8, help="frames encoded per batch"),
     device: str = typer.Option("cpu", help="cpu, cuda, cuda:1, ..."),
     half: bool = typer.Option(False, help="half precision (GPUs)"),
+    distill: int = typer.Option(0, help="N > 0: the model labels N frames across episodes, a small student learns them and labels every frame"),
+    distill_steps: int = typer.Option(1500, help="training steps of the student"),
     rank: Optional[int] = typer.Option(None, help="this process's rank (default: $RANK)"),
     world_size: Optional[int] = typer.Option(None, help="number of ranks (default: $WORLD_SIZE)"),
     overwrite: bool = typer.Option(False, help="replace a source of the same name, or one being made with other settings"),
@@ -328,11 +330,16 @@ def segment(
 ) -> None:
     """Add agent masks from a segmentation model to a dataset, as a new mask source (frames are not rewritten)."""
     from masklam.segment.prompts import PromptSpec, parse_prompt
+    from masklam.segment.distill import DistillConfig
     from masklam.segment.run import SegmentConfig, segment_dataset
 
     prompts = PromptSpec() if model == "oracle" else parse_prompt(point, box, prompt)
-    config = SegmentConfig(str(data), model, prompts, checkpoint, name, batch_size, device, half)
+    student = DistillConfig(distill, steps=distill_steps) if distill else None
+    config = SegmentConfig(str(data), model, prompts, checkpoint, name, batch_size, device, half, student)
     result = segment_dataset(config, rank, world_size, overwrite, show_progress=progress)
+    if "distill" in result:
+        report = result["distill"]
+        typer.echo(f"student trained on {report['train_frames']} teacher-labelled frames: IoU {report['student_iou_vs_teacher']:.3f} against the teacher on {report['held_out_frames']} held-out frames")
     state = "registered in info.json" if result["registered"] else "waiting for the other ranks' shards"
     typer.echo(f"'{result['source']}' masks: {result['written']} of this rank's {result['shards']} shards written; {state}")
 

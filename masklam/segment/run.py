@@ -8,6 +8,7 @@ from typing import Any
 
 from masklam.data.schema import ORACLE
 from masklam.errors import UsageError
+from masklam.segment.distill import DistillConfig, distill
 from masklam.segment.prompts import PromptSpec
 from masklam.segment.writer import write_mask_source
 
@@ -24,6 +25,7 @@ class SegmentConfig:
     batch_size: int = 8
     device: str = "cpu"
     half: bool = False
+    distill: DistillConfig | None = None  # label every frame with a student trained on the teacher's masks
 
     def __post_init__(self) -> None:
         if self.model not in (*SAM_MODELS, ORACLE):
@@ -35,7 +37,7 @@ class SegmentConfig:
 
     @property
     def source(self) -> str:
-        return self.name or self.model
+        return self.name or (f"{self.model}_student" if self.distill else self.model)
 
 
 def mask_function(config: SegmentConfig) -> tuple[Any, dict[str, Any], tuple[str, ...]]:
@@ -57,4 +59,9 @@ def mask_function(config: SegmentConfig) -> tuple[Any, dict[str, Any], tuple[str
 
 def segment_dataset(config: SegmentConfig, rank: int | None = None, world_size: int | None = None, overwrite: bool = False, show_progress: bool = True) -> dict[str, Any]:
     make_masks, description, reads = mask_function(config)
-    return write_mask_source(config.data, config.source, description, make_masks, reads, rank, world_size, overwrite, show_progress)
+    report = None
+    if config.distill is not None:
+        make_masks, report = distill(config.data, config.source, make_masks, reads, config.distill, show_progress)
+        description, reads = {**description, "student": report}, ()
+    result = write_mask_source(config.data, config.source, description, make_masks, reads, rank, world_size, overwrite, show_progress)
+    return result if report is None else {**result, "distill": report}

@@ -119,3 +119,13 @@ def test_the_official_vit_b_layout_is_read_correctly():
     from segment_anything import sam_model_registry
 
     assert SamArchitecture.of(sam_model_registry["vit_b"]().state_dict()) == official  # the package's own builder
+
+
+def test_sam_as_the_teacher_of_a_distilled_student(dataset_factory, small_checkpoint):
+    from masklam.segment.distill import DistillConfig
+
+    data = dataset_factory()
+    config = SegmentConfig(str(data), "sam_vit_l", parse_prompt([], None, "oracle-box"), str(small_checkpoint), distill=DistillConfig(20, steps=3, batch_size=4))
+    result = segment_dataset(config, show_progress=False)
+    assert result["registered"] and result["distill"]["teacher_frames"] >= 20
+    assert "sam_vit_l_student" in open_dataset(data).info["mask_sources"]

@@ -62,6 +62,12 @@ def test_a_derived_source_is_written_registered_reproducible_and_scored(dataset_
     assert scores["worst_frames"] == sorted(scores["worst_frames"], key=lambda f: f["iou"])
     assert compare_sources(data, "oracle", "oracle")["overall"] == {"iou": 1.0, "precision": 1.0, "recall": 1.0}
 
+    # Training reads a derived source like any other (data.mask_source).
+    from masklam.train.loader import WindowDataset, WindowSpec
+
+    window = next(iter(WindowDataset(data, "train", WindowSpec(mask_source=name), epochs=1)))
+    assert window["next_mask"].sum() < window["next_mask"].size and window["obs_mask"].shape == (3, 32, 32)
+
 
 def test_the_writer_refuses_what_would_damage_a_dataset(dataset_factory):
     data = dataset_factory()
