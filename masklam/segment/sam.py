@@ -187,15 +187,17 @@ class SamSegmenter:
         return np.stack(masks)
 
     def __call__(self, records: Iterator[Record]) -> Iterator[np.ndarray]:
-        last: tuple[int, int, np.ndarray] | None = None  # (episode, chunk, last mask) of the record before
+        last = None  # (episode, chunk, the episode's first prompt, last mask) of the record before
         for record in records:
             meta, frames = record.meta, record.steps["rgb"]
-            oracle = record.masks.get(ORACLE)
-            continues = last is not None and last[:2] == (meta.episode, meta.chunk - 1)
-            first = self.prompts.first(None if oracle is None else oracle[0])
-            # A later chunk's first frame is the previous chunk's last: continue the chain from its mask.
-            masks = self.segment(frames, first, previous=last[2] if continues else None)
-            last = (meta.episode, meta.chunk, masks[-1])
+            if last is not None and last[:2] == (meta.episode, meta.chunk - 1):
+                # A later chunk's first frame is the previous chunk's last: continue the chain from its mask.
+                first, previous = last[2], last[3]
+            else:
+                oracle = record.masks.get(ORACLE)
+                first, previous = self.prompts.first(None if oracle is None else oracle[0]), None
+            masks = self.segment(frames, first, previous)
+            last = (meta.episode, meta.chunk, first, masks[-1])
             yield masks
 
 
