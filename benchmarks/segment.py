@@ -79,13 +79,14 @@ def main() -> None:
     with torch.no_grad():
         SamSegmenter(model, parse_prompt(["1,1"], None, None)).encode(frames[:1])  # warm-up
     naive = naive_rate(model, frames, boxes)
-    batched = batched_rate(model, frames, boxes[0], args.batch_size)
+    batched = {size: batched_rate(model, frames, boxes[0], size) for size in sorted({1, args.batch_size})}
     student = student_rate(frames)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {args.frames} frames of 64 px; SAM ViT-B architecture, random weights\n")
     print("| inference | frames/s | × naive loop |")
     print("|---|---|---|")
     print(f"| SamPredictor, one frame at a time (set_image + predict) | {naive:.3f} | 1.00 |")
-    print(f"| masklam batched (batch {args.batch_size}), mask-following prompts | {batched:.3f} | {batched / naive:.2f} |")
+    for size, rate in batched.items():
+        print(f"| masklam, batch {size}, mask-following prompts | {rate:.3f} | {rate / naive:.2f} |")
     print(f"| distilled student (U-Net, width 16) | {student:.0f} | {student / naive:.0f} |")
 
 

@@ -318,7 +318,7 @@ def segment(
     point: list[str] = typer.Option([], "--point", help="prompt point on each episode's first frame, x,y (positive) or neg:x,y (repeatable)"),
     box: Optional[str] = typer.Option(None, help="prompt box on each episode's first frame: x0,y0,x1,y1"),
     prompt: Optional[str] = typer.Option(None, help="oracle-box: the box of the oracle mask of each episode's first frame (simulated data)"),
-    batch_size: int = typer.Option(8, help="frames encoded per batch"),
+    batch_size: Optional[int] = typer.Option(None, help="frames encoded together (default: 1 on a CPU, where batches are slower; 8 on a GPU)"),
     device: str = typer.Option("cpu", help="cpu, cuda, cuda:1, ..."),
     half: bool = typer.Option(False, help="half precision (GPUs)"),
     distill: int = typer.Option(0, help="N > 0: the model labels N frames across episodes, a small student learns them and labels every frame"),

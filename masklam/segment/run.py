@@ -22,7 +22,7 @@ class SegmentConfig:
     prompts: PromptSpec = field(default_factory=PromptSpec)
     checkpoint: str | None = None
     name: str | None = None  # default: the model's name
-    batch_size: int = 8
+    batch_size: int | None = None  # frames encoded together; default 1 on a CPU (faster there), 8 on a GPU
     device: str = "cpu"
     half: bool = False
     distill: DistillConfig | None = None  # label every frame with a student trained on the teacher's masks
@@ -30,6 +30,8 @@ class SegmentConfig:
     def __post_init__(self) -> None:
         if self.model not in (*SAM_MODELS, ORACLE):
             raise UsageError(f"unknown --model {self.model!r}: choose {', '.join(SAM_MODELS)} or oracle")
+        if self.batch_size is None:
+            object.__setattr__(self, "batch_size", 1 if self.device == "cpu" else 8)
         if self.batch_size < 1:
             raise UsageError("--batch-size must be at least 1")
         if self.half and not self.device.startswith("cuda"):
