@@ -2,8 +2,8 @@
 # Install masklam with its test tools, then run the test suite (the README's test command).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# The sam extra pins torch 2.14.1 + torchvision 0.29.1 (segment-anything needs torchvision); name them too.
-python3 -m pip install --quiet --disable-pip-version-check -e ".[test,sam]" torch==2.14.1 torchvision==0.29.1
+# The sam and ultralytics extras pin torch 2.14.1 + torchvision 0.29.1 (both need torchvision); name them too.
+python3 -m pip install --quiet --disable-pip-version-check -e ".[test,sam,ultralytics]" torch==2.14.1 torchvision==0.29.1
 export MUJOCO_GL="${MUJOCO_GL:-egl}"
 status=0
 python3 -m pytest -q "$@" || status=$?

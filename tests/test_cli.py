@@ -144,3 +144,8 @@ def test_bad_train_input_fails_cleanly(cheetah_low, tmp_path, case):
     assert done.returncode == 2, (done.stdout, done.stderr)
     assert len(done.stderr.strip().splitlines()) == 1 and expected in done.stderr, done.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_the_core_never_imports_ultralytics():
+    code = "import sys, masklam.cli, masklam.segment.run, masklam.segment.sam; assert 'ultralytics' not in sys.modules"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0

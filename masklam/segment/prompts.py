@@ -9,10 +9,12 @@ previous frame's predicted mask: its bounding box plus a few positive points ins
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 
+from masklam.data.schema import ORACLE, Record
 from masklam.errors import UsageError
 
 ORACLE_BOX = "oracle-box"
@@ -120,3 +122,51 @@ def follow(mask: np.ndarray, points: int = FOLLOW_POINTS) -> Prompt:
         yy, xx = np.ogrid[: depth.shape[0], : depth.shape[1]]
         depth[(yy - y) ** 2 + (xx - x) ** 2 <= max(4.0, depth[y, x] ** 2)] = 0  # spread the next points apart
     return Prompt(tuple(chosen), (1,) * len(chosen), box)
+
+
+class PromptChain:
+    """Masks for the records of a shard, one episode at a time: the episode's first frame gets the dataset-level
+    prompt, every later frame a prompt from the mask before it; a chunk continues its episode's chain.
+
+    A model supplies ``encode(frames)`` (a batch of frames -> one feature per frame) and
+    ``decode(feature, prompt, frame_size)`` (one frame's feature as a batch of one -> an (H, W) uint8 mask);
+    frames are encoded ``batch_size`` at a time.
+    """
+
+    def __init__(self, prompts: PromptSpec, batch_size: int = 1) -> None:
+        self.prompts, self.batch_size = prompts, batch_size
+
+    def encode(self, frames: np.ndarray):  # pragma: no cover - implemented by each model
+        raise NotImplementedError
+
+    def decode(self, feature, prompt: Prompt, frame_size: int) -> np.ndarray:  # pragma: no cover
+        raise NotImplementedError
+
+    def segment(self, frames: np.ndarray, first: Prompt, previous: np.ndarray | None = None) -> np.ndarray:
+        """Masks (T, H, W) of consecutive frames; the first frame is prompted by ``first`` (or by ``previous``,
+        the mask of the frame before it), every later one by the mask before it."""
+        masks = []
+        for start in range(0, len(frames), self.batch_size):
+            for feature in self.encode(frames[start : start + self.batch_size]):
+                prompt = first if previous is None else follow(previous, self.prompts.follow_points)
+                if prompt.empty:  # the agent was lost: prompt afresh as on the episode's first frame
+                    prompt = first
+                previous = self.decode(feature[None], prompt, frames.shape[1])
+                masks.append(previous)
+        return np.stack(masks)
+
+    def __call__(self, records: Iterator[Record]) -> Iterator[np.ndarray]:
+        last = None  # (episode, chunk, the episode's first prompt, last mask) of the record before
+        for record in records:
+            meta, frames = record.meta, record.steps["rgb"]
+            if last is not None and last[:2] == (meta.episode, meta.chunk - 1):
+                # A later chunk's first frame is the previous chunk's last: continue the chain from its mask.
+                first, previous = last[2], last[3]
+            else:
+                oracle = record.masks.get(ORACLE)
+                first, previous = self.prompts.first(None if oracle is None else oracle[0]), None
+            masks = self.segment(frames, first, previous)
+            last = (meta.episode, meta.chunk, first, masks[-1])
+            yield masks
+
+

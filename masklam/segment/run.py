@@ -13,6 +13,7 @@ from masklam.segment.prompts import PromptSpec
 from masklam.segment.writer import write_mask_source
 
 SAM_MODELS = ("sam_vit_h", "sam_vit_l", "sam_vit_b")
+ULTRALYTICS = "ultralytics:"
 
 
 @dataclass(frozen=True)
@@ -28,8 +29,8 @@ class SegmentConfig:
     distill: DistillConfig | None = None  # label every frame with a student trained on the teacher's masks
 
     def __post_init__(self) -> None:
-        if self.model not in (*SAM_MODELS, ORACLE):
-            raise UsageError(f"unknown --model {self.model!r}: choose {', '.join(SAM_MODELS)} or oracle")
+        if self.model not in (*SAM_MODELS, ORACLE) and not self.model.startswith(ULTRALYTICS):
+            raise UsageError(f"unknown --model {self.model!r}: choose {', '.join(SAM_MODELS)}, ultralytics:<weights file> or oracle")
         if self.batch_size is None:
             object.__setattr__(self, "batch_size", 1 if self.device == "cpu" else 8)
         if self.batch_size < 1:
@@ -39,7 +40,10 @@ class SegmentConfig:
 
     @property
     def source(self) -> str:
-        return self.name or (f"{self.model}_student" if self.distill else self.model)
+        model = self.model.removeprefix(ULTRALYTICS)
+        if model != self.model:  # ultralytics:path/sam2.1_b.pt -> ultralytics_sam2_1_b
+            model = "ultralytics_" + Path(model).name.removesuffix(".pt").replace(".", "_")
+        return self.name or (f"{model}_student" if self.distill else model)
 
 
 def mask_function(config: SegmentConfig) -> tuple[Any, dict[str, Any], tuple[str, ...]]:
@@ -51,6 +55,12 @@ def mask_function(config: SegmentConfig) -> tuple[Any, dict[str, Any], tuple[str
                 yield record.masks[ORACLE]
 
         return copy, {"kind": ORACLE, "description": "a copy of the simulator's masks"}, (ORACLE,)
+    if config.model.startswith(ULTRALYTICS):
+        from masklam.segment import ultralytics_backend as ultra
+
+        weights = config.model.removeprefix(ULTRALYTICS)
+        segmenter = ultra.UltralyticsSegmenter(ultra.load_ultralytics(weights), config.prompts, config.device, config.half)
+        return segmenter, ultra.describe(weights, config.prompts), reads
     from masklam.segment.sam import SamSegmenter, checkpoint_path, describe, load_sam  # SAM_MODELS
 
     path = checkpoint_path(config.model, config.checkpoint)

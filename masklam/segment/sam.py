@@ -13,7 +13,6 @@ each frame's prompt comes from the previous frame's mask (masklam.segment.prompt
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
@@ -22,9 +21,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from masklam.data.schema import ORACLE, Record
 from masklam.errors import UsageError
-from masklam.segment.prompts import Prompt, PromptSpec, follow
+from masklam.segment.prompts import Prompt, PromptChain, PromptSpec
 
 # The official releases: https://github.com/facebookresearch/segment-anything#model-checkpoints
 RELEASES = {
@@ -131,11 +129,12 @@ def load_sam(path: Path, device: str = "cpu") -> tuple[torch.nn.Module, SamArchi
     return model.eval().to(device), architecture
 
 
-class SamSegmenter:
-    """Masks for the records of a shard, one episode at a time (chunks of an episode continue its chain)."""
+class SamSegmenter(PromptChain):
+    """segment-anything's SAM: frames encoded in batches, masks decoded one by one."""
 
     def __init__(self, model: torch.nn.Module, prompts: PromptSpec, batch_size: int = 8, device: str = "cpu", half: bool = False) -> None:
-        self.model, self.prompts, self.batch_size, self.device = model, prompts, batch_size, device
+        super().__init__(prompts, batch_size)
+        self.model, self.device = model, device
         self.dtype = torch.float16 if half else torch.float32
         if half:
             self.model.half()
@@ -171,34 +170,6 @@ class SamSegmenter:
         logits = F.interpolate(best, size=(size, size), mode="bilinear", align_corners=False)
         logits = F.interpolate(logits, size=(frame_size, frame_size), mode="bilinear", align_corners=False)
         return (logits[0, 0] > model.mask_threshold).cpu().numpy().astype(np.uint8)
-
-    def segment(self, frames: np.ndarray, first: Prompt, previous: np.ndarray | None = None) -> np.ndarray:
-        """Masks (T, H, W) of consecutive frames; the first frame is prompted by ``first`` (or by ``previous``,
-        the mask of the frame before it), every later one by the mask before it."""
-        masks = []
-        for start in range(0, len(frames), self.batch_size):
-            embeddings = self.encode(frames[start : start + self.batch_size])
-            for embedding in embeddings:
-                prompt = first if previous is None else follow(previous, self.prompts.follow_points)
-                if prompt.empty:  # the agent was lost: prompt afresh as on the episode's first frame
-                    prompt = first
-                previous = self.decode(embedding[None], prompt, frames.shape[1])
-                masks.append(previous)
-        return np.stack(masks)
-
-    def __call__(self, records: Iterator[Record]) -> Iterator[np.ndarray]:
-        last = None  # (episode, chunk, the episode's first prompt, last mask) of the record before
-        for record in records:
-            meta, frames = record.meta, record.steps["rgb"]
-            if last is not None and last[:2] == (meta.episode, meta.chunk - 1):
-                # A later chunk's first frame is the previous chunk's last: continue the chain from its mask.
-                first, previous = last[2], last[3]
-            else:
-                oracle = record.masks.get(ORACLE)
-                first, previous = self.prompts.first(None if oracle is None else oracle[0]), None
-            masks = self.segment(frames, first, previous)
-            last = (meta.episode, meta.chunk, first, masks[-1])
-            yield masks
 
 
 def describe(model: str, path: Path, architecture: SamArchitecture, prompts: PromptSpec) -> dict:

@@ -1,0 +1,45 @@
+"""The Ultralytics backend with a random-weight MobileSAM saved under its official file name."""
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("ultralytics", reason="the ultralytics extra is not installed (AGPL-3.0, optional)")
+
+from masklam.data.dataset import open_dataset  # noqa: E402
+from masklam.errors import UsageError  # noqa: E402
+from masklam.segment.prompts import parse_prompt  # noqa: E402
+from masklam.segment.run import SegmentConfig, segment_dataset  # noqa: E402
+from masklam.segment.ultralytics_backend import load_ultralytics  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def mobile_sam(tmp_path_factory):
+    from ultralytics.models.sam.build import build_mobile_sam
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("ultralytics") / "mobile_sam.pt"
+    torch.save(build_mobile_sam().state_dict(), path)
+    return path
+
+
+def test_segment_with_an_ultralytics_model(dataset_factory, mobile_sam):
+    data = dataset_factory()
+    config = SegmentConfig(str(data), f"ultralytics:{mobile_sam}", parse_prompt([], None, "oracle-box"))
+    assert config.source == "ultralytics_mobile_sam"
+    result = segment_dataset(config, show_progress=False)
+    assert result["registered"] and result["written"] == 4
+    dataset = open_dataset(data)
+    assert dataset.info["mask_sources"]["ultralytics_mobile_sam"]["kind"] == "ultralytics:mobile_sam.pt"
+    for record in dataset.records("train", mask_sources=("oracle", "ultralytics_mobile_sam")):
+        masks = record.masks["ultralytics_mobile_sam"]
+        assert masks.shape == record.masks["oracle"].shape and set(np.unique(masks)) <= {0, 1}
+
+
+def test_missing_or_renamed_weights_are_refused_without_downloading(tmp_path):
+    with pytest.raises(UsageError, match="mobile_sam.pt from https://github.com/ultralytics/assets/releases"):
+        load_ultralytics(str(tmp_path / "mobile_sam.pt"))
+    (tmp_path / "my_sam.pt").write_bytes(b"")
+    with pytest.raises(UsageError, match="keep the official one"):
+        load_ultralytics(str(tmp_path / "my_sam.pt"))
+    assert not (tmp_path / "mobile_sam.pt").exists()
