@@ -312,7 +312,7 @@ def evaluate(
 @fails_cleanly
 def segment(
     data: Path = typer.Argument(..., help="a local dataset folder: the masks are added to it"),
-    model: str = typer.Option(..., "--model", help="sam_vit_h | sam_vit_l | sam_vit_b (segment-anything) | oracle (a copy of the simulator's masks)"),
+    model: str = typer.Option(..., "--model", help="sam_vit_h | sam_vit_l | sam_vit_b (segment-anything) | ultralytics:<weights file> (SAM, MobileSAM, SAM 2) | oracle (a copy of the simulator's masks, or the teacher of --distill)"),
     checkpoint: Optional[str] = typer.Option(None, help="weights file (default: the official file name in $MASKLAM_SAM_CHECKPOINTS or ~/.cache/masklam/sam)"),
     name: Optional[str] = typer.Option(None, help="name of the new mask source (default: the model's)"),
     point: list[str] = typer.Option([], "--point", help="prompt point on each episode's first frame, x,y (positive) or neg:x,y (repeatable)"),

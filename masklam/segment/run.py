@@ -42,7 +42,7 @@ class SegmentConfig:
     def source(self) -> str:
         model = self.model.removeprefix(ULTRALYTICS)
         if model != self.model:  # ultralytics:path/sam2.1_b.pt -> ultralytics_sam2_1_b
-            model = "ultralytics_" + Path(model).name.removesuffix(".pt").replace(".", "_")
+            model = "ultralytics_" + Path(model).name.removesuffix(".pt").replace(".", "_").replace("-", "_").lower()
         return self.name or (f"{model}_student" if self.distill else model)
 
 

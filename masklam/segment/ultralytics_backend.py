@@ -1,5 +1,6 @@
-"""Ultralytics' SAM family as a mask source: `--model ultralytics:<weights file>` for SAM (sam_b/l/h.pt),
-MobileSAM (mobile_sam.pt) and SAM 2 / 2.1 (sam2_t.pt ... sam2.1_l.pt).
+"""Ultralytics' segmenters as a mask source: `--model ultralytics:<weights file>` for SAM (sam_b/l/h.pt),
+MobileSAM (mobile_sam.pt), SAM 2 / 2.1 (sam2_t.pt ... sam2.1_l.pt) and FastSAM (FastSAM-s.pt, FastSAM-x.pt:
+a YOLO instance segmenter whose masks are picked by the prompt).
 
 Ultralytics is AGPL-3.0: it is an optional extra (`pip install 'masklam[ultralytics]'`), imported only here,
 only when this backend is asked for. Ultralytics picks the architecture from the weights file's name, so
@@ -20,20 +21,21 @@ from masklam.segment.prompts import Prompt, PromptChain, PromptSpec
 RELEASES = "https://github.com/ultralytics/assets/releases"
 NAMES = ("sam_b.pt", "sam_l.pt", "sam_h.pt", "mobile_sam.pt", "sam2_t.pt", "sam2_s.pt", "sam2_b.pt", "sam2_l.pt",
          "sam2.1_t.pt", "sam2.1_s.pt", "sam2.1_b.pt", "sam2.1_l.pt")
+FASTSAM = ("FastSAM-s.pt", "FastSAM-x.pt")
 
 
 def load_ultralytics(weights: str):
     path = Path(weights)
-    if path.name not in NAMES:
-        raise UsageError(f"ultralytics:{weights}: Ultralytics tells SAM models apart by file name; keep the official one ({', '.join(NAMES)})")
+    if path.name not in NAMES + FASTSAM:
+        raise UsageError(f"ultralytics:{weights}: Ultralytics tells its models apart by file name; keep the official one ({', '.join(NAMES + FASTSAM)})")
     if not path.is_file():
         raise UsageError(f"no weights file at {path}: download {path.name} from {RELEASES} and pass its path as --model ultralytics:PATH")
     try:
-        from ultralytics import SAM
+        from ultralytics import SAM, FastSAM
     except ImportError:
         raise UsageError("the Ultralytics backend needs its extra (AGPL-3.0): pip install 'masklam[ultralytics]' torch==2.14.1 torchvision==0.29.1") from None
     try:
-        return SAM(str(path))
+        return FastSAM(str(path)) if path.name in FASTSAM else SAM(str(path))
     except Exception as error:
         raise UsageError(f"{path} cannot be loaded as {path.name} ({type(error).__name__}: {error})") from None
 
@@ -42,6 +44,7 @@ class UltralyticsSegmenter(PromptChain):
     def __init__(self, model, prompts: PromptSpec, device: str = "cpu", half: bool = False) -> None:
         super().__init__(prompts, batch_size=1)
         self.model, self.device, self.half = model, device, half
+        self.fastsam = type(model).__name__ == "FastSAM"  # takes one object's points as a flat list
 
     def encode(self, frames: np.ndarray) -> np.ndarray:
         return frames  # Ultralytics' predictor encodes each frame itself
@@ -51,7 +54,8 @@ class UltralyticsSegmenter(PromptChain):
         if prompt.box is not None:
             options["bboxes"] = [list(prompt.box)]
         if prompt.points:  # one object with all its points
-            options |= {"points": [[list(p) for p in prompt.points]], "labels": [list(prompt.labels)]}
+            points, labels = [list(p) for p in prompt.points], list(prompt.labels)
+            options |= {"points": points, "labels": labels} if self.fastsam else {"points": [points], "labels": [labels]}
         bgr = np.ascontiguousarray(feature[0][..., ::-1])  # Ultralytics reads arrays as OpenCV's BGR
         result = self.model.predict(bgr, verbose=False, device=self.device, half=self.half, **options)[0]
         if result.masks is None or len(result.masks.data) == 0:

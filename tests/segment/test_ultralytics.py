@@ -36,6 +36,18 @@ def test_segment_with_an_ultralytics_model(dataset_factory, mobile_sam):
         assert masks.shape == record.masks["oracle"].shape and set(np.unique(masks)) <= {0, 1}
 
 
+def test_fastsam_runs_the_prompt_chain(dataset_factory, tmp_path):
+    from ultralytics import YOLO
+
+    weights = tmp_path / "FastSAM-s.pt"
+    YOLO("yolov8n-seg.yaml").save(weights)  # FastSAM is a YOLO instance segmenter: the smallest one, random weights
+    data = dataset_factory()
+    config = SegmentConfig(str(data), f"ultralytics:{weights}", parse_prompt(["16,16", "neg:2,2"], None, None))
+    assert segment_dataset(config, show_progress=False)["registered"]
+    record = next(open_dataset(data).records("test", mask_sources=("ultralytics_fastsam_s",)))
+    assert record.masks["ultralytics_fastsam_s"].shape == (11, 32, 32)
+
+
 def test_missing_or_renamed_weights_are_refused_without_downloading(tmp_path):
     with pytest.raises(UsageError, match="mobile_sam.pt from https://github.com/ultralytics/assets/releases"):
         load_ultralytics(str(tmp_path / "mobile_sam.pt"))
