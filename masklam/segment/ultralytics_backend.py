@@ -30,10 +30,16 @@ def load_ultralytics(weights: str):
         raise UsageError(f"ultralytics:{weights}: Ultralytics tells its models apart by file name; keep the official one ({', '.join(NAMES + FASTSAM)})")
     if not path.is_file():
         raise UsageError(f"no weights file at {path}: download {path.name} from {RELEASES} and pass its path as --model ultralytics:PATH")
+    from PIL import Image
+
+    reader = Image.open
     try:
         from ultralytics import SAM, FastSAM
     except ImportError:
         raise UsageError("the Ultralytics backend needs its extra (AGPL-3.0): pip install 'masklam[ultralytics]' torch==2.14.1 torchvision==0.29.1") from None
+    # Importing ultralytics replaces PIL.Image.open for the whole process (a HEIC fallback that fails with
+    # ModuleNotFoundError on a corrupt image); masklam passes it arrays, so keep PIL as it was for the rest.
+    Image.open = reader
     try:
         return FastSAM(str(path)) if path.name in FASTSAM else SAM(str(path))
     except Exception as error:

@@ -129,5 +129,6 @@ def train_lam(config: LAMTrainConfig, run_dir: Path, show_progress: bool = True)
         config.device, config.bf16, rank, world_size, config.data.batch_size, show_progress,
     )
     if world_size > 1:
+        dist.barrier()  # every rank done with gloo/nccl before any tears it down
         dist.destroy_process_group()
     return result

@@ -1,16 +1,30 @@
 """The Ultralytics backend with a random-weight MobileSAM saved under its official file name."""
 
+import importlib.util
+
 import numpy as np
 import pytest
 import torch
 
-pytest.importorskip("ultralytics", reason="the ultralytics extra is not installed (AGPL-3.0, optional)")
+# Not imported at collection: importing ultralytics patches PIL.Image.open for the whole process, which
+# would change how other tests' corrupt images fail. Only this module's tests import it.
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("ultralytics") is None, reason="the ultralytics extra is not installed (AGPL-3.0, optional)")
 
 from masklam.data.dataset import open_dataset  # noqa: E402
 from masklam.errors import UsageError  # noqa: E402
 from masklam.segment.prompts import parse_prompt  # noqa: E402
 from masklam.segment.run import SegmentConfig, segment_dataset  # noqa: E402
 from masklam.segment.ultralytics_backend import load_ultralytics  # noqa: E402
+
+
+@pytest.fixture(scope="module", autouse=True)
+def pil_restored():
+    """These tests import ultralytics themselves (building models), which patches PIL.Image.open: undo it."""
+    from PIL import Image
+
+    reader = Image.open
+    yield
+    Image.open = reader
 
 
 @pytest.fixture(scope="module")
@@ -55,3 +69,15 @@ def test_missing_or_renamed_weights_are_refused_without_downloading(tmp_path):
     with pytest.raises(UsageError, match="keep the official one"):
         load_ultralytics(str(tmp_path / "my_sam.pt"))
     assert not (tmp_path / "mobile_sam.pt").exists()
+
+
+def test_loading_leaves_pil_as_it_was(mobile_sam):
+    import subprocess
+    import sys
+
+    code = (
+        "from PIL import Image; before = Image.open\n"
+        "from masklam.segment.ultralytics_backend import load_ultralytics\n"
+        f"load_ultralytics({str(mobile_sam)!r}); assert Image.open is before"
+    )
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0

@@ -112,6 +112,7 @@ def ddp_worker(rank: int, method: str, init_file: str, out: str) -> None:
     model(half)["loss"].backward()
     if rank == 0:
         torch.save(gradients(model.module), out)
+    dist.barrier()  # both ranks done with gloo before either tears it down
     dist.destroy_process_group()
 
 
