@@ -63,7 +63,9 @@ class UltralyticsSegmenter(PromptChain):
             points, labels = [list(p) for p in prompt.points], list(prompt.labels)
             options |= {"points": points, "labels": labels} if self.fastsam else {"points": [points], "labels": [labels]}
         bgr = np.ascontiguousarray(feature[0][..., ::-1])  # Ultralytics reads arrays as OpenCV's BGR
-        result = self.model.predict(bgr, verbose=False, device=self.device, half=self.half, **options)[0]
+        if self.half:
+            options["half"] = True
+        result = self.model.predict(bgr, verbose=False, device=self.device, **options)[0]
         if result.masks is None or len(result.masks.data) == 0:
             return np.zeros((frame_size, frame_size), np.uint8)
         return result.masks.data.any(0).cpu().numpy().astype(np.uint8)

@@ -62,6 +62,21 @@ def test_fastsam_runs_the_prompt_chain(dataset_factory, tmp_path):
     assert record.masks["ultralytics_fastsam_s"].shape == (11, 32, 32)
 
 
+def test_sam2_follows_the_prompt_chain(tmp_path):
+    from ultralytics.models.sam.build import build_sam2_t
+
+    from masklam.segment.prompts import Prompt
+    from masklam.segment.ultralytics_backend import UltralyticsSegmenter
+
+    torch.manual_seed(0)
+    weights = tmp_path / "sam2_t.pt"
+    torch.save(build_sam2_t().state_dict(), weights)  # the smallest SAM 2, random weights
+    segmenter = UltralyticsSegmenter(load_ultralytics(str(weights)), parse_prompt(["16,16"], None, None))
+    frames = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    masks = segmenter.segment(frames, Prompt(((16.0, 16.0),), (1,), (4.0, 4.0, 28.0, 28.0)))
+    assert masks.shape == (2, 32, 32) and masks.dtype == np.uint8
+
+
 def test_missing_or_renamed_weights_are_refused_without_downloading(tmp_path):
     with pytest.raises(UsageError, match="mobile_sam.pt from https://github.com/ultralytics/assets/releases"):
         load_ultralytics(str(tmp_path / "mobile_sam.pt"))
