@@ -3,7 +3,7 @@ from typing import Literal
 
 import pytest
 
-from masklam.configs import apply_overrides, build, load_config
+from masklam.configs import load_config
 from masklam.errors import UsageError
 
 

@@ -14,7 +14,6 @@ to an uninterrupted one.
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import time
 from dataclasses import dataclass

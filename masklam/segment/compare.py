@@ -7,8 +7,8 @@ adds nothing). Also the frames with the lowest per-frame IoU, drawn as a picture
 
 from __future__ import annotations
 
-import io
 import heapq
+import io
 from pathlib import Path
 from typing import Any
 

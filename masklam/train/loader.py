@@ -33,7 +33,7 @@ FSSPEC_S3_<OPTION> (e.g. FSSPEC_S3_ENDPOINT_URL), read when fsspec is imported. 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar

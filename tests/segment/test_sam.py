@@ -1,7 +1,6 @@
 """SAM through the whole command, with small random-weight checkpoints of segment-anything's architecture
 saved to files and loaded by the same code as the official weights."""
 
-import json
 import subprocess
 import sys
 from dataclasses import replace
@@ -15,7 +14,7 @@ pytest.importorskip("segment_anything", reason="the sam extra is not installed (
 
 from masklam.data.dataset import open_dataset  # noqa: E402
 from masklam.errors import UsageError  # noqa: E402
-from masklam.segment.prompts import PromptSpec, parse_prompt  # noqa: E402
+from masklam.segment.prompts import parse_prompt  # noqa: E402
 from masklam.segment.run import SegmentConfig, segment_dataset  # noqa: E402
 from masklam.segment.sam import SamArchitecture, SamSegmenter, checkpoint_path, load_sam  # noqa: E402
 
