@@ -149,3 +149,21 @@ def test_bad_train_input_fails_cleanly(cheetah_low, tmp_path, case):
 def test_the_core_never_imports_ultralytics():
     code = "import sys, masklam.cli, masklam.segment.run, masklam.segment.sam; assert 'ultralytics' not in sys.modules"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_masks_transform_and_compare(cheetah_low, tmp_path):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(cheetah_low, data)
+    done = masklam("masks", "transform", str(data), "--from", "oracle", "--dilate", "1", "--no-progress")
+    assert done.returncode == 0 and "oracle_dilate1" in done.stdout, done.stderr
+    done = masklam("masks", "compare", str(data), "--ref", "oracle", "--pred", "oracle_dilate1", "--json")
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["overall"]["recall"] == 1.0 and result["overall"]["precision"] < 1.0
+    assert (data / "compare" / "compare-oracle_dilate1-vs-oracle-worst.png").exists()
+    done = masklam("masks", "compare", str(data), "--pred", "sam_vit_h")
+    assert done.returncode == 2 and "no 'sam_vit_h' masks" in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    done = masklam("segment", str(data), "--model", "sam_vit_h", "--no-progress")
+    assert done.returncode == 2 and "no prompt" in done.stderr
