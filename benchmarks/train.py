@@ -33,6 +33,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from masklam.configs import load_config
 from masklam.data.collect import CollectConfig, collect
 from masklam.data.dataset import open_dataset
+from masklam.data.storage import tree_bytes
 from masklam.envs.spec import EnvSpec, RenderSpec, distractor_preset
 from masklam.train.lam import LAMTrainConfig, build_model, window_batches
 from masklam.train.loop import make_optimizer, train_step
@@ -116,7 +117,7 @@ def peak_memory(data: Path, mode: str, out: Path) -> dict:
 
 
 def dataset_mib(root: Path) -> float:
-    return sum(f.stat().st_size for f in root.rglob("*") if f.is_file()) / 2**20
+    return tree_bytes(root) / 2**20
 
 
 def main() -> None:

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 import masklam
 from masklam.atomic import atomic_write_json
-from masklam.data.dataset import get_backend, index_path, read_json, write_index
+from masklam.data.dataset import INFO, get_backend, index_path, read_json, write_index
 from masklam.data.schema import (
     ORACLE,
     SCHEMA_VERSION,
@@ -42,7 +42,6 @@ from masklam.errors import UsageError
 from masklam.ranks import rank_and_world_size
 
 CONFIG_FILE = "collect.json"
-INFO_FILE = "info.json"
 
 
 @dataclass(frozen=True)
@@ -436,6 +435,6 @@ def write_info(root: Path, config: CollectConfig, plans: list[ShardPlan], env: E
         "splits": splits,
         "collect": {key: made_by[key] for key in ("config", "command")},
     }
-    atomic_write_json(root / INFO_FILE, info)
+    atomic_write_json(root / INFO, info)
     return info
 

@@ -15,6 +15,7 @@ its weights and report are kept in DATASET/segment/<name>/ so a re-run reuses th
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from masklam.atomic import atomic_file, atomic_write_json
 from masklam.data.dataset import open_dataset
 from masklam.data.schema import ORACLE, Record
 from masklam.errors import UsageError
+from masklam.segment.compare import ratio
 from masklam.segment.writer import MaskFunction, SEGMENT_DIR
 
 
@@ -91,8 +93,7 @@ def sample_runs(records: list[Record], frames: int, rng: np.random.Generator) ->
 
 
 def iou(prediction: np.ndarray, target: np.ndarray) -> float:
-    union = np.logical_or(prediction, target).sum()
-    return float(np.logical_and(prediction, target).sum() / union) if union else 1.0
+    return ratio(int(np.logical_and(prediction, target).sum()), int(np.logical_or(prediction, target).sum()))
 
 
 def train_student(frames: np.ndarray, masks: np.ndarray, config: DistillConfig, show_progress: bool) -> Student:
@@ -136,8 +137,6 @@ def distill(data: str | Path, name: str, teacher: MaskFunction, reads: tuple[str
     folder = Path(dataset.root) / SEGMENT_DIR / name
     weights, report_path = folder / "student.pt", folder / "distill.json"
     if weights.exists() and report_path.exists():
-        import json
-
         report = json.loads(report_path.read_text())
         if report["config"] == dataclasses.asdict(config):
             student = Student(config.width)

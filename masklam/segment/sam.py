@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from masklam.envs.policies import file_sha256
 from masklam.errors import UsageError
 from masklam.segment.prompts import Prompt, PromptChain, PromptSpec
 
@@ -138,6 +139,8 @@ class SamSegmenter(PromptChain):
         self.dtype = torch.float16 if half else torch.float32
         if half:
             self.model.half()
+        with torch.no_grad():  # the same for every frame
+            self.dense_pe = model.prompt_encoder.get_dense_pe().to(self.dtype)
 
     @torch.no_grad()
     def encode(self, frames: np.ndarray) -> torch.Tensor:
@@ -162,7 +165,7 @@ class SamSegmenter(PromptChain):
         # One point alone is ambiguous (part or whole?): take the best of SAM's three guesses, as its authors advise.
         multimask = boxes is None and len(scaled.points) == 1
         low_res, quality = model.mask_decoder(
-            image_embeddings=embedding, image_pe=model.prompt_encoder.get_dense_pe().to(embedding.dtype),
+            image_embeddings=embedding, image_pe=self.dense_pe,
             sparse_prompt_embeddings=sparse.to(embedding.dtype), dense_prompt_embeddings=dense.to(embedding.dtype),
             multimask_output=multimask,
         )
@@ -173,7 +176,4 @@ class SamSegmenter(PromptChain):
 
 
 def describe(model: str, path: Path, architecture: SamArchitecture, prompts: PromptSpec) -> dict:
-    import hashlib
-
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
-    return {"kind": model, "checkpoint": path.name, "checkpoint_sha256": digest, "architecture": asdict(architecture), **prompts.describe()}
+    return {"kind": model, "checkpoint": path.name, "checkpoint_sha256": file_sha256(path)[:16], "architecture": asdict(architecture), **prompts.describe()}

@@ -38,9 +38,9 @@ class MaskTransform:
 
     def default_name(self, source: str) -> str:
         """e.g. oracle_erode2, oracle_drop50, oracle_occlude25."""
-        parts = [f"erode{self.erode}" * bool(self.erode), f"dilate{self.dilate}" * bool(self.dilate)]
-        parts += [f"drop{round(100 * self.drop)}" * bool(self.drop), f"occlude{round(100 * self.occlude)}" * bool(self.occlude)]
-        return "_".join([source, *filter(None, parts)])
+        settings = (("erode", self.erode, self.erode), ("dilate", self.dilate, self.dilate),
+                    ("drop", round(100 * self.drop), self.drop), ("occlude", round(100 * self.occlude), self.occlude))
+        return "_".join([source, *(f"{label}{shown}" for label, shown, value in settings if value)])
 
     def describe(self, source: str) -> dict:
         return {"kind": "transform", "from": source, **asdict(self)}

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from masklam.envs.policies import file_sha256
 from masklam.errors import UsageError
 from masklam.segment.prompts import Prompt, PromptChain, PromptSpec
 
@@ -72,7 +73,5 @@ class UltralyticsSegmenter(PromptChain):
 
 
 def describe(weights: str, prompts: PromptSpec) -> dict:
-    import hashlib
-
     path = Path(weights)
-    return {"kind": f"ultralytics:{path.name}", "checkpoint_sha256": hashlib.sha256(path.read_bytes()).hexdigest()[:16], **prompts.describe()}
+    return {"kind": f"ultralytics:{path.name}", "checkpoint_sha256": file_sha256(path)[:16], **prompts.describe()}

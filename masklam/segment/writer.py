@@ -22,13 +22,12 @@ import numpy as np
 from tqdm import tqdm
 
 from masklam.atomic import atomic_write_json
-from masklam.data.dataset import Dataset, open_dataset
+from masklam.data.dataset import INFO, Dataset, open_dataset
 from masklam.data.schema import MASK_SOURCE_RE, ORACLE, Record
 from masklam.errors import UsageError
 from masklam.ranks import rank_and_world_size
 
 SEGMENT_DIR = "segment"
-INFO_FILE = "info.json"
 
 # Records of one shard, in order -> one (frames, H, W) uint8 0/1 mask per record, in the same order.
 MaskFunction = Callable[[Iterator[Record]], Iterator[np.ndarray]]
@@ -85,11 +84,10 @@ def write_mask_source(
     every = [(split, shard) for split in dataset.info["splits"] for shard in dataset.shards(split)]
     mine = every[rank::world_size]
     todo = [(split, shard) for split, shard in mine if not marker_path(root, name, split, shard).exists()]
-    frames = {(split, shard): sum(meta.frames for meta in dataset.shard_index(split, shard)) for split, shard in todo}
-    bar = tqdm(total=sum(frames.values()), unit="frame", desc=f"segment {name}", disable=not show_progress or None)
-    for split, shard in todo:
+    indexes = {(split, shard): dataset.shard_index(split, shard) for split, shard in todo}
+    bar = tqdm(total=sum(meta.frames for metas in indexes.values() for meta in metas), unit="frame", desc=f"segment {name}", disable=not show_progress or None)
+    for (split, shard), metas in indexes.items():
         began = time.perf_counter()
-        metas = dataset.shard_index(split, shard)
         records = dataset.records(split, mask_sources=reads, fields=("rgb",), shards=[shard])
         masks = {}
         for meta, mask in zip(metas, make_masks(counted(records, bar))):
@@ -98,7 +96,7 @@ def write_mask_source(
             raise RuntimeError(f"the '{name}' mask function gave {len(masks)} masks for {len(metas)} records")
         dataset.backend.write_masks(root, split, shard, name, masks)
         pixels = int(sum(int(m.sum(dtype=np.int64)) for m in masks.values()))
-        atomic_write_json(marker_path(root, name, split, shard), {"frames": frames[split, shard], "mask_pixels": pixels, "seconds": time.perf_counter() - began})
+        atomic_write_json(marker_path(root, name, split, shard), {"frames": sum(meta.frames for meta in metas), "mask_pixels": pixels, "seconds": time.perf_counter() - began})
     bar.close()
     registered = register_if_complete(root, name, description, every)
     return {"source": name, "shards": len(mine), "written": len(todo), "registered": registered}
@@ -127,11 +125,11 @@ def register_if_complete(root: Path, name: str, description: dict[str, Any], eve
     if not all(path.exists() for path in markers):
         return False
     done = [json.loads(path.read_text()) for path in markers]
-    info = json.loads((root / INFO_FILE).read_text())
+    info = json.loads((root / INFO).read_text())
     size = info["env"]["render"]["size"]
     coverage = sum(d["mask_pixels"] for d in done) / max(1, sum(d["frames"] for d in done) * size * size)
     entry = json.loads(json.dumps({**description, "coverage": float(np.round(coverage, 6))}))
     if info.setdefault("mask_sources", {}).get(name) != entry:
         info["mask_sources"][name] = entry
-        atomic_write_json(root / INFO_FILE, info)
+        atomic_write_json(root / INFO, info)
     return True
