@@ -171,6 +171,11 @@ def expert_eval(
     typer.echo(json.dumps(result, indent=1) if as_json else f"{env}: return {result['mean']:.1f} ± {result['std']:.1f}{success} over {episodes} episodes ({result['checkpoint']})")
 
 
+def lam_overrides(overrides: list[str], data: str, mask_source: str | None) -> list[str]:
+    extra = [] if mask_source is None else [f"data.mask_source={json.dumps(mask_source)}"]
+    return [*overrides, *extra, f"data.path={json.dumps(data)}"]
+
+
 train_app = typer.Typer(help="Train latent action models and the stages after them (latent BC, action decoder).", no_args_is_help=True)
 app.add_typer(train_app, name="train")
 
@@ -182,6 +187,7 @@ def train_lam_command(
     out: Path = typer.Option(..., "--out", help="run folder (resumed if it holds a run with the same settings)"),
     trainer: str = typer.Option("masklam-small", help="a preset in trainers/ (e.g. lapo-small) or a TOML file"),
     overrides: list[str] = typer.Option([], "--set", help="override a setting: --set optim.steps=500 (repeatable)"),
+    mask_source: Optional[str] = typer.Option(None, "--mask-source", help="agent masks of masked methods (default: oracle); same as --set data.mask_source=NAME"),
     progress: bool = typer.Option(True),
 ) -> None:
     """Pretrain a latent action model (lapo, masklam, laom, laom-labels) on a dataset's transitions."""
@@ -189,7 +195,7 @@ def train_lam_command(
     from masklam.train.lam import LAMTrainConfig, train_lam
     from masklam.train.presets import trainer_file
 
-    config = load_config(LAMTrainConfig, trainer_file(trainer), [*overrides, f"data.path={json.dumps(data)}"])
+    config = load_config(LAMTrainConfig, trainer_file(trainer), lam_overrides(overrides, data, mask_source))
     result = train_lam(config, out, show_progress=progress)
     typer.echo(f"trained {config.method} for {result['steps']} steps (final loss {result['final_loss']:.4f}); checkpoint: {out}/lam.pt")
 
@@ -271,6 +277,7 @@ def train_all_command(
     trainer: str = typer.Option("masklam-small", help="LAM preset in trainers/ or a TOML file"),
     labelled: int = typer.Option(0, "--labelled", help="labelled transitions for the decoder (0 = all)"),
     overrides: list[str] = typer.Option([], "--set", help="LAM settings: --set optim.steps=500"),
+    mask_source: Optional[str] = typer.Option(None, "--mask-source", help="agent masks of masked methods (default: oracle); same as --set data.mask_source=NAME"),
     stage_overrides: list[str] = typer.Option([], "--stage-set", help="settings of the BC and decoder stages: --stage-set optim.steps=500"),
     reference: bool = typer.Option(True, help="also train BC on true actions, the reference of normalised returns"),
     progress: bool = typer.Option(True),
@@ -281,7 +288,7 @@ def train_all_command(
     from masklam.train.presets import trainer_file
     from masklam.train.stages import train_action_bc, train_bc, train_decoder
 
-    config = load_config(LAMTrainConfig, trainer_file(trainer), [*overrides, f"data.path={json.dumps(data)}"])
+    config = load_config(LAMTrainConfig, trainer_file(trainer), lam_overrides(overrides, data, mask_source))
     stage = _stage_config(stage_overrides, preset=config.preset, labelled=labelled)
     train_lam(config, out, show_progress=progress)
     train_bc(out, stage, show_progress=progress)
@@ -321,6 +328,7 @@ def segment(
     batch_size: Optional[int] = typer.Option(None, help="frames encoded together (default: 1 on a CPU, where batches are slower; 8 on a GPU)"),
     device: str = typer.Option("cpu", help="cpu, cuda, cuda:1, ..."),
     half: bool = typer.Option(False, help="half precision (GPUs)"),
+    propagate: str = typer.Option("chain", help="later frames: chain (prompted by the mask before them) or video (SAM 2's video predictor carries the first frame's mask)"),
     distill: int = typer.Option(0, help="N > 0: the model labels N frames across episodes, a small student learns them and labels every frame"),
     distill_steps: int = typer.Option(1500, help="training steps of the student"),
     rank: Optional[int] = typer.Option(None, help="this process's rank (default: $RANK)"),
@@ -335,7 +343,7 @@ def segment(
 
     prompts = PromptSpec() if model == "oracle" else parse_prompt(point, box, prompt)
     student = DistillConfig(distill, steps=distill_steps) if distill else None
-    config = SegmentConfig(str(data), model, prompts, checkpoint, name, batch_size, device, half, student)
+    config = SegmentConfig(str(data), model, prompts, checkpoint, name, batch_size, device, half, student, propagate)
     result = segment_dataset(config, rank, world_size, overwrite, show_progress=progress)
     if "distill" in result:
         report = result["distill"]

@@ -130,7 +130,7 @@ TRAIN_BAD_INPUTS = {
     "unknown trainer": (["train", "lam", "--data", "{data}", "--out", "{tmp}/run", "--trainer", "vae-small"], "no trainer preset"),
     "unknown setting": (["train", "lam", "--data", "{data}", "--out", "{tmp}/run", "--set", "optim.speed=2"], "speed"),
     "wrong type": (["train", "lam", "--data", "{data}", "--out", "{tmp}/run", "--set", "optim.steps=many"], "optim.steps"),
-    "unknown mask source": (["train", "lam", "--data", "{data}", "--out", "{tmp}/run", "--trainer", "masklam-tiny", "--set", 'data.mask_source="sam"'], "sam"),
+    "unknown mask source": (["train", "lam", "--data", "{data}", "--out", "{tmp}/run", "--trainer", "masklam-tiny", "--mask-source", "sam"], "sam"),
     "probe without a LAM": (["probe", "{tmp}/run", "--data", "{data}"], "lam"),
     "bc without a LAM": (["train", "bc", "{tmp}/run"], "lam"),
     "evaluate without a decoder": (["evaluate", "{tmp}/run"], "run"),
@@ -163,6 +163,11 @@ def test_masks_transform_and_compare(cheetah_low, tmp_path):
     result = json.loads(done.stdout)
     assert result["overall"]["recall"] == 1.0 and result["overall"]["precision"] < 1.0
     assert (data / "compare" / "compare-oracle_dilate1-vs-oracle-worst.png").exists()
+    # training reads the derived source by name
+    done = masklam("train", "lam", "--data", str(data), "--out", str(tmp_path / "run"), "--trainer", "masklam-tiny",
+                   "--mask-source", "oracle_dilate1", "--set", "optim.steps=2", "--no-progress")
+    assert done.returncode == 0, done.stderr
+    assert json.loads((tmp_path / "run" / "lam-config.json").read_text())["data"]["mask_source"] == "oracle_dilate1"
     done = masklam("masks", "compare", str(data), "--pred", "sam_vit_h")
     assert done.returncode == 2 and "no 'sam_vit_h' masks" in done.stderr and len(done.stderr.strip().splitlines()) == 1
     done = masklam("segment", str(data), "--model", "sam_vit_h", "--no-progress")

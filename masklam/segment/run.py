@@ -14,6 +14,7 @@ from masklam.segment.writer import write_mask_source
 
 SAM_MODELS = ("sam_vit_h", "sam_vit_l", "sam_vit_b")
 ULTRALYTICS = "ultralytics:"
+PROPAGATE = ("chain", "video")
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,7 @@ class SegmentConfig:
     device: str = "cpu"
     half: bool = False
     distill: DistillConfig | None = None  # label every frame with a student trained on the teacher's masks
+    propagate: str = "chain"  # later frames: prompted by the mask before (chain) or SAM 2's video memory (video)
 
     def __post_init__(self) -> None:
         if self.model not in (*SAM_MODELS, ORACLE) and not self.model.startswith(ULTRALYTICS):
@@ -35,6 +37,10 @@ class SegmentConfig:
             object.__setattr__(self, "batch_size", 1 if self.device == "cpu" else 8)
         if self.batch_size < 1:
             raise UsageError("--batch-size must be at least 1")
+        if self.propagate not in PROPAGATE:
+            raise UsageError(f"unknown --propagate {self.propagate!r}: choose {' or '.join(PROPAGATE)}")
+        if self.propagate == "video" and not (self.model.startswith(ULTRALYTICS) and Path(self.model).name.startswith("sam2")):
+            raise UsageError("--propagate video needs SAM 2: --model ultralytics:<path>/sam2_t.pt (or another sam2/sam2.1 file)")
         if self.half and not self.device.startswith("cuda"):
             raise UsageError("--half is for GPUs (--device cuda): CPUs compute half precision slowly or not at all")
 
@@ -59,8 +65,11 @@ def mask_function(config: SegmentConfig) -> tuple[Any, dict[str, Any], tuple[str
         from masklam.segment import ultralytics_backend as ultra
 
         weights = config.model.removeprefix(ULTRALYTICS)
-        segmenter = ultra.UltralyticsSegmenter(ultra.load_ultralytics(weights), config.prompts, config.device, config.half)
-        return segmenter, ultra.describe(weights, config.prompts), reads
+        if config.propagate == "video":
+            segmenter = ultra.Sam2VideoSegmenter(weights, config.prompts, config.device, config.half)
+        else:
+            segmenter = ultra.UltralyticsSegmenter(ultra.load_ultralytics(weights), config.prompts, config.device, config.half)
+        return segmenter, ultra.describe(weights, config.prompts, config.propagate), reads
     from masklam.segment.sam import SamSegmenter, checkpoint_path, describe, load_sam  # SAM_MODELS
 
     path = checkpoint_path(config.model, config.checkpoint)

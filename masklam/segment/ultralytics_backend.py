@@ -6,18 +6,22 @@ Ultralytics is AGPL-3.0: it is an optional extra (`pip install 'masklam[ultralyt
 only when this backend is asked for. Ultralytics picks the architecture from the weights file's name, so
 the file keeps its official name. It would download a missing file: masklam checks the file exists first,
 so nothing is ever downloaded. Frames go through Ultralytics' predictor one at a time, each with the prompt
-of the episode's chain (masklam.segment.prompts).
+of the episode's chain (masklam.segment.prompts); or, for SAM 2 with `--propagate video`, each episode (chunk)
+goes through SAM 2's video predictor as one clip: prompted on its first frame, the mask carried to later frames
+by the model's memory.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import tempfile
+
 import numpy as np
 
 from masklam.envs.policies import file_sha256
 from masklam.errors import UsageError
-from masklam.segment.prompts import Prompt, PromptChain, PromptSpec
+from masklam.segment.prompts import Prompt, PromptChain, PromptSpec, follow
 
 RELEASES = "https://github.com/ultralytics/assets/releases"
 NAMES = ("sam_b.pt", "sam_l.pt", "sam_h.pt", "mobile_sam.pt", "sam2_t.pt", "sam2_s.pt", "sam2_b.pt", "sam2_l.pt",
@@ -25,26 +29,48 @@ NAMES = ("sam_b.pt", "sam_l.pt", "sam_h.pt", "mobile_sam.pt", "sam2_t.pt", "sam2
 FASTSAM = ("FastSAM-s.pt", "FastSAM-x.pt")
 
 
-def load_ultralytics(weights: str):
+def check_weights(weights: str) -> Path:
+    """The weights file, if it exists under an official name (Ultralytics would download a missing one)."""
     path = Path(weights)
     if path.name not in NAMES + FASTSAM:
         raise UsageError(f"ultralytics:{weights}: Ultralytics tells its models apart by file name; keep the official one ({', '.join(NAMES + FASTSAM)})")
     if not path.is_file():
         raise UsageError(f"no weights file at {path}: download {path.name} from {RELEASES} and pass its path as --model ultralytics:PATH")
+    return path
+
+
+def import_ultralytics():
     from PIL import Image
 
     reader = Image.open
     try:
-        from ultralytics import SAM, FastSAM
+        import ultralytics
     except ImportError:
         raise UsageError("the Ultralytics backend needs its extra (AGPL-3.0): pip install 'masklam[ultralytics]' torch==2.14.1 torchvision==0.29.1") from None
     # Importing ultralytics replaces PIL.Image.open for the whole process (a HEIC fallback that fails with
     # ModuleNotFoundError on a corrupt image); masklam passes it arrays, so keep PIL as it was for the rest.
     Image.open = reader
+    return ultralytics
+
+
+def load_ultralytics(weights: str):
+    path = check_weights(weights)
+    ultralytics = import_ultralytics()
     try:
-        return FastSAM(str(path)) if path.name in FASTSAM else SAM(str(path))
+        return ultralytics.FastSAM(str(path)) if path.name in FASTSAM else ultralytics.SAM(str(path))
     except Exception as error:
         raise UsageError(f"{path} cannot be loaded as {path.name} ({type(error).__name__}: {error})") from None
+
+
+def prompt_options(prompt: Prompt, fastsam: bool = False) -> dict:
+    """A masklam prompt as Ultralytics' keyword arguments: one object, its box and all its points."""
+    options = {}
+    if prompt.box is not None:
+        options["bboxes"] = [list(prompt.box)]
+    if prompt.points:
+        points, labels = [list(p) for p in prompt.points], list(prompt.labels)
+        options |= {"points": points, "labels": labels} if fastsam else {"points": [points], "labels": [labels]}
+    return options
 
 
 class UltralyticsSegmenter(PromptChain):
@@ -57,12 +83,7 @@ class UltralyticsSegmenter(PromptChain):
         return frames  # Ultralytics' predictor encodes each frame itself
 
     def decode(self, feature: np.ndarray, prompt: Prompt, frame_size: int) -> np.ndarray:
-        options = {}
-        if prompt.box is not None:
-            options["bboxes"] = [list(prompt.box)]
-        if prompt.points:  # one object with all its points
-            points, labels = [list(p) for p in prompt.points], list(prompt.labels)
-            options |= {"points": points, "labels": labels} if self.fastsam else {"points": [points], "labels": [labels]}
+        options = prompt_options(prompt, self.fastsam)
         bgr = np.ascontiguousarray(feature[0][..., ::-1])  # Ultralytics reads arrays as OpenCV's BGR
         if self.half:
             options["half"] = True
@@ -72,6 +93,46 @@ class UltralyticsSegmenter(PromptChain):
         return result.masks.data.any(0).cpu().numpy().astype(np.uint8)
 
 
-def describe(weights: str, prompts: PromptSpec) -> dict:
+class Sam2VideoSegmenter(PromptChain):
+    """SAM 2's own propagation: an episode's frames are written as a lossless clip (FFV1) and read by
+    Ultralytics' SAM2VideoPredictor, which segments the first frame from the prompt and every later frame from
+    its memory of the frames before. A chunk that continues an episode is prompted by the previous chunk's last
+    mask (its box and interior points), as the prompt chain does."""
+
+    def __init__(self, weights: str, prompts: PromptSpec, device: str = "cpu", half: bool = False) -> None:
+        super().__init__(prompts, batch_size=1)
+        path = check_weights(weights)
+        import_ultralytics()
+        from ultralytics.models.sam import SAM2VideoPredictor
+
+        settings = {"task": "segment", "mode": "predict", "imgsz": 1024, "conf": 0.25, "retina_masks": True,
+                    "model": str(path), "device": device, "save": False, "verbose": False}
+        if half:
+            settings["half"] = True
+        self.predictor = SAM2VideoPredictor(overrides=settings)
+
+    def segment(self, frames: np.ndarray, first: Prompt, previous: np.ndarray | None = None) -> np.ndarray:
+        import cv2
+
+        prompt = first if previous is None else follow(previous, self.prompts.follow_points)
+        if prompt.empty:
+            prompt = first
+        size = frames.shape[1]
+        with tempfile.TemporaryDirectory() as folder:
+            clip = str(Path(folder) / "episode.avi")
+            writer = cv2.VideoWriter(clip, cv2.VideoWriter_fourcc(*"FFV1"), 30, (frames.shape[2], size))
+            for frame in frames:
+                writer.write(np.ascontiguousarray(frame[..., ::-1]))  # OpenCV writes BGR
+            writer.release()
+            masks = []
+            for result in self.predictor(source=clip, stream=True, **prompt_options(prompt)):
+                found = result.masks is not None and len(result.masks.data) > 0
+                masks.append(result.masks.data.any(0).cpu().numpy().astype(np.uint8) if found else np.zeros((size, frames.shape[2]), np.uint8))
+        if len(masks) != len(frames):
+            raise RuntimeError(f"SAM 2's video predictor returned {len(masks)} masks for {len(frames)} frames")
+        return np.stack(masks)
+
+
+def describe(weights: str, prompts: PromptSpec, propagate: str = "chain") -> dict:
     path = Path(weights)
-    return {"kind": f"ultralytics:{path.name}", "checkpoint_sha256": file_sha256(path)[:16], **prompts.describe()}
+    return {"kind": f"ultralytics:{path.name}", "checkpoint_sha256": file_sha256(path)[:16], "propagate": propagate, **prompts.describe()}

@@ -77,6 +77,36 @@ def test_sam2_follows_the_prompt_chain(tmp_path):
     assert masks.shape == (2, 32, 32) and masks.dtype == np.uint8
 
 
+def test_sam2_video_predictor_masks_every_frame_of_a_clip(tmp_path):
+    from ultralytics.models.sam.build import build_sam2_t
+
+    from masklam.segment.prompts import Prompt
+    from masklam.segment.ultralytics_backend import Sam2VideoSegmenter
+
+    torch.manual_seed(0)
+    weights = tmp_path / "sam2_t.pt"
+    torch.save(build_sam2_t().state_dict(), weights)
+    segmenter = Sam2VideoSegmenter(str(weights), parse_prompt(["16,16"], None, None))
+    frames = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    first = Prompt(((16.0, 16.0),), (1,), (4.0, 4.0, 28.0, 28.0))
+    masks = segmenter.segment(frames, first)
+    assert masks.shape == (3, 32, 32) and masks.dtype == np.uint8
+    assert np.array_equal(segmenter.segment(frames, first), masks)  # each clip starts from a fresh memory
+    assert segmenter.segment(frames[:2], first).shape == (2, 32, 32)
+
+
+def test_video_propagation_needs_sam2(tmp_path):
+    from masklam.segment.run import SegmentConfig
+
+    with pytest.raises(UsageError, match="--propagate video needs SAM 2"):
+        SegmentConfig(str(tmp_path), "ultralytics:mobile_sam.pt", propagate="video")
+    with pytest.raises(UsageError, match="--propagate video needs SAM 2"):
+        SegmentConfig(str(tmp_path), "sam_vit_b", propagate="video")
+    with pytest.raises(UsageError, match="unknown --propagate"):
+        SegmentConfig(str(tmp_path), "sam_vit_b", propagate="flow")
+    assert SegmentConfig(str(tmp_path), "ultralytics:w/sam2.1_t.pt", propagate="video").propagate == "video"
+
+
 def test_missing_or_renamed_weights_are_refused_without_downloading(tmp_path):
     with pytest.raises(UsageError, match="mobile_sam.pt from https://github.com/ultralytics/assets/releases"):
         load_ultralytics(str(tmp_path / "mobile_sam.pt"))
