@@ -65,29 +65,15 @@ def collect(
     progress: bool = typer.Option(True, help="show a progress bar"),
 ) -> None:
     """Roll out a policy in a distracting environment and write frames, agent masks and actions as shards."""
-    from masklam.data.collect import CollectConfig
+    from masklam.data.collect import CollectSettings
     from masklam.data.collect import collect as run_collect
-    from masklam.envs.spec import EnvSpec, RenderSpec, distractor_preset
 
-    spec = EnvSpec(
-        env_id=env,
-        render=RenderSpec(size=size, camera=camera),
-        distractors=distractor_preset(distractors, background=background, videos=videos, camera_scale=camera_shake, color_scale=color_drift, objects=objects),
-        episode_steps=steps,
-    )
-    config = CollectConfig(
-        env=spec,
-        backend=backend,
-        episodes=episodes,
-        test_episodes=test_episodes,
-        policy=policy,
-        action_noise=action_noise,
-        seed=seed,
-        labelled_episodes=labelled_episodes,
-        label_fraction=label_fraction,
-        chunk_steps=chunk_steps,
-        episodes_per_shard=episodes_per_shard,
-    )
+    config = CollectSettings(
+        env=env, distractors=distractors, background=background, videos=videos, camera_shake=camera_shake, color_drift=color_drift,
+        objects=objects, size=size, camera=camera, steps=steps, episodes=episodes, test_episodes=test_episodes, policy=policy,
+        action_noise=action_noise, seed=seed, labelled_episodes=labelled_episodes, label_fraction=label_fraction, backend=backend,
+        chunk_steps=chunk_steps, episodes_per_shard=episodes_per_shard,
+    ).config()
     complete = run_collect(config, out, workers=workers, overwrite=overwrite, rank=rank, world_size=world_size, show_progress=progress)
     if complete:
         typer.echo(f"wrote {out} (see: masklam info {out})")
@@ -337,13 +323,9 @@ def segment(
     progress: bool = typer.Option(True),
 ) -> None:
     """Add agent masks from a segmentation model to a dataset, as a new mask source (frames are not rewritten)."""
-    from masklam.segment.prompts import PromptSpec, parse_prompt
-    from masklam.segment.distill import DistillConfig
     from masklam.segment.run import SegmentConfig, segment_dataset
 
-    prompts = PromptSpec() if model == "oracle" else parse_prompt(point, box, prompt)
-    student = DistillConfig(distill, steps=distill_steps) if distill else None
-    config = SegmentConfig(str(data), model, prompts, checkpoint, name, batch_size, device, half, student, propagate)
+    config = SegmentConfig.from_options(str(data), model, point, box, prompt, checkpoint, name, batch_size, device, half, distill, distill_steps, propagate)
     result = segment_dataset(config, rank, world_size, overwrite, show_progress=progress)
     if "distill" in result:
         report = result["distill"]
@@ -389,13 +371,40 @@ def masks_transform(
     progress: bool = typer.Option(True),
 ) -> None:
     """Derive a degraded mask source for robustness studies (erode/dilate, drop frames, occlude the agent)."""
-    from masklam.segment.transforms import MaskTransform
-    from masklam.segment.writer import write_mask_source
+    from masklam.segment.transforms import MaskTransform, derive_source
 
-    transform = MaskTransform(erode, dilate, drop, occlude, seed)
-    target = name or transform.default_name(source)
-    result = write_mask_source(data, target, transform.describe(source), transform(source), (source,), overwrite=overwrite, show_progress=progress)
+    target, result = derive_source(data, source, MaskTransform(erode, dilate, drop, occlude, seed), name, overwrite, progress)
     typer.echo(f"'{target}' masks derived from '{source}' in {data} ({result['written']} shards)")
+
+
+@app.command("run")
+@fails_cleanly
+def run_command(
+    recipe: str = typer.Argument(..., help="a recipe file, or the name of one in pipelines/ (e.g. quickstart)"),
+    out: Optional[Path] = typer.Option(None, "--out", help="run folder (default: runs/<recipe name>); an existing one is resumed"),
+    overrides: list[str] = typer.Option([], "--set", help="override a recipe setting: --set seeds=[0,1,2] --set collect.episodes=50"),
+    workers: int = typer.Option(1, help="collection worker processes"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="print the plan (done / to do) and stop"),
+    progress: bool = typer.Option(True),
+) -> None:
+    """Carry out a recipe: collect -> masks -> train each method x seed -> probe -> evaluate -> report; resumable."""
+    from masklam.pipeline.recipe import load_recipe
+    from masklam.pipeline.run import run_recipe
+
+    loaded = load_recipe(recipe, overrides)
+    run_recipe(loaded, out or Path("runs") / loaded.name, workers, dry_run, show_progress=progress, echo=typer.echo)
+
+
+@app.command()
+@fails_cleanly
+def report(
+    runs: list[Path] = typer.Argument(..., help="folders written by `masklam run`"),
+    out: Path = typer.Option(..., "--out", help="folder for results.md, results.json and the plots"),
+) -> None:
+    """Tables per environment x method (probe NMSE, distractor probe, normalised return, success, ratios to LAPO) and plots."""
+    from masklam.report.tables import write_report
+
+    write_report(runs, out, echo=typer.echo)
 
 
 def main() -> None:  # pragma: no cover - entry point for `python -m masklam`

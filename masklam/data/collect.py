@@ -97,6 +97,44 @@ class CollectConfig:
 
 
 @dataclass(frozen=True)
+class CollectSettings:
+    """`masklam collect`'s options as one flat record (the CLI's flags, a recipe's [collect] table)."""
+
+    env: str
+    distractors: str = "none"
+    background: bool | None = None  # None: the preset's
+    videos: str | None = None
+    camera_shake: float | None = None
+    color_drift: float | None = None
+    objects: int | None = None
+    size: int = 64
+    camera: str = ""
+    steps: int = 0
+    episodes: int = 10
+    test_episodes: int = 2
+    policy: str = "random"
+    action_noise: float = 0.0
+    seed: int = 0
+    labelled_episodes: int | None = None
+    label_fraction: float | None = None
+    backend: str = "webdataset"
+    chunk_steps: int = 0
+    episodes_per_shard: int = 8
+
+    def config(self) -> CollectConfig:
+        from masklam.envs.spec import RenderSpec, distractor_preset
+
+        distractors = distractor_preset(self.distractors, background=self.background, videos=self.videos, camera_scale=self.camera_shake,
+                                        color_scale=self.color_drift, objects=self.objects)
+        spec = EnvSpec(env_id=self.env, render=RenderSpec(size=self.size, camera=self.camera), distractors=distractors, episode_steps=self.steps)
+        return CollectConfig(
+            env=spec, backend=self.backend, episodes=self.episodes, test_episodes=self.test_episodes, policy=self.policy,
+            action_noise=self.action_noise, seed=self.seed, labelled_episodes=self.labelled_episodes, label_fraction=self.label_fraction,
+            chunk_steps=self.chunk_steps, episodes_per_shard=self.episodes_per_shard,
+        )
+
+
+@dataclass(frozen=True)
 class ShardPlan:
     split: str
     shard: int

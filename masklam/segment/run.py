@@ -9,7 +9,7 @@ from typing import Any
 from masklam.data.schema import ORACLE
 from masklam.errors import UsageError
 from masklam.segment.distill import DistillConfig, distill
-from masklam.segment.prompts import PromptSpec
+from masklam.segment.prompts import PromptSpec, parse_prompt
 from masklam.segment.writer import write_mask_source
 
 SAM_MODELS = ("sam_vit_h", "sam_vit_l", "sam_vit_b")
@@ -43,6 +43,15 @@ class SegmentConfig:
             raise UsageError("--propagate video needs SAM 2: --model ultralytics:<path>/sam2_t.pt (or another sam2/sam2.1 file)")
         if self.half and not self.device.startswith("cuda"):
             raise UsageError("--half is for GPUs (--device cuda): CPUs compute half precision slowly or not at all")
+
+    @classmethod
+    def from_options(cls, data: str, model: str, point: list[str] = (), box: str | None = None, prompt: str | None = None,
+                     checkpoint: str | None = None, name: str | None = None, batch_size: int | None = None, device: str = "cpu",
+                     half: bool = False, distill: int = 0, distill_steps: int = 1500, propagate: str = "chain") -> "SegmentConfig":
+        """From `masklam segment`'s flags (or a recipe's [[segment]] table, which takes the same names)."""
+        prompts = PromptSpec() if model == ORACLE else parse_prompt(list(point), box, prompt)
+        student = DistillConfig(distill, steps=distill_steps) if distill else None
+        return cls(str(data), model, prompts, checkpoint, name, batch_size, device, half, student, propagate)
 
     @property
     def source(self) -> str:

@@ -83,3 +83,11 @@ def occlude(mask: np.ndarray, fraction: float, rng: np.random.Generator) -> np.n
     out = mask.copy()
     out[top : top + h, left : left + w] = False
     return out
+
+
+def derive_source(data, source: str, transform: MaskTransform, name: str | None = None, overwrite: bool = False, show_progress: bool = True) -> tuple[str, dict]:
+    """Write ``transform`` of mask source ``source`` as a new source of the dataset: (its name, the writer's summary)."""
+    from masklam.segment.writer import write_mask_source
+
+    target = name or transform.default_name(source)
+    return target, write_mask_source(data, target, transform.describe(source), transform(source), (source,), overwrite=overwrite, show_progress=show_progress)

@@ -1,0 +1,141 @@
+"""Experiment recipes (pipelines/*.toml): what to collect, which masks to make, which methods to train with
+which settings and seeds, and how to score them. Validated here, at the edge, before anything runs.
+
+A recipe expands into a grid of runs:
+
+    variants (datasets) x methods x mask sources (masked methods only) x sweep values x seeds
+
+and each run's decoder is trained once per label budget. See docs/pipelines.md for every field.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from masklam.configs import apply_overrides, build, read_toml
+from masklam.data.collect import CollectSettings
+from masklam.data.schema import ORACLE
+from masklam.errors import UsageError
+from masklam.segment.transforms import MaskTransform
+from masklam.train.lam import METHODS
+
+RECIPES = Path(__file__).resolve().parents[2] / "pipelines"
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    preset: str = "small"  # trainers/<method>-<preset>.toml
+    lam: list[str] = field(default_factory=list)  # LAM overrides, as --set: "optim.steps=2000"
+    stages: list[str] = field(default_factory=list)  # latent BC / decoder / BC-on-actions overrides, as --stage-set
+    reference: bool = True  # train BC on true actions, the reference of normalised returns
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    probe_windows: int = 20000  # train windows the probes fit on (a quarter as many test windows)
+    episodes: int = 10  # online evaluation episodes
+    steps: int | None = None  # steps per evaluation episode (default: the dataset's episode length)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.probe_windows < 1 or self.episodes < 1:
+            raise UsageError("evaluate.probe_windows and evaluate.episodes must be at least 1")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    collect: CollectSettings
+    description: str = ""
+    # Datasets: each variant is [collect] with some settings changed, e.g. clean = {distractors = "none"}.
+    # None: one dataset, named after its distractor preset.
+    variants: dict[str, dict[str, Any]] | None = None
+    # Mask sources to make before training: [[segment]] tables take `masklam segment`'s option names
+    # (model, checkpoint, name, point, box, prompt, distill, propagate, ...), [[transforms]] tables
+    # `masklam masks transform`'s (from, erode, dilate, drop, occlude, seed, name).
+    segment: list[dict[str, Any]] = field(default_factory=list)
+    transforms: list[dict[str, Any]] = field(default_factory=list)
+    masks: list[str] = field(default_factory=lambda: [ORACLE])  # sources masked methods train with, one run each
+    methods: list[str] = field(default_factory=lambda: ["lapo", "laom", "laom-labels", "masklam"])
+    seeds: list[int] = field(default_factory=lambda: [0])
+    labels: list[int] = field(default_factory=lambda: [0])  # decoder label budgets in transitions (0 = every labelled one)
+    sweep: dict[str, list[Any]] = field(default_factory=dict)  # LAM setting -> values, e.g. "model.latent_dim" = [32, 128]
+    train: TrainSettings = field(default_factory=TrainSettings)
+    evaluate: EvalSettings = field(default_factory=EvalSettings)
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", self.name):
+            raise UsageError(f"recipe name {self.name!r}: use letters, digits, '-', '_' and '.' (it names the run folder)")
+        unknown = [m for m in self.methods if m not in METHODS]
+        if unknown or not self.methods:
+            raise UsageError(f"recipe methods {unknown or '[]'}: choose from {', '.join(METHODS)}")
+        if not self.seeds or not self.labels or any(b < 0 for b in self.labels) or not self.masks:
+            raise UsageError("recipe seeds, labels and masks need at least one entry each; label budgets are >= 0")
+        for name, settings in self.datasets().items():
+            settings.config()  # validates the environment, distractors, label counts, ...
+            if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+                raise UsageError(f"variant name {name!r}: use letters, digits, '-', '_' and '.' (it names a folder)")
+        for key, values in self.sweep.items():
+            if not isinstance(values, list) or not values:
+                raise UsageError(f"sweep.{key} must be a non-empty list of values")
+        for entry in self.segment:
+            self.segment_config(entry, "-")  # validates the table
+        for entry in self.transforms:
+            self.transform(entry)
+        made = {ORACLE} | {self.segment_config(e, "-").source for e in self.segment} | {self.transform(e)[1] for e in self.transforms}
+        missing = [m for m in self.masks if m not in made]
+        if missing:
+            raise UsageError(f"recipe masks {missing} are made by no [[segment]] or [[transforms]] entry (oracle always exists)")
+
+    def datasets(self) -> dict[str, CollectSettings]:
+        """Variant name -> its collect settings."""
+        if not self.variants:
+            return {self.collect.distractors: self.collect}
+        return {name: build(CollectSettings, {**asdict(self.collect), **changes}, f"variants.{name}") for name, changes in self.variants.items()}
+
+    @staticmethod
+    def segment_config(entry: dict[str, Any], data: str):
+        from masklam.segment.run import SegmentConfig
+
+        try:
+            return SegmentConfig.from_options(data, **entry)
+        except TypeError as error:
+            raise UsageError(f"recipe [[segment]] entry {entry}: {error}") from None
+
+    @staticmethod
+    def transform(entry: dict[str, Any]) -> tuple[MaskTransform, str, str]:
+        """(transform, name of the derived source, the source it is derived from)."""
+        settings = dict(entry)
+        source, name = settings.pop("from", ORACLE), settings.pop("name", None)
+        transform = build(MaskTransform, settings, "transforms")
+        return transform, name or transform.default_name(source), source
+
+    def trainer(self, method: str) -> str:
+        return f"{method}-{self.train.preset}"
+
+    def sweep_points(self) -> list[dict[str, Any]]:
+        """Every combination of the sweep's values ([{}] without a sweep)."""
+        keys = sorted(self.sweep)
+        return [dict(zip(keys, values)) for values in itertools.product(*(self.sweep[k] for k in keys))]
+
+
+def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
+    """A recipe file (or the name of one in pipelines/), with command-line overrides (--set key=value)."""
+    path = Path(path)
+    if not path.exists() and (RECIPES / f"{path.name}.toml").exists():
+        path = RECIPES / f"{path.name}.toml"
+    if not path.exists():
+        known = ", ".join(sorted(p.stem for p in RECIPES.glob("*.toml")))
+        raise UsageError(f"no recipe file {path}: pass a TOML file or the name of one in pipelines/ ({known})")
+    data = apply_overrides(read_toml(path), list(overrides))
+    data.setdefault("name", path.stem)
+    return build(Recipe, data, "recipe")
+
+
+def recipe_json(recipe: Recipe) -> dict[str, Any]:
+    return json.loads(json.dumps(asdict(recipe)))

@@ -1,0 +1,216 @@
+"""`masklam run RECIPE`: collect -> segment / derive masks -> for each run: train the LAM, probe it, latent BC,
+BC on true actions, then per label budget the action decoder and online evaluation -> report.
+
+Everything goes under one run folder:
+
+    RUN/recipe.json                   the recipe as run (with its overrides)
+    RUN/steps.json                    finished steps: their settings and wall time
+    RUN/data/<variant>/               the datasets (with their extra mask sources)
+    RUN/runs/<variant>/<run>/seed<s>/ LAM, probe.json, bc, decoder, evaluate.json (labels-<n>/ per budget)
+    RUN/report/                       results.md, results.json, plots
+
+A step is skipped when steps.json holds it with the same settings and its outputs exist, so an interrupted
+run resumes where it stopped (each training stage also resumes from its own checkpoint), and changing one
+setting reruns only the steps it touches.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from masklam.atomic import atomic_write_json
+from masklam.data.schema import ORACLE
+from masklam.pipeline.recipe import Recipe, recipe_json
+
+LEDGER = "steps.json"
+# Files of a run folder that every label budget's decoder shares (linked into labels-<n>/).
+SHARED = ("lam.pt", "lam-config.json", "bc.pt", "bc-config.json", "bc-actions.pt", "bc-actions-config.json")
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One cell of the grid: a LAM trained on one dataset with one method, mask source, sweep point and seed."""
+
+    variant: str
+    method: str
+    mask: str | None  # masked methods only
+    sweep: tuple[tuple[str, Any], ...]
+    seed: int
+
+    @property
+    def label(self) -> str:
+        """The run's name in tables: method, then what sets it apart from the others."""
+        parts = [self.method]
+        if self.mask is not None and self.mask != ORACLE:
+            parts.append(f"[{self.mask}]")
+        parts += [f"{key.split('.')[-1]}={value}" for key, value in self.sweep]
+        return " ".join(parts)
+
+    @property
+    def folder_name(self) -> str:
+        parts = [self.method]
+        if self.mask is not None and self.mask != ORACLE:
+            parts.append(self.mask)
+        parts += [f"{key.split('.')[-1]}{value}" for key, value in self.sweep]
+        return "-".join(str(p) for p in parts)
+
+    def folder(self, root: Path) -> Path:
+        return root / "runs" / self.variant / self.folder_name / f"seed{self.seed}"
+
+
+def grid(recipe: Recipe) -> list[RunSpec]:
+    from masklam.configs import load_config
+    from masklam.train.lam import LAMTrainConfig
+    from masklam.train.presets import trainer_file
+
+    runs = []
+    for variant in recipe.datasets():
+        for method in recipe.methods:
+            for point in recipe.sweep_points():
+                sweep = tuple(sorted(point.items()))
+                lam = load_config(LAMTrainConfig, trainer_file(recipe.trainer(method)), [*recipe.train.lam, *overrides_of(point)])
+                for mask in recipe.masks if lam.uses_masks else [None]:
+                    runs += [RunSpec(variant, method, mask, sweep, seed) for seed in recipe.seeds]
+    return runs
+
+
+def overrides_of(settings: dict[str, Any]) -> list[str]:
+    return [f"{key}={json.dumps(value)}" for key, value in settings.items()]
+
+
+def budget_folder(recipe: Recipe, run: Path, budget: int) -> Path:
+    """Where a label budget's decoder and evaluation go: the run folder itself when there is one budget."""
+    return run if len(recipe.labels) == 1 else run / f"labels-{budget}"
+
+
+@dataclass
+class Step:
+    id: str
+    settings: dict[str, Any]
+    outputs: list[Path]
+    work: Callable[[], None] = field(repr=False)
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(json.dumps(self.settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def plan(recipe: Recipe, root: Path, workers: int = 1, show_progress: bool = True) -> list[Step]:
+    """Every step of the recipe, in order."""
+    from masklam.configs import apply_overrides, build, load_config, to_dict
+    from masklam.data.collect import collect
+    from masklam.eval.probe import probe_run
+    from masklam.eval.rollout import evaluate_run
+    from masklam.segment.run import segment_dataset
+    from masklam.segment.transforms import derive_source
+    from masklam.train.lam import LAMTrainConfig, train_lam
+    from masklam.train.presets import trainer_file
+    from masklam.train.stages import StageConfig, train_action_bc, train_bc, train_decoder
+
+    steps: list[Step] = []
+    datasets = recipe.datasets()
+    for variant, settings in datasets.items():
+        data = root / "data" / variant
+        config = settings.config()
+        steps.append(Step(f"collect {variant}", config.identity(), [data / "info.json"],
+                          lambda config=config, data=data: collect(config, data, workers=workers, show_progress=show_progress)))
+        for entry in recipe.segment:
+            segment = recipe.segment_config(entry, str(data))
+            steps.append(Step(f"segment {variant} {segment.source}", {"data": variant, **entry}, [data / "info.json"],
+                              lambda segment=segment: segment_dataset(segment, show_progress=show_progress)))
+        for entry in recipe.transforms:
+            transform, name, source = recipe.transform(entry)
+            steps.append(Step(f"masks {variant} {name}", {"data": variant, **entry}, [data / "info.json"],
+                              lambda t=transform, n=name, s=source, data=data: derive_source(data, s, t, n, show_progress=show_progress)))
+
+    e = recipe.evaluate
+    for run in grid(recipe):
+        data, folder = str(root / "data" / run.variant), run.folder(root)
+        extra = [*recipe.train.lam, *overrides_of(dict(run.sweep)), f"seed={run.seed}", f"data.path={json.dumps(data)}"]
+        if run.mask is not None:
+            extra.append(f"data.mask_source={json.dumps(run.mask)}")
+        lam = load_config(LAMTrainConfig, trainer_file(recipe.trainer(run.method)), extra)
+        stage = build(StageConfig, apply_overrides({"preset": lam.preset, "seed": run.seed}, list(recipe.train.stages)), "train.stages")
+        name = f"{run.variant} {run.label} seed{run.seed}"
+        steps += [
+            Step(f"train lam {name}", to_dict(lam), [folder / "lam.pt"], lambda lam=lam, f=folder: train_lam(lam, f, show_progress)),
+            Step(f"probe {name}", {"lam": to_dict(lam), "windows": e.probe_windows}, [folder / "probe.json"],
+                 lambda f=folder, d=data: probe_run(f, d, e.probe_windows, show_progress=show_progress)),
+            Step(f"train bc {name}", {"lam": to_dict(lam), "stage": to_dict(stage)}, [folder / "bc.pt"], lambda f=folder, s=stage: train_bc(f, s, show_progress)),
+        ]
+        if recipe.train.reference:
+            steps.append(Step(f"train bc-actions {name}", {"lam": to_dict(lam), "stage": to_dict(stage)}, [folder / "bc-actions.pt"],
+                              lambda f=folder, s=stage: train_action_bc(f, s, show_progress)))
+        for budget in recipe.labels:
+            target = budget_folder(recipe, folder, budget)
+            decoder = build(StageConfig, {**to_dict(stage), "labelled": budget}, "train.stages")
+            where = f"{name} labels={budget}" if len(recipe.labels) > 1 else name
+
+            def decode(f=folder, t=target, s=decoder):
+                link_shared(f, t)
+                train_decoder(t, s, show_progress)
+
+            steps += [
+                Step(f"train decoder {where}", {"lam": to_dict(lam), "stage": to_dict(decoder), "reference": recipe.train.reference}, [target / "decoder.pt"], decode),
+                Step(f"evaluate {where}", {"lam": to_dict(lam), "stage": to_dict(decoder), "evaluate": asdict(e)}, [target / "evaluate.json"],
+                     lambda t=target: evaluate_run(t, e.episodes, e.seed, e.steps, show_progress=show_progress)),
+            ]
+    return steps
+
+
+def link_shared(run: Path, target: Path) -> None:
+    """A label budget's folder sees its run's LAM and policies (hard links; copies across file systems)."""
+    if target == run:
+        return
+    target.mkdir(parents=True, exist_ok=True)
+    for name in SHARED:
+        source, link = run / name, target / name
+        if not source.exists():
+            continue
+        link.unlink(missing_ok=True)
+        try:
+            os.link(source, link)
+        except OSError:
+            shutil.copy2(source, link)
+
+
+def read_ledger(root: Path) -> dict[str, Any]:
+    path = root / LEDGER
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def is_done(step: Step, ledger: dict[str, Any]) -> bool:
+    entry = ledger.get(step.id)
+    return entry is not None and entry["settings"] == step.fingerprint() and all(p.exists() for p in step.outputs)
+
+
+def run_recipe(recipe: Recipe, root: Path, workers: int = 1, dry_run: bool = False, show_progress: bool = True, echo: Callable[[str], None] = print) -> list[Step]:
+    """Run (or with ``dry_run`` only list) the recipe's steps that are not done yet, then the report."""
+    from masklam.report.tables import write_report
+
+    root = Path(root)
+    steps = plan(recipe, root, workers, show_progress)
+    ledger = read_ledger(root)
+    todo = [step for step in steps if not is_done(step, ledger)]
+    if dry_run:
+        for number, step in enumerate(steps, 1):
+            echo(f"{number:>4}. [{'todo' if step in todo else 'done'}] {step.id}")
+        echo(f"{len(todo)} of {len(steps)} steps to run, under {root}")
+        return todo
+    root.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(root / "recipe.json", recipe_json(recipe))
+    for number, step in enumerate(todo, 1):
+        echo(f"[{number}/{len(todo)}] {step.id}")
+        began = time.perf_counter()
+        step.work()
+        ledger[step.id] = {"settings": step.fingerprint(), "seconds": round(time.perf_counter() - began, 1)}
+        atomic_write_json(root / LEDGER, ledger)
+    write_report([root], root / "report", echo=echo)
+    return todo

@@ -1,0 +1,1 @@
+"""`masklam report`: results tables (markdown, JSON) and plots from `masklam run` folders."""

@@ -1,0 +1,78 @@
+"""The report's plots (PNG, written atomically): NMSE and return per method, return against the label
+budget, NMSE against mask quality. Means with error bars of one standard deviation over seeds."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402
+
+from masklam.atomic import atomic_write_bytes  # noqa: E402
+
+
+def save(figure, path: Path) -> Path:
+    buffer = io.BytesIO()
+    figure.tight_layout()
+    figure.savefig(buffer, format="png", dpi=120)
+    plt.close(figure)
+    atomic_write_bytes(path, buffer.getvalue())
+    return path
+
+
+def bars(axis, labels: list[str], stats: list[tuple[float, float] | None], title: str) -> None:
+    means = [s[0] if s else 0.0 for s in stats]
+    errors = [s[1] if s else 0.0 for s in stats]
+    axis.bar(range(len(labels)), means, yerr=errors, capsize=3, color=[f"C{i}" for i in range(len(labels))])
+    axis.set_xticks(range(len(labels)), labels, rotation=30, ha="right")
+    axis.set_title(title)
+
+
+def plot_bars(rows: dict[str, dict[str, Any]], title: str, path: Path) -> Path:
+    """Probe NMSE and return over the expert's, one bar per run label."""
+    labels = list(rows)
+    figure, (left, right) = plt.subplots(1, 2, figsize=(max(6, 1.2 * len(labels) + 3), 3.6))
+    bars(left, labels, [rows[label]["nmse"] for label in labels], "action probe NMSE (lower is better)")
+    bars(right, labels, [rows[label]["by_expert"] for label in labels], "return / expert's (higher is better)")
+    figure.suptitle(title)
+    return save(figure, path)
+
+
+def plot_label_budget(budgets: dict[str, dict[str, dict[str, Any]]], title: str, path: Path) -> Path:
+    """Normalised return against the decoder's label budget, one line per run label (0 = all: drawn last)."""
+    order = sorted(budgets, key=lambda b: float("inf") if int(b) == 0 else int(b))
+    figure, axis = plt.subplots(figsize=(5.5, 3.6))
+    labels = sorted({label for rows in budgets.values() for label in rows})
+    for label in labels:
+        points = [(i, budgets[b][label]["by_expert"]) for i, b in enumerate(order) if label in budgets[b] and budgets[b][label]["by_expert"]]
+        if points:
+            axis.errorbar([i for i, _ in points], [s[0] for _, s in points], yerr=[s[1] for _, s in points], marker="o", capsize=3, label=label)
+    axis.set_xticks(range(len(order)), ["all" if int(b) == 0 else b for b in order])
+    axis.set_xlabel("labelled transitions for the decoder")
+    axis.set_ylabel("return / expert's")
+    axis.set_title(title)
+    axis.legend(fontsize=8)
+    return save(figure, path)
+
+
+def plot_mask_degradation(rows: dict[str, dict[str, Any]], masks: list[str], title: str, path: Path) -> Path:
+    """Probe NMSE of the masked runs for each mask source in the recipe's order, unmasked runs as lines."""
+    figure, axis = plt.subplots(figsize=(max(5.5, 0.9 * len(masks) + 2), 3.6))
+    masked = [row for row in rows.values() if row["mask"] is not None]
+    methods = sorted({row["method"] for row in masked})
+    for method in methods:
+        by_mask = {row["mask"]: row["nmse"] for row in masked if row["method"] == method and row["nmse"]}
+        points = [(i, by_mask[mask]) for i, mask in enumerate(masks) if mask in by_mask]
+        axis.errorbar([i for i, _ in points], [s[0] for _, s in points], yerr=[s[1] for _, s in points], marker="o", capsize=3, label=method)
+    unmasked = [(label, row) for label, row in rows.items() if row["mask"] is None and row["nmse"]]
+    for i, (label, row) in enumerate(unmasked):
+        axis.axhline(row["nmse"][0], color=f"C{len(methods) + i}", linestyle="--", label=label)
+    axis.set_xticks(range(len(masks)), masks, rotation=30, ha="right")
+    axis.set_ylabel("action probe NMSE")
+    axis.set_title(title)
+    axis.legend(fontsize=8)
+    return save(figure, path)

@@ -1,0 +1,142 @@
+"""`masklam run` on a tiny recipe: every step runs once, in one folder; a second run skips them all; a changed
+setting reruns only the steps it touches; the report has a row per run and its plots."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from masklam.errors import UsageError
+from masklam.pipeline.recipe import load_recipe
+from masklam.pipeline.run import grid, run_recipe
+
+TINY = """
+name = "tiny"
+methods = ["lapo", "masklam"]
+seeds = [0]
+labels = [40, 0]
+masks = ["oracle", "oracle_dilate1"]
+transforms = [{from = "oracle", dilate = 1}]
+
+[collect]
+env = "dmc:cheetah-run"
+distractors = "low"
+policy = "expert"
+size = 32
+steps = 20
+episodes = 3
+test_episodes = 1
+labelled_episodes = 3
+
+[train]
+preset = "tiny"
+lam = ["optim.steps=4", "data.batch_size=8"]
+stages = ["optim.steps=4", "batch_size=8"]
+
+[evaluate]
+probe_windows = 40
+episodes = 1
+steps = 10
+"""
+
+
+def masklam(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "masklam.cli", *args], capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory) -> tuple[Path, Path]:
+    folder = tmp_path_factory.mktemp("pipeline")
+    recipe, root = folder / "tiny.toml", folder / "run"
+    recipe.write_text(TINY)
+    done = masklam("run", str(recipe), "--out", str(root), "--no-progress")
+    assert done.returncode == 0, done.stderr
+    return recipe, root
+
+
+def test_the_grid_crosses_methods_masks_and_seeds(tmp_path):
+    (tmp_path / "tiny.toml").write_text(TINY)
+    runs = grid(load_recipe(tmp_path / "tiny.toml", ["seeds=[0, 1]"]))
+    labels = sorted({run.label for run in runs})
+    assert labels == ["lapo", "masklam", "masklam [oracle_dilate1]"]  # LAPO reads no masks: one run per seed
+    assert len(runs) == 6
+
+
+def test_a_run_writes_every_output_under_one_folder(finished):
+    _, root = finished
+    runs = root / "runs" / "low"
+    for run in ("lapo", "masklam", "masklam-oracle_dilate1"):
+        folder = runs / run / "seed0"
+        assert (folder / "lam.pt").exists() and (folder / "probe.json").exists()
+        for budget in (40, 0):  # each label budget: its own decoder and evaluation beside the shared LAM
+            assert json.loads((folder / f"labels-{budget}" / "evaluate.json").read_text())["episodes"] == 1
+    decoder = json.loads((runs / "lapo" / "seed0" / "labels-40" / "decoder-config.json").read_text())
+    assert decoder["labelled"] == 40
+    info = json.loads((root / "data" / "low" / "info.json").read_text())
+    assert set(info["mask_sources"]) == {"oracle", "oracle_dilate1"}
+    masked = json.loads((runs / "masklam-oracle_dilate1" / "seed0" / "lam-config.json").read_text())
+    assert masked["data"]["mask_source"] == "oracle_dilate1"
+
+
+def test_the_report_has_a_row_per_run_and_its_plots(finished):
+    _, root = finished
+    results = json.loads((root / "report" / "results.json").read_text())
+    rows = results["tiny/low"]["rows"]
+    assert set(rows) == {"lapo", "masklam", "masklam [oracle_dilate1]"}
+    for row in rows.values():
+        assert row["n"] == 1 and row["nmse"][0] > 0 and row["by_expert"] is not None
+    table = (root / "report" / "results.md").read_text()
+    assert "| masklam [oracle_dilate1] | 1 |" in table and "1.00×" in table  # LAPO against itself
+    for plot in ("tiny-low-bars.png", "tiny-low-labels.png", "tiny-low-masks.png"):
+        assert (root / "report" / plot).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_second_run_skips_finished_steps_and_a_change_reruns_only_what_it_touches(finished):
+    recipe, root = finished
+    ledger = (root / "steps.json").read_text()
+    assert run_recipe(load_recipe(recipe), root, show_progress=False, echo=lambda _: None) == []
+    assert (root / "steps.json").read_text() == ledger
+    todo = run_recipe(load_recipe(recipe, ["evaluate.episodes=2"]), root, dry_run=True, echo=lambda _: None)
+    assert todo and all(step.id.startswith("evaluate ") for step in todo) and len(todo) == 6
+    # a step whose output is gone runs again
+    (root / "runs" / "low" / "lapo" / "seed0" / "probe.json").unlink()
+    todo = run_recipe(load_recipe(recipe), root, dry_run=True, echo=lambda _: None)
+    assert [step.id for step in todo] == ["probe low lapo seed0"]
+
+
+def test_report_command_and_dry_run(finished, tmp_path):
+    recipe, root = finished
+    done = masklam("report", str(root), "--out", str(tmp_path / "report"))
+    assert done.returncode == 0 and "| lapo | 1 |" in done.stdout, done.stderr
+    done = masklam("run", str(recipe), "--out", str(tmp_path / "fresh"), "--dry-run")
+    assert done.returncode == 0 and "[todo] collect low" in done.stdout and not (tmp_path / "fresh").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["run", "no-such-recipe"], "no recipe file"),
+    (["run", "quickstart", "--set", "methods=[\"vae\"]", "--dry-run"], "recipe methods"),
+    (["run", "quickstart", "--set", "masks=[\"sam_vit_h\"]", "--dry-run"], "made by no [[segment]]"),
+    (["run", "quickstart", "--set", "collect.env=\"dmc:cheetah-fly\"", "--dry-run"], "unknown env"),
+    (["run", "quickstart", "--set", "train.preset=\"huge\"", "--dry-run"], "no trainer preset"),
+    (["report", "{tmp}", "--out", "{tmp}/report"], "not a `masklam run` folder"),
+])
+def test_bad_recipes_are_one_line_errors(tmp_path, args, message):
+    done = masklam(*[a.replace("{tmp}", str(tmp_path)) for a in args])
+    assert done.returncode == 2 and message in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "report").exists()
+
+
+def test_recipes_in_pipelines_are_valid():
+    for path in sorted((Path(__file__).resolve().parents[2] / "pipelines").glob("*.toml")):
+        recipe = load_recipe(path)
+        assert grid(recipe), path
+
+
+def test_unknown_recipe_setting_is_refused(tmp_path):
+    (tmp_path / "r.toml").write_text("steps = 3\n" + TINY)
+    with pytest.raises(UsageError, match="unknown setting recipe.steps"):
+        load_recipe(tmp_path / "r.toml")

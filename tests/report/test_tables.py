@@ -1,0 +1,38 @@
+"""The report's arithmetic on run folders whose probe and evaluation files are written by hand: means and
+standard deviations over seeds, ratios against LAPO, missing runs shown as dashes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from masklam.data.collect import CollectSettings
+from masklam.pipeline.recipe import Recipe, recipe_json
+from masklam.pipeline.run import grid
+from masklam.report.tables import write_report
+
+
+def test_means_over_seeds_and_ratios_against_lapo(tmp_path):
+    recipe = Recipe(name="r", collect=CollectSettings(env="metaworld:push-v3", distractors="low"), methods=["lapo", "masklam"], seeds=[0, 1])
+    (tmp_path / "recipe.json").write_text(json.dumps(recipe_json(recipe)))
+    numbers = {("lapo", 0): (0.8, 10.0), ("lapo", 1): (0.6, 30.0), ("masklam", 0): (0.2, 50.0)}  # masklam seed 1 unfinished
+    for run in grid(recipe):
+        if (run.method, run.seed) not in numbers:
+            continue
+        nmse, ret = numbers[run.method, run.seed]
+        folder = run.folder(tmp_path)
+        folder.mkdir(parents=True)
+        (folder / "probe.json").write_text(json.dumps({"action_nmse": nmse, "distractor_nmse": {"bg_frame": 1.0, "camera": 0.5}}))
+        (folder / "evaluate.json").write_text(json.dumps({"return_mean": ret, "normalised_by_collector": ret / 100, "normalised_by_bc_actions": None, "success_rate": 0.5}))
+    summary = write_report([tmp_path], tmp_path / "report", echo=lambda _: None)
+    rows = summary["r/low"]["rows"]
+    assert rows["lapo"]["nmse"] == pytest.approx((0.7, 0.1))
+    assert rows["lapo"]["n"] == 2 and rows["masklam"]["n"] == 1
+    assert rows["masklam"]["distractor"] == (0.75, 0.0)
+    table = (tmp_path / "report" / "results.md").read_text()
+    line = next(row for row in table.splitlines() if row.startswith("| masklam |"))
+    assert "3.50×" in line  # LAPO's NMSE 0.7 / 0.2
+    assert "2.50×" in line  # return 0.5 / LAPO's 0.2
+    assert "50 ± 0 %" in line  # Meta-World: success rate column
+    assert "| — |" in line  # no BC reference was trained
