@@ -45,10 +45,9 @@ CONFIG_FILE = "collect.json"
 
 
 @dataclass(frozen=True)
-class CollectConfig:
-    """What defines a dataset. Two runs with equal configs write identical bytes."""
+class CollectOptions:
+    """Everything about a collection but the environment: episodes, policy, labels, storage."""
 
-    env: EnvSpec
     backend: str = "webdataset"
     episodes: int = 10  # train episodes
     test_episodes: int = 2
@@ -59,6 +58,13 @@ class CollectConfig:
     label_fraction: float | None = None
     chunk_steps: int = 0  # 0 = a record is a whole episode
     episodes_per_shard: int = 8
+
+
+@dataclass(frozen=True, kw_only=True)
+class CollectConfig(CollectOptions):
+    """What defines a dataset. Two runs with equal configs write identical bytes."""
+
+    env: EnvSpec
 
     def __post_init__(self) -> None:
         get_backend(self.backend)
@@ -96,8 +102,8 @@ class CollectConfig:
         return Path(self.policy)
 
 
-@dataclass(frozen=True)
-class CollectSettings:
+@dataclass(frozen=True, kw_only=True)
+class CollectSettings(CollectOptions):
     """`masklam collect`'s options as one flat record (the CLI's flags, a recipe's [collect] table)."""
 
     env: str
@@ -110,16 +116,6 @@ class CollectSettings:
     size: int = 64
     camera: str = ""
     steps: int = 0
-    episodes: int = 10
-    test_episodes: int = 2
-    policy: str = "random"
-    action_noise: float = 0.0
-    seed: int = 0
-    labelled_episodes: int | None = None
-    label_fraction: float | None = None
-    backend: str = "webdataset"
-    chunk_steps: int = 0
-    episodes_per_shard: int = 8
 
     def config(self) -> CollectConfig:
         from masklam.envs.spec import RenderSpec, distractor_preset
@@ -127,11 +123,7 @@ class CollectSettings:
         distractors = distractor_preset(self.distractors, background=self.background, videos=self.videos, camera_scale=self.camera_shake,
                                         color_scale=self.color_drift, objects=self.objects)
         spec = EnvSpec(env_id=self.env, render=RenderSpec(size=self.size, camera=self.camera), distractors=distractors, episode_steps=self.steps)
-        return CollectConfig(
-            env=spec, backend=self.backend, episodes=self.episodes, test_episodes=self.test_episodes, policy=self.policy,
-            action_noise=self.action_noise, seed=self.seed, labelled_episodes=self.labelled_episodes, label_fraction=self.label_fraction,
-            chunk_steps=self.chunk_steps, episodes_per_shard=self.episodes_per_shard,
-        )
+        return CollectConfig(env=spec, **{f.name: getattr(self, f.name) for f in dataclasses.fields(CollectOptions)})
 
 
 @dataclass(frozen=True)
