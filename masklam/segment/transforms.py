@@ -53,7 +53,10 @@ class MaskTransform:
             footprint = disk(radius)
             out = np.stack([operation(frame, structure=footprint) for frame in out])
         if self.occlude:
-            out = np.stack([occlude(frame, self.occlude, rng) for frame in out])
+            # One placement per record, relative to the agent's box: the occluder moves with the agent, the
+            # same across a training clip (as in MaskLAM's ablation), not flickering from frame to frame.
+            where = (float(rng.random()), float(rng.random()))
+            out = np.stack([occlude(frame, self.occlude, where) for frame in out])
         if self.drop:
             dropped = rng.random(len(out)) < self.drop
             out[dropped] = False
@@ -70,16 +73,17 @@ class MaskTransform:
         return transformed
 
 
-def occlude(mask: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:
-    """Blank a random rectangle covering ``fraction`` of the mask's bounding box (same aspect ratio)."""
+def occlude(mask: np.ndarray, fraction: float, where: tuple[float, float]) -> np.ndarray:
+    """Blank a rectangle covering ``fraction`` of the mask's bounding box (same aspect ratio), placed at
+    ``where`` = (top, left) as fractions of the room the box leaves it."""
     ys, xs = np.nonzero(mask)
     if len(ys) == 0:
         return mask
     y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
     side = np.sqrt(fraction)
     h, w = max(1, round((y1 - y0) * side)), max(1, round((x1 - x0) * side))
-    top = y0 + int(rng.integers(0, y1 - y0 - h + 1))
-    left = x0 + int(rng.integers(0, x1 - x0 - w + 1))
+    top = y0 + int(where[0] * (y1 - y0 - h + 1))
+    left = x0 + int(where[1] * (x1 - x0 - w + 1))
     out = mask.copy()
     out[top : top + h, left : left + w] = False
     return out

@@ -28,9 +28,16 @@ def test_drop_and_occlude_take_the_fractions_asked():
     masks = np.ones((2000, 8, 8), np.uint8)
     dropped = MaskTransform(drop=0.25).apply(masks, rng)
     assert abs((dropped.sum((1, 2)) == 0).mean() - 0.25) < 0.03
-    blanked = occlude(square()[0].astype(bool), 0.25, rng)
+    blanked = occlude(square()[0].astype(bool), 0.25, (0.3, 0.9))
     assert square()[0].sum() - blanked.sum() == 8 * 8  # a quarter of the 16 x 16 box
     assert not (blanked & ~square()[0].astype(bool)).any()
+    # one placement per record: every frame of a moving agent loses the same part of its box
+    moving = np.zeros((3, 32, 32), np.uint8)
+    for t in range(3):
+        moving[t, 4 + 2 * t : 20 + 2 * t, 4 + 3 * t : 20 + 3 * t] = 1
+    occluded = MaskTransform(occlude=0.25).apply(moving, rng)
+    holes = [np.argwhere(moving[t] & ~occluded[t].astype(bool)).min(0) - (4 + 2 * t, 4 + 3 * t) for t in range(3)]
+    assert all((hole == holes[0]).all() for hole in holes)
 
 
 def test_bad_transforms_are_refused():
