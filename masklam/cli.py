@@ -157,11 +157,6 @@ def expert_eval(
     typer.echo(json.dumps(result, indent=1) if as_json else f"{env}: return {result['mean']:.1f} ± {result['std']:.1f}{success} over {episodes} episodes ({result['checkpoint']})")
 
 
-def lam_overrides(overrides: list[str], data: str, mask_source: str | None) -> list[str]:
-    extra = [] if mask_source is None else [f"data.mask_source={json.dumps(mask_source)}"]
-    return [*overrides, *extra, f"data.path={json.dumps(data)}"]
-
-
 train_app = typer.Typer(help="Train latent action models and the stages after them (latent BC, action decoder).", no_args_is_help=True)
 app.add_typer(train_app, name="train")
 
@@ -177,11 +172,9 @@ def train_lam_command(
     progress: bool = typer.Option(True),
 ) -> None:
     """Pretrain a latent action model (lapo, masklam, laom, laom-labels) on a dataset's transitions."""
-    from masklam.configs import load_config
-    from masklam.train.lam import LAMTrainConfig, train_lam
-    from masklam.train.presets import trainer_file
+    from masklam.train.lam import load_trainer, train_lam
 
-    config = load_config(LAMTrainConfig, trainer_file(trainer), lam_overrides(overrides, data, mask_source))
+    config = load_trainer(trainer, overrides, data, mask_source)
     result = train_lam(config, out, show_progress=progress)
     typer.echo(f"trained {config.method} for {result['steps']} steps (final loss {result['final_loss']:.4f}); checkpoint: {out}/lam.pt")
 
@@ -202,13 +195,6 @@ def probe(
     typer.echo(json.dumps(result, indent=1) if as_json else render_probe(result))
 
 
-def _stage_config(overrides: list[str], **settings):
-    from masklam.configs import build, apply_overrides
-    from masklam.train.stages import StageConfig
-
-    return build(StageConfig, apply_overrides({k: v for k, v in settings.items() if v is not None}, overrides), "stage")
-
-
 @train_app.command("bc")
 @fails_cleanly
 def train_bc_command(
@@ -218,9 +204,9 @@ def train_bc_command(
     progress: bool = typer.Option(True),
 ) -> None:
     """Latent behaviour cloning: a policy from the frame stack to the frozen LAM's latent action."""
-    from masklam.train.stages import train_bc
+    from masklam.train.stages import stage_config, train_bc
 
-    result = train_bc(run, _stage_config(overrides, data=data), show_progress=progress)
+    result = train_bc(run, stage_config(overrides, data=data), show_progress=progress)
     typer.echo(f"trained the latent policy for {result['steps']} steps (final loss {result['final_loss']:.4f}); checkpoint: {run}/bc.pt")
 
 
@@ -234,9 +220,9 @@ def train_decoder_command(
     progress: bool = typer.Option(True),
 ) -> None:
     """The action decoder: an MLP from the frozen latent policy's output to real actions, on labelled transitions only."""
-    from masklam.train.stages import train_decoder
+    from masklam.train.stages import stage_config, train_decoder
 
-    result = train_decoder(run, _stage_config(overrides, data=data, labelled=labelled), show_progress=progress)
+    result = train_decoder(run, stage_config(overrides, data=data, labelled=labelled), show_progress=progress)
     typer.echo(f"trained the action decoder on {result['labelled_transitions']} labelled transitions (final loss {result['final_loss']:.4f}); checkpoint: {run}/decoder.pt")
 
 
@@ -249,9 +235,9 @@ def train_action_bc_command(
     progress: bool = typer.Option(True),
 ) -> None:
     """The reference policy for normalised returns: BC from the frame stack to every labelled true action."""
-    from masklam.train.stages import train_action_bc
+    from masklam.train.stages import stage_config, train_action_bc
 
-    result = train_action_bc(run, _stage_config(overrides, data=data), show_progress=progress)
+    result = train_action_bc(run, stage_config(overrides, data=data), show_progress=progress)
     typer.echo(f"trained BC on true actions for {result['steps']} steps (final loss {result['final_loss']:.4f}); checkpoint: {run}/bc-actions.pt")
 
 
@@ -269,13 +255,11 @@ def train_all_command(
     progress: bool = typer.Option(True),
 ) -> None:
     """LAM pretraining, latent behaviour cloning, the action decoder (and the BC-on-actions reference), in one run folder."""
-    from masklam.configs import load_config
-    from masklam.train.lam import LAMTrainConfig, train_lam
-    from masklam.train.presets import trainer_file
-    from masklam.train.stages import train_action_bc, train_bc, train_decoder
+    from masklam.train.lam import load_trainer, train_lam
+    from masklam.train.stages import stage_config, train_action_bc, train_bc, train_decoder
 
-    config = load_config(LAMTrainConfig, trainer_file(trainer), lam_overrides(overrides, data, mask_source))
-    stage = _stage_config(stage_overrides, preset=config.preset, labelled=labelled)
+    config = load_trainer(trainer, overrides, data, mask_source)
+    stage = stage_config(stage_overrides, preset=config.preset, labelled=labelled)
     train_lam(config, out, show_progress=progress)
     train_bc(out, stage, show_progress=progress)
     result = train_decoder(out, stage, show_progress=progress)

@@ -27,6 +27,11 @@ from masklam.train.lam import METHODS
 RECIPES = Path(__file__).resolve().parents[2] / "pipelines"
 
 
+def check_folder_name(name: str, what: str, names: str) -> None:
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+        raise UsageError(f"{what} {name!r}: use letters, digits, '-', '_' and '.' (it names {names})")
+
+
 @dataclass(frozen=True)
 class TrainSettings:
     preset: str = "small"  # trainers/<method>-<preset>.toml
@@ -69,8 +74,7 @@ class Recipe:
     evaluate: EvalSettings = field(default_factory=EvalSettings)
 
     def __post_init__(self) -> None:
-        if not re.fullmatch(r"[A-Za-z0-9_.-]+", self.name):
-            raise UsageError(f"recipe name {self.name!r}: use letters, digits, '-', '_' and '.' (it names the run folder)")
+        check_folder_name(self.name, "recipe name", "the run folder")
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown or not self.methods:
             raise UsageError(f"recipe methods {unknown or '[]'}: choose from {', '.join(METHODS)}")
@@ -78,15 +82,11 @@ class Recipe:
             raise UsageError("recipe seeds, labels and masks need at least one entry each; label budgets are >= 0")
         for name, settings in self.datasets().items():
             settings.config()  # validates the environment, distractors, label counts, ...
-            if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
-                raise UsageError(f"variant name {name!r}: use letters, digits, '-', '_' and '.' (it names a folder)")
+            check_folder_name(name, "variant name", "a dataset folder")
         for key, values in self.sweep.items():
             if not isinstance(values, list) or not values:
                 raise UsageError(f"sweep.{key} must be a non-empty list of values")
-        for entry in self.segment:
-            self.segment_config(entry, "-")  # validates the table
-        for entry in self.transforms:
-            self.transform(entry)
+        # Building each [[segment]] and [[transforms]] entry validates it.
         made = {ORACLE} | {self.segment_config(e, "-").source for e in self.segment} | {self.transform(e)[1] for e in self.transforms}
         missing = [m for m in self.masks if m not in made]
         if missing:

@@ -22,7 +22,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -67,16 +67,14 @@ class RunSpec:
 
 
 def grid(recipe: Recipe) -> list[RunSpec]:
-    from masklam.configs import load_config
-    from masklam.train.lam import LAMTrainConfig
-    from masklam.train.presets import trainer_file
+    from masklam.train.lam import load_trainer
 
     runs = []
     for variant in recipe.datasets():
         for method in recipe.methods:
             for point in recipe.sweep_points():
                 sweep = tuple(sorted(point.items()))
-                lam = load_config(LAMTrainConfig, trainer_file(recipe.trainer(method)), [*recipe.train.lam, *overrides_of(point)])
+                lam = load_trainer(recipe.trainer(method), [*recipe.train.lam, *overrides_of(point)])
                 for mask in recipe.masks if lam.uses_masks else [None]:
                     runs += [RunSpec(variant, method, mask, sweep, seed) for seed in recipe.seeds]
     return runs
@@ -104,15 +102,14 @@ class Step:
 
 def plan(recipe: Recipe, root: Path, workers: int = 1, show_progress: bool = True) -> list[Step]:
     """Every step of the recipe, in order."""
-    from masklam.configs import apply_overrides, build, load_config, to_dict
+    from masklam.configs import to_dict
     from masklam.data.collect import collect
     from masklam.eval.probe import probe_run
     from masklam.eval.rollout import evaluate_run
     from masklam.segment.run import segment_dataset
     from masklam.segment.transforms import derive_source
-    from masklam.train.lam import LAMTrainConfig, train_lam
-    from masklam.train.presets import trainer_file
-    from masklam.train.stages import StageConfig, train_action_bc, train_bc, train_decoder
+    from masklam.train.lam import load_trainer, train_lam
+    from masklam.train.stages import stage_config, train_action_bc, train_bc, train_decoder
 
     steps: list[Step] = []
     datasets = recipe.datasets()
@@ -133,11 +130,8 @@ def plan(recipe: Recipe, root: Path, workers: int = 1, show_progress: bool = Tru
     e = recipe.evaluate
     for run in grid(recipe):
         data, folder = str(root / "data" / run.variant), run.folder(root)
-        extra = [*recipe.train.lam, *overrides_of(dict(run.sweep)), f"seed={run.seed}", f"data.path={json.dumps(data)}"]
-        if run.mask is not None:
-            extra.append(f"data.mask_source={json.dumps(run.mask)}")
-        lam = load_config(LAMTrainConfig, trainer_file(recipe.trainer(run.method)), extra)
-        stage = build(StageConfig, apply_overrides({"preset": lam.preset, "seed": run.seed}, list(recipe.train.stages)), "train.stages")
+        lam = load_trainer(recipe.trainer(run.method), [*recipe.train.lam, *overrides_of(dict(run.sweep)), f"seed={run.seed}"], data, run.mask)
+        stage = stage_config(recipe.train.stages, "train.stages", preset=lam.preset, seed=run.seed)
         name = f"{run.variant} {run.label} seed{run.seed}"
         steps += [
             Step(f"train lam {name}", to_dict(lam), [folder / "lam.pt"], lambda lam=lam, f=folder: train_lam(lam, f, show_progress)),
@@ -150,7 +144,7 @@ def plan(recipe: Recipe, root: Path, workers: int = 1, show_progress: bool = Tru
                               lambda f=folder, s=stage: train_action_bc(f, s, show_progress)))
         for budget in recipe.labels:
             target = budget_folder(recipe, folder, budget)
-            decoder = build(StageConfig, {**to_dict(stage), "labelled": budget}, "train.stages")
+            decoder = replace(stage, labelled=budget)
             where = f"{name} labels={budget}" if len(recipe.labels) > 1 else name
 
             def decode(f=folder, t=target, s=decoder):
@@ -182,8 +176,10 @@ def link_shared(run: Path, target: Path) -> None:
 
 
 def read_ledger(root: Path) -> dict[str, Any]:
+    from masklam.data.dataset import read_json
+
     path = root / LEDGER
-    return json.loads(path.read_text()) if path.exists() else {}
+    return read_json(path, "delete it to rerun every step (finished training stages resume from their checkpoints)") if path.exists() else {}
 
 
 def is_done(step: Step, ledger: dict[str, Any]) -> bool:
@@ -198,10 +194,11 @@ def run_recipe(recipe: Recipe, root: Path, workers: int = 1, dry_run: bool = Fal
     root = Path(root)
     steps = plan(recipe, root, workers, show_progress)
     ledger = read_ledger(root)
-    todo = [step for step in steps if not is_done(step, ledger)]
+    done = [is_done(step, ledger) for step in steps]
+    todo = [step for step, finished in zip(steps, done) if not finished]
     if dry_run:
-        for number, step in enumerate(steps, 1):
-            echo(f"{number:>4}. [{'todo' if step in todo else 'done'}] {step.id}")
+        for number, (step, finished) in enumerate(zip(steps, done), 1):
+            echo(f"{number:>4}. [{'done' if finished else 'todo'}] {step.id}")
         echo(f"{len(todo)} of {len(steps)} steps to run, under {root}")
         return todo
     root.mkdir(parents=True, exist_ok=True)

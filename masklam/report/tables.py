@@ -14,7 +14,6 @@ Numbers are means ± standard deviations over seeds (population std; a single se
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
@@ -34,8 +33,11 @@ def mean_std(values: list[float]) -> tuple[float, float] | None:
     return (float(np.mean(values)), float(np.std(values))) if values else None
 
 
-def read_json(path: Path) -> dict[str, Any] | None:
-    return json.loads(path.read_text()) if path.exists() else None
+def read_output(path: Path) -> dict[str, Any] | None:
+    """A step's JSON output; None when that step has not run yet."""
+    from masklam.data.dataset import read_json
+
+    return read_json(path, "delete it and run `masklam run` again to redo its step") if path.exists() else None
 
 
 def transitions(info: dict[str, Any]) -> int | None:
@@ -46,17 +48,17 @@ def transitions(info: dict[str, Any]) -> int | None:
 def collect_results(root: Path) -> dict[str, Any]:
     """Per dataset variant, per run label, per label budget: the seeds' probe and evaluation numbers."""
     from masklam.pipeline.recipe import Recipe
-    from masklam.pipeline.run import LEDGER, budget_folder, grid
+    from masklam.pipeline.run import budget_folder, grid, read_ledger
 
     root = Path(root)
     if not (root / "recipe.json").exists():
         raise UsageError(f"{root} is not a `masklam run` folder (no recipe.json): pass the folder `masklam run` wrote")
-    recipe = build(Recipe, json.loads((root / "recipe.json").read_text()), "recipe")
-    ledger = read_json(root / LEDGER) or {}
+    recipe = build(Recipe, read_output(root / "recipe.json"), "recipe")
+    ledger = read_ledger(root)
     datasets = recipe.datasets()
     variants: dict[str, Any] = {}
     for variant, settings in datasets.items():
-        info = read_json(root / "data" / variant / "info.json") or {}
+        info = read_output(root / "data" / variant / "info.json") or {}
         seconds = sum(entry["seconds"] for step, entry in ledger.items() if f" {variant} " in f" {step} ")
         variants[variant] = {
             "env": settings.env, "distractors": settings.distractors, "size": settings.size, "episodes": settings.episodes,
@@ -66,9 +68,9 @@ def collect_results(root: Path) -> dict[str, Any]:
         }
     for run in grid(recipe):
         folder = run.folder(root)
-        probe = read_json(folder / "probe.json")
+        probe = read_output(folder / "probe.json")
         for budget in recipe.labels:
-            evaluation = read_json(budget_folder(recipe, folder, budget) / "evaluate.json")
+            evaluation = read_output(budget_folder(recipe, folder, budget) / "evaluate.json")
             cell = variants[run.variant]["runs"][run.label].setdefault(budget, {"method": run.method, "mask": run.mask, "seeds": [], "nmse": [], "distractor": [], "by_expert": [], "by_bc": [], "success": [], "return": []})
             if probe is None and evaluation is None:
                 continue

@@ -9,6 +9,7 @@ step and continues bit-identical to an uninterrupted run.
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,12 +19,14 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from masklam.configs import load_config
 from masklam.data.dataset import open_dataset
 from masklam.errors import UsageError
 from masklam.models.lam import LAOMLabels
 from masklam.models.presets import METHODS, PRESETS, build_lam, lam_config
 from masklam.train.loader import WindowDataset, WindowSpec, make_loader
 from masklam.train.loop import OptimConfig, claim_run_folder, fit
+from masklam.train.presets import trainer_file
 
 CHECKPOINT = "lam.pt"
 CONFIG = "lam-config.json"
@@ -67,6 +70,13 @@ class LAMTrainConfig:
     def uses_masks(self) -> bool:
         options = METHODS[self.method][1]
         return options.get("loss") == "masked" or self.model.get("loss") == "masked" or self.model.get("mask_input", options.get("mask_input", "none")) != "none"
+
+
+def load_trainer(trainer: str, overrides: list[str] = (), data: str | None = None, mask_source: str | None = None) -> LAMTrainConfig:
+    """A trainer preset (or TOML file) with ``--set`` overrides; then the mask source and the dataset, when given."""
+    extra = [] if mask_source is None else [f"data.mask_source={json.dumps(mask_source)}"]
+    extra += [] if data is None else [f"data.path={json.dumps(data)}"]
+    return load_config(LAMTrainConfig, trainer_file(trainer), [*overrides, *extra])
 
 
 def build_model(config: LAMTrainConfig, info: dict[str, Any]) -> torch.nn.Module:

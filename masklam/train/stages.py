@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from masklam.configs import build
+from masklam.configs import apply_overrides, build
 from masklam.data.dataset import open_dataset
 from masklam.errors import UsageError
 from masklam.models.lam import ActionDecoder, ActionDecoderConfig, LatentPolicy
@@ -45,6 +45,11 @@ class StageConfig:
             raise UsageError(f"unknown model preset '{self.preset}': choose one of {', '.join(PRESETS)}")
         if self.labelled < 0 or self.batch_size < 1:
             raise UsageError("labelled must be >= 0 and batch_size >= 1")
+
+
+def stage_config(overrides: list[str] = (), where: str = "stage", **settings: Any) -> StageConfig:
+    """Settings (None = the default) with ``--stage-set`` style overrides on top."""
+    return build(StageConfig, apply_overrides({k: v for k, v in settings.items() if v is not None}, list(overrides)), where)
 
 
 def frozen_lam(run_dir: Path) -> tuple[LAMTrainConfig, torch.nn.Module, dict[str, Any]]:
