@@ -191,7 +191,7 @@ def run_recipe(recipe: Recipe, root: Path, workers: int = 1, dry_run: bool = Fal
     """Run (or with ``dry_run`` only list) the recipe's steps that are not done yet, then the report."""
     from masklam.report.tables import write_report
 
-    root = Path(root)
+    root = Path(root).resolve()  # one spelling of every path in the steps' settings, whatever the cwd or --out
     steps = plan(recipe, root, workers, show_progress)
     ledger = read_ledger(root)
     done = [is_done(step, ledger) for step in steps]

@@ -4,6 +4,7 @@ setting reruns only the steps it touches; the report has a row per run and its p
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -106,6 +107,13 @@ def test_a_second_run_skips_finished_steps_and_a_change_reruns_only_what_it_touc
     (root / "runs" / "low" / "lapo" / "seed0" / "probe.json").unlink()
     todo = run_recipe(load_recipe(recipe), root, dry_run=True, echo=lambda _: None)
     assert [step.id for step in todo] == ["probe low lapo seed0"]
+    # the same folder spelled relative to another working directory is the same run
+    here = os.getcwd()
+    try:
+        os.chdir(root.parent)
+        assert len(run_recipe(load_recipe(recipe), Path(root.name), dry_run=True, echo=lambda _: None)) == 1
+    finally:
+        os.chdir(here)
 
 
 def test_report_command_and_dry_run(finished, tmp_path):
