@@ -142,16 +142,18 @@ class PromptChain:
     def decode(self, feature, prompt: Prompt, frame_size: int) -> np.ndarray:  # pragma: no cover
         raise NotImplementedError
 
+    def next_prompt(self, first: Prompt, previous: np.ndarray | None) -> Prompt:
+        """The prompt of a frame: from the mask before it, or ``first`` at the start or when the agent was lost."""
+        prompt = first if previous is None else follow(previous, self.prompts.follow_points)
+        return first if prompt.empty else prompt
+
     def segment(self, frames: np.ndarray, first: Prompt, previous: np.ndarray | None = None) -> np.ndarray:
         """Masks (T, H, W) of consecutive frames; the first frame is prompted by ``first`` (or by ``previous``,
         the mask of the frame before it), every later one by the mask before it."""
         masks = []
         for start in range(0, len(frames), self.batch_size):
             for feature in self.encode(frames[start : start + self.batch_size]):
-                prompt = first if previous is None else follow(previous, self.prompts.follow_points)
-                if prompt.empty:  # the agent was lost: prompt afresh as on the episode's first frame
-                    prompt = first
-                previous = self.decode(feature[None], prompt, frames.shape[1])
+                previous = self.decode(feature[None], self.next_prompt(first, previous), frames.shape[1])
                 masks.append(previous)
         return np.stack(masks)
 

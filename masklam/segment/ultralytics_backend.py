@@ -21,7 +21,7 @@ import numpy as np
 
 from masklam.envs.policies import file_sha256
 from masklam.errors import UsageError
-from masklam.segment.prompts import Prompt, PromptChain, PromptSpec, follow
+from masklam.segment.prompts import Prompt, PromptChain, PromptSpec
 
 RELEASES = "https://github.com/ultralytics/assets/releases"
 NAMES = ("sam_b.pt", "sam_l.pt", "sam_h.pt", "mobile_sam.pt", "sam2_t.pt", "sam2_s.pt", "sam2_b.pt", "sam2_l.pt",
@@ -114,9 +114,7 @@ class Sam2VideoSegmenter(PromptChain):
     def segment(self, frames: np.ndarray, first: Prompt, previous: np.ndarray | None = None) -> np.ndarray:
         import cv2
 
-        prompt = first if previous is None else follow(previous, self.prompts.follow_points)
-        if prompt.empty:
-            prompt = first
+        prompt = self.next_prompt(first, previous)
         size = frames.shape[1]
         with tempfile.TemporaryDirectory() as folder:
             clip = str(Path(folder) / "episode.avi")
