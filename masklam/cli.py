@@ -391,6 +391,49 @@ def report(
     write_report(runs, out, echo=typer.echo)
 
 
+@app.command()
+@fails_cleanly
+def publish(
+    data: Path = typer.Argument(..., help="a local dataset folder"),
+    repo_id: str = typer.Option(..., "--repo-id", help="OWNER/NAME of the Hub dataset repo (created if it does not exist)"),
+    private: bool = typer.Option(False, help="create the repo private"),
+    revision: str = typer.Option("main", help="branch to publish to (created from main if it does not exist)"),
+    message: str = typer.Option("Publish dataset with masklam", help="commit message"),
+    zarr_layout: str = typer.Option("zip", help="Zarr shards as: zip (one file per shard) | dir (one file per chunk)"),
+    license_id: str = typer.Option("cc-by-4.0", "--license", help="the data's licence, as a Hub licence id (mit, cc-by-4.0, ...)"),
+    stage: Optional[Path] = typer.Option(None, help="folder to build the upload in (default: DATA.publish beside DATA)"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="build the folder to upload (card, Parquet view, zips) and stop"),
+    progress: bool = typer.Option(True),
+) -> None:
+    """Publish a dataset to the Hugging Face Hub: card, picture, native shards and a Parquet view for `datasets`."""
+    from masklam.data.hub import PublishConfig, build_stage
+    from masklam.data.hub import publish as run_publish
+
+    config = PublishConfig(repo_id, private, revision, message, zarr_layout, license_id)
+    if dry_run:
+        folder = stage or data.parent / f"{data.name}.publish"
+        files = build_stage(data, folder, config, show_progress=progress)
+        typer.echo(f"staged {len(files)} files in {folder} (not uploaded: --dry-run)")
+        return
+    url = run_publish(data, config, stage, show_progress=progress, echo=typer.echo)
+    typer.echo(f"published {data} to {url} (revision {revision})")
+
+
+@app.command()
+@fails_cleanly
+def pull(
+    repo_id: str = typer.Argument(..., help="OWNER/NAME of a dataset published with `masklam publish`"),
+    out: Optional[Path] = typer.Option(None, "--out", help="folder to download into (default: ./NAME); re-running resumes"),
+    revision: str = typer.Option("main", help="branch, tag or commit"),
+    progress: bool = typer.Option(True),
+) -> None:
+    """Download a published dataset into masklam's local layout (resumable)."""
+    from masklam.data.hub import pull as run_pull
+
+    folder = run_pull(repo_id, out or Path(repo_id.rsplit("/", 1)[-1]), revision, show_progress=progress)
+    typer.echo(f"pulled {repo_id} into {folder} (see: masklam info {folder})")
+
+
 def main() -> None:  # pragma: no cover - entry point for `python -m masklam`
     app(prog_name="masklam")
 

@@ -8,6 +8,9 @@ Layout under the dataset folder::
         data/mask/<source>         the records' masks concatenated on axis 0, one array per source
         meta/record_ends           cumulative frame counts (int64): record i is [ends[i-1], ends[i])
 
+A published dataset may hold a shard as one uncompressed zip of that folder instead, ``<split>/shard-000000.zip``
+(``masklam publish --zarr-layout zip``: one file per shard on the Hub instead of one per chunk); readers take either.
+
 Records of unlabelled episodes hold NaN in ``data/action``; reading drops it, as the WebDataset backend does.
 Arrays are chunked along axis 0 only (~1 MiB, at least 64 frames) so that a window reads one or two chunks.
 A shard (or a mask source) is built under ``.tmp-XXXX/`` in the dataset folder and renamed into place.
@@ -21,11 +24,15 @@ import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from pathlib import Path
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
 from typing import Any
 
+import fsspec
 import numpy as np
 import zarr
+from fsspec.implementations.asyn_wrapper import AsyncFileSystemWrapper
+from fsspec.implementations.dirfs import DirFileSystem
 from zarr.storage import FsspecStore, LocalStore
 
 from masklam.atomic import atomic_write_bytes
@@ -37,12 +44,12 @@ from masklam.data.schema import (
     RecordMeta,
     shard_name,
 )
+from masklam.errors import UsageError
 from masklam.data.storage import (
     DataPath,
     check_masks,
     check_records,
     corrupt_error,
-    count_files,
     drop_unlabelled_action,
     missing_masks_error,
     missing_shard_error,
@@ -90,19 +97,49 @@ def write_array(store: LocalStore, name: str | None, data: np.ndarray, blosc: di
     )[...] = data
 
 
-def check_chunk_files(array: zarr.Array, path: DataPath) -> None:
+def check_chunk_files(array: zarr.Array, shard: ShardFiles) -> None:
     """Zarr reads a missing chunk as fill values: count the chunk files instead of trusting it."""
     expected = math.prod(math.ceil(size / chunk) for size, chunk in zip(array.shape, array.chunks))
-    found = count_files(path / "c")
+    found = shard.count_files(f"{array.path}/c")
     if found != expected:
-        raise ValueError(f"{path.name} has {found} of its {expected} chunk files")
+        raise ValueError(f"{array.path} has {found} of its {expected} chunk files")
 
 
-def read_store(path: DataPath) -> LocalStore | FsspecStore:
-    """A read-only store of the folder ``path``: local, or through fsspec for a URL."""
-    if isinstance(path, Path):
-        return LocalStore(path, read_only=True)
-    return FsspecStore.from_url(str(path), storage_options=path.storage_options, read_only=True)
+@dataclass
+class ShardFiles:
+    """A shard's files, from its folder (local or through fsspec) or from the zip a published dataset holds."""
+
+    path: DataPath  # the folder or the zip, for messages
+    store: LocalStore | FsspecStore
+    fs: fsspec.AbstractFileSystem  # rooted at the shard: paths are relative to it
+
+    def count_files(self, sub: str) -> int:
+        return len(self.fs.find(sub)) if self.fs.isdir(sub) else 0
+
+    def nodes(self, group: str) -> list[str]:
+        """Names of the arrays and groups in ``group``, listed from the files (zarr's own listing of a store
+        rooted at a zip's top mangles the names)."""
+        if not self.fs.isdir(group):
+            return []
+        names = [PurePosixPath(p).name for p in self.fs.ls(group, detail=False)]
+        return sorted(name for name in names if self.fs.isfile(f"{group}/{name}/zarr.json"))
+
+    def mask_sources(self) -> list[str]:
+        return self.nodes("data/mask")
+
+
+def shard_files(folder: DataPath, archive: DataPath) -> ShardFiles | None:
+    """The shard's files from ``folder`` if it holds one, else from the zip ``archive``; None when neither exists."""
+    if (folder / "zarr.json").is_file():
+        if isinstance(folder, Path):
+            return ShardFiles(folder, LocalStore(folder, read_only=True), DirFileSystem(str(folder), fsspec.filesystem("file")))
+        store = FsspecStore.from_url(str(folder), storage_options=folder.storage_options, read_only=True)
+        return ShardFiles(folder, store, DirFileSystem(folder.path, folder.fs))
+    if archive.is_file():
+        target = {} if isinstance(archive, Path) else {"target_protocol": archive.protocol, "target_options": archive.storage_options}
+        fs = fsspec.filesystem("zip", fo=str(archive) if isinstance(archive, Path) else archive.path, **target)
+        return ShardFiles(archive, FsspecStore(AsyncFileSystemWrapper(fs, asynchronous=True), path="", read_only=True), fs)
+    return None
 
 
 def fsync_tree(path: Path) -> None:
@@ -120,6 +157,12 @@ class ZarrBackend:
 
     def shard_path(self, root: DataPath, split: str, shard: int) -> DataPath:
         return root / STORE / split / shard_name(shard)
+
+    def zip_path(self, root: DataPath, split: str, shard: int) -> DataPath:
+        return root / STORE / split / f"{shard_name(shard)}.zip"
+
+    def _files(self, root: DataPath, split: str, shard: int) -> ShardFiles | None:
+        return shard_files(self.shard_path(root, split, shard), self.zip_path(root, split, shard))
 
     def write_shard(
         self, root: Path, split: str, shard: int, records: list[Record], features: dict[str, Feature]
@@ -149,7 +192,12 @@ class ZarrBackend:
             self._move_into_place(tmp, self.shard_path(root, split, shard))
 
     def write_masks(self, root: Path, split: str, shard: int, source: str, masks: dict[str, np.ndarray]) -> None:
-        metas = self._open(root, split, shard)[1]
+        if not self.has_shard(root, split, shard) and self.zip_path(root, split, shard).is_file():
+            raise UsageError(
+                f"{self.zip_path(root, split, shard)} is a zipped shard (as published): masks are added to shard "
+                "folders only; get the dataset with `masklam pull`, which unzips it"
+            )
+        metas = self._open(root, split, shard)[2]
         check_masks(source, masks, metas)
         with self._staging(root) as tmp:
             write_array(LocalStore(tmp), None, np.concatenate([masks[meta.key] for meta in metas]), MASKS_BLOSC)
@@ -186,22 +234,23 @@ class ZarrBackend:
             if not (folder / "zarr.json").exists():
                 atomic_write_bytes(folder / "zarr.json", GROUP_JSON)
 
-    def _open(self, root: DataPath, split: str, shard: int) -> tuple[zarr.Group, list[RecordMeta], np.ndarray]:
-        """Open a shard's group: the group, its records' metadata and record ends, checked against each other."""
-        path = self.shard_path(root, split, shard)
-        if not (path / "zarr.json").exists():
-            raise missing_shard_error(path)
+    def _open(self, root: DataPath, split: str, shard: int) -> tuple[ShardFiles, zarr.Group, list[RecordMeta], np.ndarray]:
+        """Open a shard: its files, group, records' metadata and record ends, checked against each other."""
+        files = self._files(root, split, shard)
+        if files is None:
+            raise missing_shard_error(self.shard_path(root, split, shard))
+        path = files.path
         try:
-            group = zarr.open_group(read_store(path), mode="r")
+            group = zarr.open_group(files.store, mode="r")
             metas = [RecordMeta.from_json(meta) for meta in group.attrs["records"]]
             ends_array = group["meta/record_ends"]
-            check_chunk_files(ends_array, path / "meta" / "record_ends")
+            check_chunk_files(ends_array, files)
             ends = ends_array[...]
         except READ_ERRORS as e:
             raise corrupt_error(path, repr(e)) from e
         if list(ends) != list(np.cumsum([meta.frames for meta in metas])):
             raise corrupt_error(path, "meta/record_ends does not match the records' frame counts")
-        return group, metas, ends
+        return files, group, metas, ends
 
     def read_shard(
         self,
@@ -211,18 +260,18 @@ class ZarrBackend:
         mask_sources: Sequence[str] = (ORACLE,),
         fields: Sequence[str] | None = None,
     ) -> Iterator[Record]:
-        path = self.shard_path(root, split, shard)
-        group, metas, ends = self._open(root, split, shard)
-        stored_sources = self.mask_sources(root, split, shard)
+        files, group, metas, ends = self._open(root, split, shard)
+        path = files.path
+        stored_sources = files.mask_sources()
         for source in mask_sources:
             if source not in stored_sources:
                 raise missing_masks_error(path / "data" / "mask" / source, source, stored_sources)
         try:
-            names = sorted(group["data"].array_keys())
+            names = [name for name in files.nodes("data") if name != "mask"]
             steps = {name: group[f"data/{name}"] for name in names if fields is None or name in fields}
             masks = {source: group[f"data/mask/{source}"] for source in mask_sources}
             for array in [*steps.values(), *masks.values()]:
-                check_chunk_files(array, path / array.path)
+                check_chunk_files(array, files)
                 if array.shape[0] != ends[-1]:
                     raise ValueError(f"{array.path} has {array.shape[0]} frames, the records {ends[-1]}")
         except READ_ERRORS as e:
@@ -237,13 +286,13 @@ class ZarrBackend:
             yield Record(meta, drop_unlabelled_action(record_steps, meta), record_masks)
 
     def has_shard(self, root: DataPath, split: str, shard: int) -> bool:
+        """Whether the shard's folder is complete on disk (a zipped shard is read, never written)."""
         return (self.shard_path(root, split, shard) / "zarr.json").is_file()
 
     def mask_sources(self, root: DataPath, split: str, shard: int) -> list[str]:
-        folder = self.shard_path(root, split, shard) / "data" / "mask"
-        if not folder.is_dir():
-            return []
-        return sorted(p.name for p in folder.iterdir() if (p / "zarr.json").is_file())
+        files = self._files(root, split, shard)
+        return [] if files is None else files.mask_sources()
 
     def shard_bytes(self, root: Path, split: str, shard: int) -> int:
-        return tree_bytes(self.shard_path(root, split, shard))
+        folder = self.shard_path(root, split, shard)
+        return tree_bytes(folder if folder.exists() else self.zip_path(root, split, shard))
