@@ -164,7 +164,7 @@ app.add_typer(train_app, name="train")
 @train_app.command("lam")
 @fails_cleanly
 def train_lam_command(
-    data: str = typer.Option(..., "--data", help="dataset folder or URL (file://, s3://)"),
+    data: str = typer.Option(..., "--data", help="dataset folder or URL (file://, s3://, hf://datasets/OWNER/NAME)"),
     out: Path = typer.Option(..., "--out", help="run folder (resumed if it holds a run with the same settings)"),
     trainer: str = typer.Option("masklam-small", help="a preset in trainers/ (e.g. lapo-small) or a TOML file"),
     overrides: list[str] = typer.Option([], "--set", help="override a setting: --set optim.steps=500 (repeatable)"),

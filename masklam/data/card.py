@@ -77,12 +77,12 @@ def feature_rows(info: dict[str, Any]) -> list[tuple[str, str, str]]:
     rows = [
         ("episode", "int64", "episode index within the split"),
         ("frame", "int64", "frame index within the episode (an episode of T steps has T + 1 frames)"),
-        ("labelled", "bool", "whether the episode's actions are stored (false: `action` is null)"),
+        ("labelled", "bool", "whether the episode's actions are stored (false: `action` is NaN)"),
     ]
     for name, feature in sorted(info["features"].items()):
         shape = feature["shape"]
         kind = "image (PNG)" if name == "rgb" else f"{feature['dtype']}{shape if shape else ''}"
-        rows.append((name, kind, feature.get("description", "")))
+        rows.append((name, kind, feature.get("description", "").replace(" (readers return no action for those)", "")))
     for source, entry in sorted(info["mask_sources"].items()):
         what = entry.get("description") or entry.get("kind") or source
         rows.append((mask_column(source), "image (PNG, 0/1)", f"agent mask '{source}': {what}"))
@@ -119,7 +119,7 @@ def dataset_card(info: dict[str, Any], repo_id: str, license_id: str, native_lay
     parts += [f"| `{column}` | {kind} | {text} |" for column, kind, text in feature_rows(info)]
     parts.append(
         "\nMasks are lossless (PNG of 0/1 values: they look black in image viewers; multiply by 255 to see them). "
-        "`action` is NaN at an episode's final frame, which has no transition.\n"
+        "`action` is NaN at an episode's final frame (it has no transition) and wherever `labelled` is false.\n"
     )
     parts.append(
         "## Loading\n\n```python\nfrom datasets import load_dataset\n\n"

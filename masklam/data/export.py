@@ -8,7 +8,8 @@ no Zarr reader. The view is written beside the native shards, one Parquet file p
 
 Columns: ``episode``, ``frame`` (index within the episode), ``labelled``, ``rgb`` (PNG, lossless),
 ``mask_<source>`` for every mask source (PNG, 0/1 values, lossless), and every other per-step feature
-(``action`` is null for unlabelled episodes and NaN at an episode's final frame, as in the native shards).
+(``action`` is NaN throughout unlabelled episodes and at an episode's final frame, as in the native shards:
+nulls would break ``datasets``' batch formatting to numpy and torch; ``labelled`` says which rows have actions).
 Consecutive chunks of an episode share their boundary frame: the view keeps it once (the later copy, as
 ``Dataset.episode`` does), so an episode of T transitions has T + 1 rows.
 
@@ -30,7 +31,8 @@ from tqdm import tqdm
 
 from masklam.atomic import atomic_file
 from masklam.data.dataset import Dataset, index_path
-from masklam.data.schema import Record, shard_name
+from masklam.data.schema import Feature, Record, shard_name
+from masklam.data.storage import step_or_nan
 
 PARQUET = "parquet"
 FINGERPRINT_KEY = b"masklam_fingerprint"
@@ -67,16 +69,15 @@ def features_of(info: dict[str, Any]):
     return Features(columns)
 
 
-def frame_rows(record: Record) -> Iterator[dict[str, Any]]:
+def frame_rows(record: Record, features: dict[str, Any]) -> Iterator[dict[str, Any]]:
     """The record's frames as rows; a chunk that does not end its episode leaves its last frame to the next chunk."""
     meta = record.meta
+    steps = {name: step_or_nan(record, name, Feature.from_json(feature)) for name, feature in features.items()}
     ends_episode = meta.start + meta.frames == meta.episode_frames
     for i in range(meta.frames if ends_episode else meta.frames - 1):
         row: dict[str, Any] = {"episode": meta.episode, "frame": meta.start + i, "labelled": meta.labelled}
-        row |= {name: array[i] for name, array in record.steps.items()}
+        row |= {name: array[i] for name, array in steps.items()}
         row |= {mask_column(source): mask[i] for source, mask in record.masks.items()}
-        if not meta.labelled:
-            row["action"] = None
         yield row
 
 
@@ -111,7 +112,7 @@ def write_parquet_shard(dataset: Dataset, split: str, shard: int, out: Path, fea
         with pq.ParquetWriter(f, schema, compression="zstd") as writer:
             batch: list[dict[str, Any]] = []
             for record in dataset.records(split, mask_sources=sources, shards=[shard]):
-                for row in frame_rows(record):
+                for row in frame_rows(record, dataset.info["features"]):
                     batch.append(features.encode_example(row))
                     if len(batch) == ROWS_PER_GROUP:
                         writer.write_table(pa.Table.from_pylist(batch, schema=schema))

@@ -34,6 +34,8 @@ from pathlib import Path, PurePosixPath
 
 from masklam.atomic import atomic_file, atomic_write_bytes, atomic_write_json
 from masklam.data.dataset import INFO, Dataset, open_dataset, read_json
+from masklam.data.export import PARQUET
+from masklam.data.schema import SPLITS
 from masklam.data.zarr_backend import STORE, ZarrBackend
 from masklam.errors import UsageError
 
@@ -236,7 +238,7 @@ def publish(dataset_path: Path, config: PublishConfig, stage: Path | None = None
     api = huggingface_hub.HfApi()
     upload = dict(repo_id=config.repo_id, repo_type="dataset", folder_path=stage, revision=config.revision)
     # Remote files under masklam's folders that the stage no longer has (a removed shard or mask source) go.
-    managed = sorted({PurePosixPath(f).parts[0] + "/*" for f in files if "/" in f})
+    managed = [f"{folder}/*" for folder in ("index", "segment", "masks", STORE, PARQUET, *SPLITS)]
     try:
         repo = api.create_repo(config.repo_id, repo_type="dataset", private=config.private, exist_ok=True)
         if config.revision != "main":

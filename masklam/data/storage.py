@@ -28,10 +28,16 @@ def as_data_path(location: str | Path) -> DataPath:
 
     fsspec takes the filesystem's options from the environment: for S3, AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID,
     AWS_PROFILE, ... as boto does, or FSSPEC_S3_<OPTION> (e.g. FSSPEC_S3_ENDPOINT_URL) as fsspec does.
+    A Hub dataset is hf://datasets/OWNER/NAME (a branch: hf://datasets/OWNER/NAME@BRANCH), read through
+    huggingface_hub's HfFileSystem with its token and endpoint (HF_TOKEN, HF_ENDPOINT).
     """
     if isinstance(location, Path) or "://" not in str(location):
         return Path(location)
-    path = UPath(str(location))
+    try:
+        path = UPath(str(location))
+        path.fs  # noqa: B018 - imports the filesystem's package now, for a clear error
+    except ImportError as e:  # fsspec says which package: "Install s3fs to access S3", ...
+        raise UsageError(f"cannot read {location}: {e} (hf:// needs masklam[hub], s3:// masklam[s3])") from None
     return Path(path.path) if path.protocol in ("file", "local") else path
 
 
