@@ -42,6 +42,7 @@ from masklam.errors import UsageError
 REPO_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
 ZARR_LAYOUTS = ("zip", "dir")
 CARD, PICTURE, PULL_RECORD = "README.md", "view.png", "pull.json"
+STAGE_MARKER = ".masklam-stage.json"  # marks a folder as a stage: only such a folder has files deleted from it
 LAST = (CARD, PICTURE, INFO)  # uploaded in the final commit
 ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # fixed: the same shard always gives the same zip
 
@@ -169,10 +170,13 @@ def build_stage(dataset_path: Path, stage: Path, config: PublishConfig, show_pro
         raise UsageError(f"publish a local dataset folder, not {dataset.root}: `masklam pull` it first")
     dataset.root = dataset.root.resolve()
     stage = stage.resolve()
-    if stage == dataset.root or dataset.root in stage.parents:
-        raise UsageError(f"--stage {stage} must lie outside the dataset folder {dataset.root}")
+    if stage == dataset.root or dataset.root in stage.parents or stage in dataset.root.parents:
+        raise UsageError(f"--stage {stage} and the dataset folder {dataset.root} must not hold one another")
+    if stage.is_dir() and any(stage.iterdir()) and not (stage / STAGE_MARKER).is_file():
+        raise UsageError(f"--stage {stage} holds other files: choose an empty or new folder")
     for split in dataset.info["splits"]:
         dataset.shards(split)  # an incomplete dataset stops here, before anything is written
+    atomic_write_json(stage / STAGE_MARKER, {"dataset": str(dataset.root)})
     files: list[str] = []
     zipped = dataset.info["backend"] == "zarr" and config.zarr_layout == "zip"
     shard_dirs: set[Path] = set()
@@ -202,7 +206,7 @@ def remove_stale(stage: Path, keep: set[str]) -> None:
     """Delete files of an earlier stage that this one no longer has (huggingface_hub's .cache/ stays)."""
     for path in sorted(stage.rglob("*"), reverse=True):
         relative = path.relative_to(stage).as_posix()
-        if relative == ".cache" or relative.startswith(".cache/"):
+        if relative in (".cache", STAGE_MARKER) or relative.startswith(".cache/"):
             continue
         if path.is_file() and relative not in keep:
             path.unlink()
@@ -235,6 +239,8 @@ def publish(dataset_path: Path, config: PublishConfig, stage: Path | None = None
     stage = Path(stage) if stage is not None else dataset_path.parent / f"{dataset_path.name}.publish"
     files = build_stage(dataset_path, stage, config, show_progress)
     echo(f"staged {len(files)} files in {stage}")
+    if not show_progress:
+        huggingface_hub.utils.disable_progress_bars()
     api = huggingface_hub.HfApi()
     upload = dict(repo_id=config.repo_id, repo_type="dataset", folder_path=stage, revision=config.revision)
     # Remote files under masklam's folders that the stage no longer has (a removed shard or mask source) go.
@@ -243,7 +249,7 @@ def publish(dataset_path: Path, config: PublishConfig, stage: Path | None = None
         repo = api.create_repo(config.repo_id, repo_type="dataset", private=config.private, exist_ok=True)
         if config.revision != "main":
             api.create_branch(config.repo_id, branch=config.revision, repo_type="dataset", exist_ok=True)
-        api.upload_folder(**upload, ignore_patterns=list(LAST), delete_patterns=managed,
+        api.upload_folder(**upload, ignore_patterns=[*LAST, STAGE_MARKER], delete_patterns=managed,
                           commit_message=f"{config.message} (shards)")
         api.upload_folder(**upload, allow_patterns=list(LAST), commit_message=config.message)
     except hub_call_errors() as error:
@@ -283,6 +289,8 @@ def pull(repo_id: str, out: Path, revision: str = "main", show_progress: bool = 
     if (origin or {}).get("repo_id", repo_id) != repo_id or (origin is None and out.is_dir() and any(out.iterdir())):
         raise UsageError(f"{out} holds something else than a pull of {repo_id}: choose another --out")
     atomic_write_json(record, {"repo_id": repo_id, "revision": revision})  # first: a later run resumes here
+    if not show_progress:
+        huggingface_hub.utils.disable_progress_bars()
     api = huggingface_hub.HfApi()
     try:
         sha = api.dataset_info(repo_id, revision=revision).sha  # pin the revision: both downloads see one commit

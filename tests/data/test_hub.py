@@ -54,7 +54,7 @@ def staged(datasets_by_backend, tmp_path_factory) -> dict[str, Path]:
 
 def stage_files(stage: Path) -> dict[str, bytes]:
     return {p.relative_to(stage).as_posix(): p.read_bytes() for p in sorted(stage.rglob("*"))
-            if p.is_file() and ".cache" not in p.relative_to(stage).parts}
+            if p.is_file() and ".cache" not in p.relative_to(stage).parts and p.name != ".masklam-stage.json"}
 
 
 def assert_same_episodes(rows: dict[str, np.ndarray], data: Path, split: str) -> None:
@@ -166,6 +166,13 @@ def test_publish_uploads_the_stage_and_never_leaks_the_token(transfer, datasets_
         leaks = [p for root in (stage, data, home) for p in root.rglob("*") if p.is_file() and TOKEN.encode() in p.read_bytes()]
         assert not leaks and TOKEN not in result.stdout + result.stderr
 
+        # Publishing again unchanged sends no file and makes no commit.
+        commits, puts = len(hub.commits("me/tiny", "dev")), sum(method == "PUT" for method, _, _ in hub.requests)
+        result = run_cli(["publish", str(data), "--repo-id", "me/tiny", "--revision", "dev", "--no-progress"], hub, home, **xet)
+        assert result.returncode == 0, result.stderr
+        assert len(hub.commits("me/tiny", "dev")) == commits
+        assert sum(method == "PUT" for method, _, _ in hub.requests) == puts
+
         # A removed mask source disappears from the repo on the next publish.
         shutil.rmtree(data / "masks" / "oracle_dilate1")
         shutil.rmtree(data / "segment")
@@ -225,6 +232,8 @@ def test_pull_streams_and_loads_back_from_the_hub(datasets_by_backend, staged, t
         (["publish", "{data}", "--repo-id", "not-a-repo-id"], TOKEN, "OWNER/NAME"),
         (["publish", "{tmp}/nowhere", "--repo-id", "me/tiny"], TOKEN, "no dataset folder"),
         (["publish", "{data}", "--repo-id", "me/tiny", "--zarr-layout", "tar"], TOKEN, "--zarr-layout"),
+        (["publish", "{data}", "--repo-id", "me/tiny", "--stage", "{data}/.."], TOKEN, "must not hold one another"),
+        (["publish", "{data}", "--repo-id", "me/tiny", "--stage", "{tmp}", "--dry-run"], TOKEN, "holds other files"),
         (["pull", "me/missing", "--out", "{tmp}/pulled"], None, "has no dataset me/missing"),
         (["pull", "me/tiny", "--out", "{data}"], None, "choose another --out"),
     ],
@@ -232,9 +241,11 @@ def test_pull_streams_and_loads_back_from_the_hub(datasets_by_backend, staged, t
 def test_bad_publish_and_pull_input_is_a_one_line_error(args, token, message, datasets_by_backend, tmp_path):
     data = datasets_by_backend["webdataset"]
     before = {p: p.stat().st_mtime_ns for p in data.rglob("*")}
+    (tmp_path / "notes.txt").write_text("a user's file")
     with FakeHub() as hub:
         hub.put_files("me/tiny", {"info.json": b"{}"})
         result = run_cli([a.format(data=data, tmp=tmp_path) for a in args], hub, tmp_path / "hf-home", token=token)
     assert result.returncode == 2, result.stderr
     assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert {p: p.stat().st_mtime_ns for p in data.rglob("*")} == before  # nothing of the dataset touched
+    assert (tmp_path / "notes.txt").read_text() == "a user's file"
