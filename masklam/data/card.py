@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
-from masklam.data.export import PARQUET, mask_column
+from masklam.data.export import PARQUET, features_of, mask_column
 
 # The Hub's size categories, by number of rows (frames of the Parquet view).
 SIZE_CATEGORIES = [(1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
@@ -21,55 +20,28 @@ def view_rows(info: dict[str, Any]) -> dict[str, int]:
     return {split: entry["frames"] for split, entry in info["splits"].items()}
 
 
-def card_metadata(info: dict[str, Any], license_id: str, pretty_name: str) -> dict[str, Any]:
-    rows = view_rows(info)
-    env_id = info["env"]["env_id"]
-    suite, task = env_id.split(":", 1)
-    tags = ["masklam", "latent-action-models", "robotics", "segmentation-masks", "distractors", suite, task]
-    return {
-        "license": license_id,
-        "pretty_name": pretty_name,
-        "task_categories": ["robotics"],
-        "tags": tags,
-        "size_categories": [size_category(sum(rows.values()))],
-        "configs": [
-            {
-                "config_name": "default",
-                "data_files": [
-                    {"split": split, "path": f"{PARQUET}/{split}/*.parquet"}
-                    for split, entry in info["splits"].items()
-                    if entry["shards"] > 0  # a pattern that matches no file is an error for `datasets`
-                ],
-            }
-        ],
-    }
+def card_yaml(info: dict[str, Any], license_id: str, pretty_name: str) -> str:
+    """The card's front matter, through huggingface_hub's card data and `datasets`' feature description."""
+    from datasets import DatasetInfo
+    from datasets.info import DatasetInfosDict
+    from huggingface_hub import DatasetCardData
 
-
-def yaml_block(metadata: dict[str, Any]) -> str:
-    """The card's front matter. JSON is valid YAML: values are written as JSON scalars, never ambiguous."""
-    lines = []
-
-    def emit(value: Any, indent: int, prefix: str) -> None:
-        pad = " " * indent
-        if isinstance(value, dict):
-            first = True
-            for key, item in value.items():
-                head = prefix if first else pad
-                first = False
-                if isinstance(item, (dict, list)) and item:
-                    lines.append(f"{head}{key}:")
-                    emit(item, indent + 2, " " * (indent + 2))
-                else:
-                    lines.append(f"{head}{key}: {json.dumps(item)}")
-        elif isinstance(value, list):
-            for item in value:
-                if isinstance(item, dict):
-                    emit(item, indent + 2, f"{pad}- ")
-                else:
-                    lines.append(f"{pad}- {json.dumps(item)}")
-
-    emit(metadata, 0, "")
-    return "---\n" + "\n".join(lines) + "\n---\n"
+    suite, task = info["env"]["env_id"].split(":", 1)
+    data_files = [
+        {"split": split, "path": f"{PARQUET}/{split}/*.parquet"}
+        for split, entry in info["splits"].items()
+        if entry["shards"] > 0  # a pattern that matches no file is an error for `datasets`
+    ]
+    card = DatasetCardData(
+        license=license_id,
+        pretty_name=pretty_name,
+        task_categories=["robotics"],
+        tags=["masklam", "latent-action-models", "robotics", "segmentation-masks", "distractors", suite, task],
+        size_categories=[size_category(sum(view_rows(info).values()))],
+        configs=[{"config_name": "default", "data_files": data_files}],
+    )
+    DatasetInfosDict({"default": DatasetInfo(features=features_of(info))}).to_dataset_card_data(card)
+    return f"---\n{card.to_yaml()}\n---\n"
 
 
 def feature_rows(info: dict[str, Any]) -> list[tuple[str, str, str]]:
@@ -99,7 +71,7 @@ def dataset_card(info: dict[str, Any], repo_id: str, license_id: str, native_lay
                                       (f"colour drift {distractors['color_scale']}", distractors["color_scale"]),
                                       (f"{distractors['objects']} moving objects", distractors["objects"])) if on]
     size = env["render"]["size"]
-    parts = [yaml_block(card_metadata(info, license_id, name)), f"# {name}\n"]
+    parts = [card_yaml(info, license_id, name), f"# {name}\n"]
     parts.append(
         f"Rollouts of `{env['env_id']}` rendered at {size}x{size} px with visual distractors "
         f"({', '.join(active) or 'none'}), agent masks from {len(info['mask_sources'])} source(s) "

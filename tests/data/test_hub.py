@@ -111,6 +111,8 @@ def test_card_yaml_parses_and_names_every_split(staged):
         assert sorted(splits) == sorted(info["splits"])
         for split, pattern in splits.items():
             assert len(list(stage.glob(pattern))) == info["splits"][split]["shards"]
+        columns = [feature["name"] for feature in metadata["dataset_info"]["features"]]
+        assert {f"mask_{source}" for source in SOURCES} | {"rgb", "action", "labelled", "episode", "frame"} <= set(columns)
         assert "view.png" in card and (stage / "view.png").stat().st_size > 0
         for source in SOURCES:
             assert f"mask_{source}" in card
