@@ -251,3 +251,25 @@ def test_bad_publish_and_pull_input_is_a_one_line_error(args, token, message, da
     assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert {p: p.stat().st_mtime_ns for p in data.rglob("*")} == before  # nothing of the dataset touched
     assert (tmp_path / "notes.txt").read_text() == "a user's file"
+
+
+@pytest.mark.parametrize("backend, layout", [("webdataset", "zip"), ("zarr", "dir")])
+def test_every_layout_publishes_and_pulls_back(backend, layout, datasets_by_backend, tmp_path):
+    data = datasets_by_backend[backend]
+    stage = tmp_path / "stage"
+    build_stage(data, stage, PublishConfig("me/tiny", zarr_layout=layout), show_progress=False)
+    if backend == "zarr":  # folders, as on disk
+        assert list((stage / "data.zarr").glob("*/shard-*/zarr.json")) and not list(stage.rglob("*.zip"))
+    with FakeHub() as hub:
+        hub.put_files("me/tiny", stage_files(stage))
+        out = tmp_path / "pulled"
+        result = run_cli(["pull", "me/tiny", "--out", str(out), "--no-progress"], hub, tmp_path / "hf-home", token=None)
+    assert result.returncode == 0, result.stderr
+    pulled, original = open_dataset(out), open_dataset(data)
+    for split in ("train", "test"):
+        got, want = list(pulled.records(split, SOURCES)), list(original.records(split, SOURCES))
+        assert [r.meta for r in got] == [r.meta for r in want]
+        for a, b in zip(got, want):
+            for source in SOURCES:
+                np.testing.assert_array_equal(a.masks[source], b.masks[source], strict=True)
+            np.testing.assert_array_equal(a.steps["rgb"], b.steps["rgb"], strict=True)
