@@ -406,12 +406,12 @@ def publish(
     progress: bool = typer.Option(True),
 ) -> None:
     """Publish a dataset to the Hugging Face Hub: card, picture, native shards and a Parquet view for `datasets`."""
-    from masklam.data.hub import PublishConfig, build_stage
+    from masklam.data.hub import PublishConfig, build_stage, default_stage
     from masklam.data.hub import publish as run_publish
 
     config = PublishConfig(repo_id, private, revision, message, zarr_layout, license_id)
     if dry_run:
-        folder = stage or data.parent / f"{data.name}.publish"
+        folder = stage or default_stage(data)
         files = build_stage(data, folder, config, show_progress=progress)
         typer.echo(f"staged {len(files)} files in {folder} (not uploaded: --dry-run)")
         return

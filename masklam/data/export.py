@@ -20,13 +20,11 @@ whose fingerprint still matches is kept when the view is rebuilt, so an interrup
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from tqdm import tqdm
 
 from masklam.atomic import atomic_file
@@ -122,7 +120,9 @@ def write_parquet_shard(dataset: Dataset, split: str, shard: int, out: Path, fea
 
 
 def write_parquet_view(dataset: Dataset, folder: Path, show_progress: bool = True) -> list[str]:
-    """Write (or bring up to date) the view of every shard under ``folder``; returns the files' relative paths."""
+    """Write (or bring up to date) the view of every shard under ``folder``; returns the files' relative paths.
+
+    Files of shards the dataset no longer has are left for the caller (build_stage removes every stale file)."""
     features = features_of(dataset.info)
     sources = sorted(dataset.info["mask_sources"])
     jobs = [(split, shard) for split in dataset.info["splits"] for shard in dataset.shards(split)]
@@ -135,17 +135,5 @@ def write_parquet_view(dataset: Dataset, folder: Path, show_progress: bool = Tru
                 write_parquet_shard(dataset, split, shard, folder / relative, features, fingerprint)
             written.append(relative)
             bar.update()
-    keep = set(written)
-    for stale in sorted((folder / PARQUET).rglob("*.parquet")) if (folder / PARQUET).is_dir() else []:
-        if str(stale.relative_to(folder)) not in keep:  # a shard or split the dataset no longer has
-            stale.unlink()
     return written
 
-
-def decode_frame(value: Any) -> np.ndarray:
-    """An image cell of the view (a PIL image, or the {bytes, path} dict of an undecoded one) as a uint8 array."""
-    from PIL import Image
-
-    if isinstance(value, dict):
-        value = Image.open(io.BytesIO(value["bytes"]))
-    return np.asarray(value)

@@ -91,6 +91,11 @@ def hub_call_errors() -> tuple[type[BaseException], ...]:
 # --- the stage: what is uploaded --------------------------------------------------------------------------------
 
 
+def default_stage(dataset_path: Path) -> Path:
+    """Where the stage is built unless --stage says otherwise: DATA.publish beside the dataset."""
+    return dataset_path.parent / f"{dataset_path.name}.publish"
+
+
 def native_files(dataset: Dataset) -> list[str]:
     """The dataset's own files (relative POSIX paths): description, indexes, mask provenance and shards."""
     root: Path = dataset.root
@@ -236,7 +241,7 @@ def publish(dataset_path: Path, config: PublishConfig, stage: Path | None = None
     if huggingface_hub.get_token() is None:
         raise UsageError("no Hugging Face token: log in with `hf auth login`, or set HF_TOKEN")
     dataset_path = Path(dataset_path)
-    stage = Path(stage) if stage is not None else dataset_path.parent / f"{dataset_path.name}.publish"
+    stage = Path(stage) if stage is not None else default_stage(dataset_path)
     files = build_stage(dataset_path, stage, config, show_progress)
     echo(f"staged {len(files)} files in {stage}")
     if not show_progress:
@@ -285,7 +290,7 @@ def pull(repo_id: str, out: Path, revision: str = "main", show_progress: bool = 
     huggingface_hub = hub_imports("pull")
     out = Path(out)
     record = out / PULL_RECORD
-    origin = read_json(record, f"delete it, or pull into another --out") if record.exists() else None
+    origin = read_json(record, "delete it, or pull into another --out") if record.exists() else None
     if (origin or {}).get("repo_id", repo_id) != repo_id or (origin is None and out.is_dir() and any(out.iterdir())):
         raise UsageError(f"{out} holds something else than a pull of {repo_id}: choose another --out")
     atomic_write_json(record, {"repo_id": repo_id, "revision": revision})  # first: a later run resumes here

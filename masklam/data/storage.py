@@ -121,13 +121,6 @@ def drop_unlabelled_action(record_steps: dict[str, np.ndarray], meta: RecordMeta
     return record_steps
 
 
-def count_files(path: DataPath) -> int:
-    """Files under the folder ``path`` (0 when it does not exist)."""
-    if isinstance(path, Path):
-        return sum(len(names) for _, _, names in os.walk(path))
-    return len(path.fs.find(path.path))
-
-
 def tree_bytes(path: Path) -> int:
     """Bytes of the files under ``path`` (or of ``path`` itself); 0 when it does not exist."""
     if path.is_file():
