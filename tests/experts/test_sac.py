@@ -18,14 +18,15 @@ import torch
 from masklam.envs.policies import CheckpointPolicy
 from masklam.errors import UsageError
 from masklam.experts.evaluate import SHIPPED, evaluate_checkpoint, shipped_expert
-from masklam.experts.sac import SAC, SACConfig, evaluate, export_policy, train
+from masklam.experts.sac import SAC, ReplayBuffer, SACConfig, evaluate, export_policy, train
 
 REPO = Path(__file__).resolve().parents[2]
 UNIT = np.ones(1, np.float32)
 
 
-def test_short_training_beats_the_random_policy(tmp_path):
-    config = SACConfig("dmc:cartpole-balance", total_steps=6000, learning_starts=500, episode_steps=200, hidden=64, batch_size=64, eval_every=6000, eval_episodes=2, checkpoint_every=6000)
+@pytest.mark.parametrize("exploration", [{}, {"noise_color": 1.0, "n_step": 3}], ids=["white-1step", "pink-3step"])
+def test_short_training_beats_the_random_policy(tmp_path, exploration):
+    config = SACConfig("dmc:cartpole-balance", total_steps=6000, learning_starts=500, episode_steps=200, hidden=64, batch_size=64, eval_every=6000, eval_episodes=2, checkpoint_every=6000, **exploration)
     train(config, tmp_path, show_progress=False)
     policy = CheckpointPolicy(tmp_path / "policy.pt", "dmc:cartpole-balance", 5, -UNIT, UNIT)
     trained = evaluate(policy.act, "dmc:cartpole-balance", 5, seed=1, episode_steps=200)
@@ -36,6 +37,60 @@ def test_short_training_beats_the_random_policy(tmp_path):
     metrics = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert any("eval_return_mean" in m for m in metrics) and any("critic_loss" in m for m in metrics)
     assert list((tmp_path / "tensorboard").iterdir())
+
+
+def filled_buffer(rewards: list[float], lasts: list[int], terminals: list[int] | None = None, size: int | None = None) -> ReplayBuffer:
+    """A buffer with 1-d states numbered by row (state i, next state i + 0.5), so a sample says where it came from."""
+    buffer = ReplayBuffer(size or len(rewards), 1, 1)
+    terminals = terminals or [0] * len(rewards)
+    for i, (reward, last, terminal) in enumerate(zip(rewards, lasts, terminals)):
+        buffer.add([i], [0.0], reward, [i + 0.5], terminal, last)
+    return buffer
+
+
+def n_step_samples(buffer: ReplayBuffer, n_step: int, gamma: float = 0.5) -> dict[int, tuple[float, float, float]]:
+    """Sampled row -> (n-step reward, state bootstrapped from, its discount), over enough draws to see every row."""
+    states, _, rewards, next_states, discounts = buffer.sample(np.random.default_rng(0), 2000, gamma, n_step)
+    return {int(s): (float(r), float(n), float(d)) for s, r, n, d in zip(states[:, 0], rewards, next_states[:, 0], discounts)}
+
+
+def test_n_step_returns_stop_at_episode_ends_and_the_newest_row():
+    # Two episodes: rows 0-3 (time limit at 3) and rows 4-6 (terminal at 5), then row 6 still running.
+    buffer = filled_buffer([1, 2, 4, 8, 16, 32, 64], lasts=[0, 0, 0, 1, 0, 1, 0], terminals=[0, 0, 0, 0, 0, 1, 0])
+    samples = n_step_samples(buffer, n_step=3, gamma=0.5)
+    assert samples[0] == (1 + 2 / 2 + 4 / 4, 2.5, 0.125)  # three rewards, bootstrapped from row 2's next state
+    assert samples[2] == (4 + 8 / 2, 3.5, 0.25)  # cut at the time limit, which still bootstraps
+    assert samples[4] == (16 + 32 / 2, 5.5, 0.0)  # cut at the terminal state: no bootstrap
+    assert samples[6] == (64, 6.5, 0.5)  # nothing stored after row 6 yet
+    assert set(samples) == set(range(7))
+
+
+def test_one_step_samples_are_plain_transitions():
+    buffer = filled_buffer([1, 2, 4], lasts=[0, 1, 0], terminals=[0, 1, 0])
+    assert n_step_samples(buffer, n_step=1, gamma=0.5) == {0: (1, 0.5, 0.5), 1: (2, 1.5, 0.0), 2: (4, 2.5, 0.5)}
+
+
+def test_n_step_returns_follow_the_ring_past_its_end():
+    # Size 4 after 6 rows: rows 4, 5 overwrote positions 0, 1; the oldest row is 2, the newest 5.
+    buffer = filled_buffer([1, 2, 4, 8, 16, 32], lasts=[0] * 6, size=4)
+    samples = n_step_samples(buffer, n_step=2, gamma=0.5)
+    assert samples == {2: (4 + 4, 3.5, 0.25), 3: (8 + 8, 4.5, 0.25), 4: (16 + 16, 5.5, 0.25), 5: (32, 5.5, 0.5)}
+
+
+def test_a_buffer_saved_without_episode_ends_finds_them():
+    buffer = filled_buffer([1, 2, 4, 8], lasts=[0, 1, 0, 0])
+    buffer.next_states[:, 0] = [1, 5, 3, 9]  # rows 0 -> 1 and 2 -> 3 follow on; row 1 ends an episode
+    saved = {k: v for k, v in buffer.state_dict().items() if k != "lasts"}
+    loaded = ReplayBuffer(4, 1, 1)
+    loaded.load_state_dict(saved)
+    assert loaded.lasts.tolist() == [0, 1, 0, 1]
+
+
+def test_exploration_settings_are_checked():
+    with pytest.raises(UsageError, match="--noise-color"):
+        SACConfig("dmc:hopper-hop", noise_color=-1)
+    with pytest.raises(UsageError, match="--n-step"):
+        SACConfig("dmc:hopper-hop", n_step=0)
 
 
 def test_exported_policy_acts_like_the_agent(tmp_path):
@@ -57,10 +112,11 @@ def actor_weights(run: Path) -> dict[str, torch.Tensor]:
     return torch.load(run / "train_state.pt", weights_only=False)["agent"]["actor"]
 
 
-def test_a_killed_run_resumes_exactly(tmp_path):
+@pytest.mark.parametrize("exploration", [[], ["--noise-color", "1", "--n-step", "3"]], ids=["white-1step", "pink-3step"])
+def test_a_killed_run_resumes_exactly(tmp_path, exploration):
     env = dict(os.environ, MUJOCO_GL="egl")
     killed, straight = tmp_path / "killed", tmp_path / "straight"
-    process = subprocess.Popen(expert_command(killed, 1500), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(expert_command(killed, 1500) + exploration, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while time.time() < deadline and not (killed / "train_state.pt").exists():
         time.sleep(0.05)
@@ -69,8 +125,8 @@ def test_a_killed_run_resumes_exactly(tmp_path):
     process.wait()
     saved_step = torch.load(killed / "train_state.pt", weights_only=False)["progress"]["step"]
     assert 0 < saved_step < 1500, "the kill should land mid-run"
-    subprocess.run(expert_command(killed, 1500), env=env, check=True, capture_output=True)
-    subprocess.run(expert_command(straight, 1500), env=env, check=True, capture_output=True)
+    subprocess.run(expert_command(killed, 1500) + exploration, env=env, check=True, capture_output=True)
+    subprocess.run(expert_command(straight, 1500) + exploration, env=env, check=True, capture_output=True)
     for name, tensor in actor_weights(straight).items():
         torch.testing.assert_close(actor_weights(killed)[name], tensor, rtol=0, atol=0)
     resumed = torch.load(killed / "train_state.pt", weights_only=False)
