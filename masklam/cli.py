@@ -129,6 +129,8 @@ def expert_train(
     threads: int = typer.Option(1, help="torch threads (run one task per core)"),
     noise_color: float = typer.Option(0.0, help="exploration noise's power-law exponent: 0 white (SAC's own), 1 pink, 2 red"),
     n_step: int = typer.Option(1, help="bootstrap after this many rewards (n-step returns)"),
+    bonus_task: str = typer.Option("", help="while training, add --bonus-weight x this task's reward (same domain, e.g. stand for hopper-hop)"),
+    bonus_weight: float = typer.Option(0.0, help="weight of --bonus-task's reward"),
     progress: bool = typer.Option(True),
 ) -> None:
     """Train a SAC expert on proprioceptive state; checkpoints, TensorBoard and JSONL logs go to --out."""
@@ -137,7 +139,7 @@ def expert_train(
     config = SACConfig(
         env, total_steps=steps, seed=seed, learning_starts=learning_starts, episode_steps=episode_steps, hidden=hidden,
         batch_size=batch_size, eval_every=eval_every, checkpoint_every=checkpoint_every, threads=threads,
-        noise_color=noise_color, n_step=n_step,
+        noise_color=noise_color, n_step=n_step, bonus_task=bonus_task, bonus_weight=bonus_weight,
     )
     final = train(config, out, show_progress=progress)
     typer.echo(f"trained {env} for {final['steps']} steps in {final['wall_seconds']:.0f} s; policy: {out}/policy.pt")

@@ -44,6 +44,7 @@ class DMCSimulator:
         self.state_dim = sum(int(np.prod(spec.shape)) for spec in self._env.observation_spec().values())
         self.agent_geoms = geoms_of_bodies(self.model, _agent_bodies(self.model))
         self.background_geoms = np.zeros(0, dtype=np.int32)  # the floor stays visible, as in the papers
+        self._other_tasks: dict = {}  # task name -> its dm_control Task, loaded on first use by reward_of
 
     def _camera_id(self, camera: str) -> int:
         if camera == "":
@@ -69,6 +70,19 @@ class DMCSimulator:
         # dm_control ends an episode early only by a zero discount (a terminal state).
         terminated = timestep.last() and timestep.discount == 0
         return SimStep(self._state(timestep.observation), float(timestep.reward or 0.0), bool(terminated))
+
+    def reward_of(self, task_name: str) -> float:
+        """Another task of this domain (e.g. hopper's "stand") scored on the current state: for reward shaping."""
+        if task_name not in self._other_tasks:
+            domain = self._env.task.__module__.rsplit(".", 1)[-1]
+            if (domain, task_name) not in suite.ALL_TASKS:
+                raise UsageError(f"DMC has no task {domain}-{task_name}: use one of {', '.join(t for d, t in suite.ALL_TASKS if d == domain)}")
+            other = suite.load(domain, task_name)
+            sizes = lambda m: (m.nq, m.nv, m.nu, m.nbody)  # noqa: E731
+            if sizes(other.physics.model) != sizes(self._env.physics.model):
+                raise UsageError(f"{domain}-{task_name} has another model than this task: pick a task of the same body")
+            self._other_tasks[task_name] = other.task
+        return float(self._other_tasks[task_name].get_reward(self._env.physics))
 
     def close(self) -> None:
         self._env.close()

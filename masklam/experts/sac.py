@@ -59,6 +59,11 @@ class SACConfig:
     # Bootstrapping after n rewards instead of one carries a reward back n steps per update, which
     # matters where reward is sparse (hopper-hop pays nothing until the hopper stands).
     n_step: int = 1
+    # Reward shaping while training only: add bonus_weight x the reward of another task of the same domain
+    # (hopper-hop pays nothing until the hopper is up and moving; hopper-stand pays for getting up).
+    # Logged returns and every evaluation use the task's own reward.
+    bonus_task: str = ""
+    bonus_weight: float = 0.0
 
     def __post_init__(self) -> None:
         env = parse_env_id(self.env_id)
@@ -70,6 +75,8 @@ class SACConfig:
             raise UsageError(f"--noise-color must be between 0 (white) and 3, not {self.noise_color}")
         if not 1 <= self.n_step <= 20:
             raise UsageError(f"--n-step must be between 1 and 20, not {self.n_step}")
+        if bool(self.bonus_task) != (self.bonus_weight != 0):
+            raise UsageError("--bonus-task and --bonus-weight go together: name another task of the domain and a non-zero weight")
 
 
 # --- networks -------------------------------------------------------------------------------
@@ -312,13 +319,15 @@ def train(config: SACConfig, run_dir: Path, show_progress: bool = True) -> dict[
 
     torch.set_num_threads(config.threads)
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     saved = load_train_state(run_dir)
     defaults = {f.name: f.default for f in dataclasses.fields(SACConfig) if f.default is not dataclasses.MISSING}
     if saved is not None and {**defaults, **saved["config"]} != dataclasses.asdict(config):  # settings added later take their defaults
         raise UsageError(f"{run_dir} holds a run with another config: use another --out, or the same settings to resume it")
 
     sim = DMCSimulator(parse_env_id(config.env_id).task)
+    if config.bonus_task:
+        sim.reward_of(config.bonus_task)  # a task that does not fit fails here, before anything is written
+    run_dir.mkdir(parents=True, exist_ok=True)
     low, high = sim.action_low, sim.action_high
     action_dim = len(low)
     agent = SAC(config, sim.state_dim, action_dim)
@@ -355,8 +364,9 @@ def train(config: SACConfig, run_dir: Path, show_progress: bool = True) -> dict[
                 unit_action = agent.act(state, explore=True, noise=None if noise is None else noise[t])
             step = sim.step(low + (unit_action + 1) / 2 * (high - low))
             progress["step"] += 1
+            reward = step.reward + config.bonus_weight * sim.reward_of(config.bonus_task) if config.bonus_task else step.reward
             last = step.terminated or t == config.episode_steps - 1 or progress["step"] >= config.total_steps
-            buffer.add(state, unit_action, step.reward, step.state, float(step.terminated), float(last))
+            buffer.add(state, unit_action, reward, step.state, float(step.terminated), float(last))
             state, episode_return = step.state, episode_return + step.reward
             if progress["step"] >= config.learning_starts:
                 losses = agent.update(buffer.sample(rng, config.batch_size, config.gamma, config.n_step))

@@ -205,3 +205,19 @@ def test_every_listed_task_renders_its_agent(env_id):
         assert observation.mask.any() and observation.mask.mean() < 0.6
         assert observation.rgb.shape == (32, 32, 3)
         assert observation.state.shape == (env.sim.state_dim,)
+
+
+def test_another_task_of_the_domain_scores_the_current_state():
+    from masklam.envs.dmc import DMCSimulator
+
+    sim = DMCSimulator("cartpole-balance")
+    sim.reset(np.random.default_rng(0))
+    for _ in range(30):
+        step = sim.step(np.ones(1))
+        # The task's own reward, recomputed on the same state, is what the step paid.
+        assert sim.reward_of("balance") == pytest.approx(step.reward)
+    assert sim.reward_of("balance_sparse") in (0.0, 1.0)
+    with pytest.raises(UsageError, match="no task cartpole-fly"):
+        sim.reward_of("fly")
+    with pytest.raises(UsageError, match="another model"):
+        sim.reward_of("two_poles")

@@ -86,11 +86,40 @@ def test_a_buffer_saved_without_episode_ends_finds_them():
     assert loaded.lasts.tolist() == [0, 1, 0, 1]
 
 
+def episode_rewards(run: Path, episode_steps: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per episode: the rewards the learner saw (the buffer's) and the returns the run logged."""
+    buffer = torch.load(run / "train_state.pt", weights_only=False)["buffer"]
+    learned = buffer["rewards"].reshape(-1, episode_steps).sum(1)
+    logged = [m["episode_return"] for m in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "episode_return" in m]
+    return learned, np.array(logged)
+
+
+def test_a_bonus_task_shapes_what_the_learner_sees_but_not_the_logged_return(tmp_path):
+    # cartpole's balance and swingup pay the same dense reward (they differ in their initial states),
+    # so a swingup bonus of 0.5 on balance makes the learner see 1.5x the task's reward.
+    settings = dict(total_steps=400, learning_starts=400, episode_steps=200, checkpoint_every=400, eval_every=400, eval_episodes=1)
+    train(SACConfig("dmc:cartpole-balance", **settings), tmp_path / "plain", show_progress=False)
+    train(SACConfig("dmc:cartpole-balance", bonus_task="swingup", bonus_weight=0.5, **settings), tmp_path / "shaped", show_progress=False)
+    plain_learned, plain_logged = episode_rewards(tmp_path / "plain", 200)
+    shaped_learned, shaped_logged = episode_rewards(tmp_path / "shaped", 200)
+    np.testing.assert_allclose(plain_learned, plain_logged, rtol=1e-5)
+    np.testing.assert_allclose(shaped_logged, plain_logged)  # random actions from the same seed: the same episodes
+    np.testing.assert_allclose(shaped_learned, 1.5 * shaped_logged, rtol=1e-5)
+
+
 def test_exploration_settings_are_checked():
     with pytest.raises(UsageError, match="--noise-color"):
         SACConfig("dmc:hopper-hop", noise_color=-1)
     with pytest.raises(UsageError, match="--n-step"):
         SACConfig("dmc:hopper-hop", n_step=0)
+    with pytest.raises(UsageError, match="go together"):
+        SACConfig("dmc:hopper-hop", bonus_task="stand")
+
+
+def test_a_bonus_task_that_does_not_fit_writes_nothing(tmp_path):
+    with pytest.raises(UsageError, match="no task hopper-fly"):
+        train(SACConfig("dmc:hopper-hop", bonus_task="fly", bonus_weight=0.1), tmp_path / "run", show_progress=False)
+    assert not (tmp_path / "run").exists()
 
 
 def test_exported_policy_acts_like_the_agent(tmp_path):
