@@ -145,7 +145,8 @@ def actor_weights(run: Path) -> dict[str, torch.Tensor]:
 def test_a_killed_run_resumes_exactly(tmp_path, exploration):
     env = dict(os.environ, MUJOCO_GL="egl")
     killed, straight = tmp_path / "killed", tmp_path / "straight"
-    process = subprocess.Popen(expert_command(killed, 800) + exploration, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    steps = 800  # checkpoints every 100 steps, so the kill lands well before the end
+    process = subprocess.Popen(expert_command(killed, steps) + exploration, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while time.time() < deadline and not (killed / "train_state.pt").exists():
         time.sleep(0.05)
@@ -153,13 +154,13 @@ def test_a_killed_run_resumes_exactly(tmp_path, exploration):
     process.send_signal(signal.SIGKILL)
     process.wait()
     saved_step = torch.load(killed / "train_state.pt", weights_only=False)["progress"]["step"]
-    assert 0 < saved_step < 800, "the kill should land mid-run"
-    subprocess.run(expert_command(killed, 800) + exploration, env=env, check=True, capture_output=True)
-    subprocess.run(expert_command(straight, 800) + exploration, env=env, check=True, capture_output=True)
+    assert 0 < saved_step < steps, "the kill should land mid-run"
+    subprocess.run(expert_command(killed, steps) + exploration, env=env, check=True, capture_output=True)
+    subprocess.run(expert_command(straight, steps) + exploration, env=env, check=True, capture_output=True)
     for name, tensor in actor_weights(straight).items():
         torch.testing.assert_close(actor_weights(killed)[name], tensor, rtol=0, atol=0)
     resumed = torch.load(killed / "train_state.pt", weights_only=False)
-    assert resumed["progress"]["step"] == 800 and resumed["buffer"]["count"] == 800
+    assert resumed["progress"]["step"] == steps and resumed["buffer"]["count"] == steps
 
 
 def test_a_run_folder_with_other_settings_is_refused(tmp_path):
