@@ -64,6 +64,11 @@ class SACConfig:
     # Logged returns and every evaluation use the task's own reward.
     bonus_task: str = ""
     bonus_weight: float = 0.0
+    # The policy's entropy the temperature holds it to; None is SAC's -action_dim. Higher explores more.
+    target_entropy: float | None = None
+    # Start from another run's saved state (weights, optimizers, replay buffer, random state, step count)
+    # and go on under these settings: a run folder or its train_state.pt. Used only while --out has none.
+    init_from: str = ""
 
     def __post_init__(self) -> None:
         env = parse_env_id(self.env_id)
@@ -75,6 +80,8 @@ class SACConfig:
             raise UsageError(f"--noise-color must be between 0 (white) and 3, not {self.noise_color}")
         if not 1 <= self.n_step <= 20:
             raise UsageError(f"--n-step must be between 1 and 20, not {self.n_step}")
+        if self.init_from and not Path(self.init_from).exists():
+            raise UsageError(f"--init-from {self.init_from} does not exist: pass a run folder (or its {TRAIN_STATE}) of `masklam expert train`")
         if bool(self.bonus_task) != (self.bonus_weight != 0):
             raise UsageError("--bonus-task and --bonus-weight go together: name another task of the domain and a non-zero weight")
 
@@ -197,7 +204,7 @@ class SAC:
         self.critic_target = TwinCritic(state_dim, action_dim, config.hidden)
         self.critic_target.load_state_dict(self.critic.state_dict())
         self.log_alpha = torch.zeros(1, requires_grad=True)
-        self.target_entropy = -float(action_dim)
+        self.target_entropy = -float(action_dim) if config.target_entropy is None else config.target_entropy
         # fused: one kernel per step for all tensors; 1.14x the updates/s of the default Adam on one thread (benchmarks/experts.py)
         self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=config.learning_rate, fused=True)
         self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=config.learning_rate, fused=True)
@@ -276,7 +283,8 @@ def save_train_state(run_dir: Path, agent: SAC, buffer: ReplayBuffer, rng: np.ra
 
 
 def load_train_state(run_dir: Path) -> dict[str, Any] | None:
-    path = run_dir / TRAIN_STATE
+    """A run folder's saved state (or a train_state.pt file's); None where there is none yet."""
+    path = run_dir if run_dir.is_file() else run_dir / TRAIN_STATE
     if not path.exists():
         return None
     try:
@@ -291,6 +299,23 @@ def export_policy(run_dir: Path, agent: SAC, extra: dict[str, Any]) -> Path:
     state_dim = agent.actor.net[0].in_features
     save_policy_checkpoint(run_dir / POLICY, agent.actor.export(config.hidden), config.env_id, state_dim, agent.actor.action_dim, [config.hidden, config.hidden], extra)
     return run_dir / POLICY
+
+
+def load_init_state(config: SACConfig) -> dict[str, Any]:
+    """The saved state --init-from names, checked to fit this run: same task and network, room to go on."""
+    source = Path(config.init_from)
+    saved = load_train_state(source)
+    if saved is None:
+        raise UsageError(f"--init-from {source} holds no {TRAIN_STATE}: pass a run folder of `masklam expert train` that has saved a checkpoint")
+    for name in ("env_id", "hidden"):
+        if saved["config"][name] != getattr(config, name):
+            raise UsageError(f"--init-from {source} has {name} {saved['config'][name]}, this run {getattr(config, name)}: they must match")
+    if saved["progress"]["step"] >= config.total_steps:
+        raise UsageError(f"--init-from {source} is already at step {saved['progress']['step']}: --steps counts from the start of that run, so pass more")
+    rows, count, size = len(saved["buffer"]["rewards"]), saved["buffer"]["count"], min(config.buffer_size, config.total_steps)
+    if size < rows or (count > rows and size != rows):  # a ring that has wrapped goes on only at its own size
+        raise UsageError(f"--init-from {source} has a replay buffer of {rows} rows that does not fit this run's {size}: use the same buffer size")
+    return saved
 
 
 # --- evaluation -----------------------------------------------------------------------------
@@ -323,6 +348,9 @@ def train(config: SACConfig, run_dir: Path, show_progress: bool = True) -> dict[
     defaults = {f.name: f.default for f in dataclasses.fields(SACConfig) if f.default is not dataclasses.MISSING}
     if saved is not None and {**defaults, **saved["config"]} != dataclasses.asdict(config):  # settings added later take their defaults
         raise UsageError(f"{run_dir} holds a run with another config: use another --out, or the same settings to resume it")
+
+    if saved is None and config.init_from:
+        saved = load_init_state(config)
 
     sim = DMCSimulator(parse_env_id(config.env_id).task)
     if config.bonus_task:

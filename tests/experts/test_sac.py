@@ -169,6 +169,52 @@ def test_a_run_folder_with_other_settings_is_refused(tmp_path):
         train(SACConfig("dmc:cartpole-swingup", total_steps=60, learning_starts=50, episode_steps=50), tmp_path, show_progress=False)
 
 
+TINY = dict(episode_steps=100, learning_starts=100, hidden=32, batch_size=32, checkpoint_every=100, eval_every=100_000, eval_episodes=1)
+
+
+def test_a_run_started_from_another_goes_on_as_if_it_had_not_stopped(tmp_path):
+    # The seed only shapes a fresh start: a run started from seed 1's state goes on as seed 1 would.
+    train(SACConfig("dmc:cartpole-swingup", total_steps=200, seed=1, **TINY), tmp_path / "source", show_progress=False)
+    train(SACConfig("dmc:cartpole-swingup", total_steps=400, seed=0, init_from=str(tmp_path / "source"), **TINY), tmp_path / "forked", show_progress=False)
+    train(SACConfig("dmc:cartpole-swingup", total_steps=400, seed=1, **TINY), tmp_path / "straight", show_progress=False)
+    for name, tensor in actor_weights(tmp_path / "straight").items():
+        torch.testing.assert_close(actor_weights(tmp_path / "forked")[name], tensor, rtol=0, atol=0)
+    forked = torch.load(tmp_path / "forked" / "train_state.pt", weights_only=False)
+    assert forked["progress"]["step"] == 400 and forked["buffer"]["count"] == 400
+    assert forked["config"]["init_from"] == str(tmp_path / "source")
+
+
+def test_a_run_started_from_another_takes_its_own_settings(tmp_path):
+    train(SACConfig("dmc:cartpole-swingup", total_steps=200, **TINY), tmp_path / "source", show_progress=False)
+    source = tmp_path / "source" / "train_state.pt"  # the file works as well as its folder
+    alphas = {}
+    for target in (-2.0, 2.0):
+        run = tmp_path / f"entropy{target}"
+        train(SACConfig("dmc:cartpole-swingup", total_steps=500, target_entropy=target, init_from=str(source), **TINY), run, show_progress=False)
+        saved = torch.load(run / "train_state.pt", weights_only=False)
+        np.testing.assert_array_equal(saved["buffer"]["states"][:200], torch.load(source, weights_only=False)["buffer"]["states"])
+        alphas[target] = saved["agent"]["log_alpha"].item()
+    assert alphas[2.0] > alphas[-2.0], "a higher entropy target should raise the temperature"
+
+
+def test_init_from_is_checked(tmp_path):
+    with pytest.raises(UsageError, match="does not exist"):
+        SACConfig("dmc:cartpole-swingup", init_from=str(tmp_path / "nothing"))
+    train(SACConfig("dmc:cartpole-swingup", total_steps=100, **TINY), tmp_path / "source", show_progress=False)
+    refusals = {
+        "env_id": SACConfig("dmc:cartpole-balance", total_steps=300, init_from=str(tmp_path / "source"), **TINY),
+        "already at step": SACConfig("dmc:cartpole-swingup", total_steps=100, init_from=str(tmp_path / "source"), **TINY),
+        "does not fit": SACConfig("dmc:cartpole-swingup", total_steps=300, buffer_size=50, init_from=str(tmp_path / "source"), **TINY),
+    }
+    for message, config in refusals.items():
+        with pytest.raises(UsageError, match=message):
+            train(config, tmp_path / "forked", show_progress=False)
+        assert not (tmp_path / "forked").exists()
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UsageError, match="holds no train_state.pt"):
+        train(SACConfig("dmc:cartpole-swingup", total_steps=300, init_from=str(tmp_path / "empty"), **TINY), tmp_path / "forked", show_progress=False)
+
+
 def test_metaworld_has_no_sac_expert():
     with pytest.raises(UsageError, match="scripted"):
         SACConfig("metaworld:push-v3")
