@@ -131,6 +131,7 @@ def expert_train(
     n_step: int = typer.Option(1, help="bootstrap after this many rewards (n-step returns)"),
     bonus_task: str = typer.Option("", help="while training, add --bonus-weight x this task's reward (same domain, e.g. stand for hopper-hop)"),
     bonus_weight: float = typer.Option(0.0, help="weight of --bonus-task's reward"),
+    height_bonus: float = typer.Option(0.0, help="while training, add this x the body's height as a fraction of standing height (hopper, walker, humanoid)"),
     target_entropy: Optional[float] = typer.Option(None, help="entropy the temperature holds the policy to (default: -action_dim); higher explores more"),
     init_from: Optional[Path] = typer.Option(None, help="start from this run folder's saved state and go on under these settings (--steps counts from its start)"),
     progress: bool = typer.Option(True),
@@ -142,7 +143,7 @@ def expert_train(
         env, total_steps=steps, seed=seed, learning_starts=learning_starts, episode_steps=episode_steps, hidden=hidden,
         batch_size=batch_size, eval_every=eval_every, checkpoint_every=checkpoint_every, threads=threads,
         noise_color=noise_color, n_step=n_step, bonus_task=bonus_task, bonus_weight=bonus_weight,
-        target_entropy=target_entropy, init_from=str(init_from or ""),
+        height_bonus=height_bonus, target_entropy=target_entropy, init_from=str(init_from or ""),
     )
     final = train(config, out, show_progress=progress)
     typer.echo(f"trained {env} for {final['steps']} steps in {final['wall_seconds']:.0f} s; policy: {out}/policy.pt")

@@ -10,6 +10,9 @@ from masklam.errors import UsageError
 
 DMC_STEPS = 1000
 
+# How far a body of each domain is up, and the height its tasks call standing (dm_control's _STAND_HEIGHT).
+STANDING = {"hopper": ("height", 0.6), "walker": ("torso_height", 1.2), "humanoid": ("head_height", 1.4)}
+
 
 def _agent_bodies(model) -> set[int]:
     """Bodies of every kinematic tree that an actuator drives.
@@ -83,6 +86,14 @@ class DMCSimulator:
                 raise UsageError(f"{domain}-{task_name} has another model than this task: pick a task of the same body")
             self._other_tasks[task_name] = other.task
         return float(self._other_tasks[task_name].get_reward(self._env.physics))
+
+    def height_fraction(self) -> float:
+        """The body's height as a fraction of standing height, capped at 1: a dense signal for getting up."""
+        domain = self._env.task.__module__.rsplit(".", 1)[-1]
+        if domain not in STANDING:
+            raise UsageError(f"{domain} has no standing height: a height bonus is for {', '.join(STANDING)}")
+        measure, standing = STANDING[domain]
+        return min(max(float(getattr(self._env.physics, measure)()), 0.0) / standing, 1.0)
 
     def close(self) -> None:
         self._env.close()

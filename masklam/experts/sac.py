@@ -64,6 +64,9 @@ class SACConfig:
     # Logged returns and every evaluation use the task's own reward.
     bonus_task: str = ""
     bonus_weight: float = 0.0
+    # Also while training only: add height_bonus x the body's height as a fraction of standing height (capped
+    # at 1). Tasks' own standing rewards pay nothing below standing height; this pays for every bit of rising.
+    height_bonus: float = 0.0
     # The policy's entropy the temperature holds it to; None is SAC's -action_dim. Higher explores more.
     target_entropy: float | None = None
     # Start from another run's saved state (weights, optimizers, replay buffer, random state, step count)
@@ -355,6 +358,8 @@ def train(config: SACConfig, run_dir: Path, show_progress: bool = True) -> dict[
     sim = DMCSimulator(parse_env_id(config.env_id).task)
     if config.bonus_task:
         sim.reward_of(config.bonus_task)  # a task that does not fit fails here, before anything is written
+    if config.height_bonus:
+        sim.height_fraction()  # as does a body without a standing height
     run_dir.mkdir(parents=True, exist_ok=True)
     low, high = sim.action_low, sim.action_high
     action_dim = len(low)
@@ -393,6 +398,8 @@ def train(config: SACConfig, run_dir: Path, show_progress: bool = True) -> dict[
             step = sim.step(low + (unit_action + 1) / 2 * (high - low))
             progress["step"] += 1
             reward = step.reward + config.bonus_weight * sim.reward_of(config.bonus_task) if config.bonus_task else step.reward
+            if config.height_bonus:
+                reward += config.height_bonus * sim.height_fraction()
             last = step.terminated or t == config.episode_steps - 1 or progress["step"] >= config.total_steps
             buffer.add(state, unit_action, reward, step.state, float(step.terminated), float(last))
             state, episode_return = step.state, episode_return + step.reward

@@ -221,3 +221,21 @@ def test_another_task_of_the_domain_scores_the_current_state():
         sim.reward_of("fly")
     with pytest.raises(UsageError, match="another model"):
         sim.reward_of("two_poles")
+
+
+def test_height_fraction_is_one_standing_and_less_lying_down():
+    from masklam.envs.dmc import DMCSimulator
+
+    sim = DMCSimulator("hopper-stand")
+    sim.reset(np.random.default_rng(0))
+    physics = sim._env.physics
+    with physics.reset_context():
+        physics.data.qpos[:] = 0  # upright, leg straight: the model's reference pose
+    assert sim.height_fraction() == 1.0
+    assert sim.reward_of("stand") > 0.5  # dm_control agrees this is standing
+    with physics.reset_context():
+        physics.named.data.qpos["rooty"] = np.pi / 2  # tipped over onto its side
+    lying = sim.height_fraction()
+    assert 0.0 <= lying < 0.5 and sim.reward_of("stand") < 0.05
+    with pytest.raises(UsageError, match="no standing height"):
+        DMCSimulator("cheetah-run").height_fraction()
