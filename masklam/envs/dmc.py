@@ -10,8 +10,10 @@ from masklam.errors import UsageError
 
 DMC_STEPS = 1000
 
-# How far a body of each domain is up, and the height its tasks call standing (dm_control's _STAND_HEIGHT).
-STANDING = {"hopper": ("height", 0.6), "walker": ("torso_height", 1.2), "humanoid": ("head_height", 1.4)}
+# How far a body of each domain is up: the physics' measure, its value lying at the lowest, and the height its
+# tasks call standing (dm_control's _STAND_HEIGHT). hopper's measure is torso above foot, so it goes negative
+# when the hopper lies with its foot in the air.
+STANDING = {"hopper": ("height", -0.6, 0.6), "walker": ("torso_height", 0.0, 1.2), "humanoid": ("head_height", 0.0, 1.4)}
 
 
 def _agent_bodies(model) -> set[int]:
@@ -88,12 +90,12 @@ class DMCSimulator:
         return float(self._other_tasks[task_name].get_reward(self._env.physics))
 
     def height_fraction(self) -> float:
-        """The body's height as a fraction of standing height, capped at 1: a dense signal for getting up."""
+        """How far the body is up, 0 at its lowest to 1 at standing height and above: a dense signal for getting up."""
         domain = self._env.task.__module__.rsplit(".", 1)[-1]
         if domain not in STANDING:
             raise UsageError(f"{domain} has no standing height: a height bonus is for {', '.join(STANDING)}")
-        measure, standing = STANDING[domain]
-        return min(max(float(getattr(self._env.physics, measure)()), 0.0) / standing, 1.0)
+        measure, lowest, standing = STANDING[domain]
+        return float(np.clip((getattr(self._env.physics, measure)() - lowest) / (standing - lowest), 0.0, 1.0))
 
     def close(self) -> None:
         self._env.close()

@@ -223,7 +223,7 @@ def test_another_task_of_the_domain_scores_the_current_state():
         sim.reward_of("two_poles")
 
 
-def test_height_fraction_is_one_standing_and_less_lying_down():
+def test_height_fraction_goes_from_upside_down_to_standing():
     from masklam.envs.dmc import DMCSimulator
 
     sim = DMCSimulator("hopper-stand")
@@ -234,8 +234,10 @@ def test_height_fraction_is_one_standing_and_less_lying_down():
     assert sim.height_fraction() == 1.0
     assert sim.reward_of("stand") > 0.5  # dm_control agrees this is standing
     with physics.reset_context():
-        physics.named.data.qpos["rooty"] = np.pi / 2  # tipped over onto its side
-    lying = sim.height_fraction()
-    assert 0.0 <= lying < 0.5 and sim.reward_of("stand") < 0.05
+        physics.named.data.qpos["rooty"] = np.pi / 2  # tipped over: torso level with the foot
+    assert 0.3 < sim.height_fraction() < 0.7 and sim.reward_of("stand") < 0.05
+    with physics.reset_context():
+        physics.named.data.qpos["rooty"] = np.pi  # upside down: the foot a leg's length above the torso
+    assert sim.height_fraction() < 0.15
     with pytest.raises(UsageError, match="no standing height"):
         DMCSimulator("cheetah-run").height_fraction()
