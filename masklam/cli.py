@@ -131,7 +131,7 @@ def expert_train(
     n_step: int = typer.Option(1, help="bootstrap after this many rewards (n-step returns)"),
     bonus_task: str = typer.Option("", help="while training, add --bonus-weight x this task's reward (same domain, e.g. stand for hopper-hop)"),
     bonus_weight: float = typer.Option(0.0, help="weight of --bonus-task's reward"),
-    height_bonus: float = typer.Option(0.0, help="while training, add this x the body's height as a fraction of standing height (hopper, walker, humanoid)"),
+    height_bonus: float = typer.Option(0.0, help="while training, add this x how far the body is up, 0 at its lowest to 1 standing (hopper, walker, humanoid)"),
     target_entropy: Optional[float] = typer.Option(None, help="entropy the temperature holds the policy to (default: -action_dim); higher explores more"),
     init_from: Optional[Path] = typer.Option(None, help="start from this run folder's saved state and go on under these settings (--steps counts from its start)"),
     progress: bool = typer.Option(True),

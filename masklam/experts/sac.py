@@ -64,8 +64,8 @@ class SACConfig:
     # Logged returns and every evaluation use the task's own reward.
     bonus_task: str = ""
     bonus_weight: float = 0.0
-    # Also while training only: add height_bonus x the body's height as a fraction of standing height (capped
-    # at 1). Tasks' own standing rewards pay nothing below standing height; this pays for every bit of rising.
+    # Also while training only: add height_bonus x how far the body is up (0 lying at its lowest, 1 standing).
+    # Tasks' own standing rewards pay nothing below standing height; this pays for every bit of rising.
     height_bonus: float = 0.0
     # The policy's entropy the temperature holds it to; None is SAC's -action_dim. Higher explores more.
     target_entropy: float | None = None
@@ -83,8 +83,6 @@ class SACConfig:
             raise UsageError(f"--noise-color must be between 0 (white) and 3, not {self.noise_color}")
         if not 1 <= self.n_step <= 20:
             raise UsageError(f"--n-step must be between 1 and 20, not {self.n_step}")
-        if self.init_from and not Path(self.init_from).exists():
-            raise UsageError(f"--init-from {self.init_from} does not exist: pass a run folder (or its {TRAIN_STATE}) of `masklam expert train`")
         if bool(self.bonus_task) != (self.bonus_weight != 0):
             raise UsageError("--bonus-task and --bonus-weight go together: name another task of the domain and a non-zero weight")
 
@@ -307,6 +305,8 @@ def export_policy(run_dir: Path, agent: SAC, extra: dict[str, Any]) -> Path:
 def load_init_state(config: SACConfig) -> dict[str, Any]:
     """The saved state --init-from names, checked to fit this run: same task and network, room to go on."""
     source = Path(config.init_from)
+    if not source.exists():  # checked only here: a run that has its own checkpoint resumes without its source
+        raise UsageError(f"--init-from {source} does not exist: pass a run folder (or its {TRAIN_STATE}) of `masklam expert train`")
     saved = load_train_state(source)
     if saved is None:
         raise UsageError(f"--init-from {source} holds no {TRAIN_STATE}: pass a run folder of `masklam expert train` that has saved a checkpoint")

@@ -215,10 +215,9 @@ def test_a_run_started_from_another_takes_its_own_settings(tmp_path):
 
 
 def test_init_from_is_checked(tmp_path):
-    with pytest.raises(UsageError, match="does not exist"):
-        SACConfig("dmc:cartpole-swingup", init_from=str(tmp_path / "nothing"))
     train(SACConfig("dmc:cartpole-swingup", total_steps=100, **TINY), tmp_path / "source", show_progress=False)
     refusals = {
+        "does not exist": SACConfig("dmc:cartpole-swingup", total_steps=300, init_from=str(tmp_path / "nothing"), **TINY),
         "env_id": SACConfig("dmc:cartpole-balance", total_steps=300, init_from=str(tmp_path / "source"), **TINY),
         "already at step": SACConfig("dmc:cartpole-swingup", total_steps=100, init_from=str(tmp_path / "source"), **TINY),
         "does not fit": SACConfig("dmc:cartpole-swingup", total_steps=300, buffer_size=50, init_from=str(tmp_path / "source"), **TINY),
@@ -230,6 +229,16 @@ def test_init_from_is_checked(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(UsageError, match="holds no train_state.pt"):
         train(SACConfig("dmc:cartpole-swingup", total_steps=300, init_from=str(tmp_path / "empty"), **TINY), tmp_path / "forked", show_progress=False)
+
+
+def test_a_run_started_from_another_resumes_without_it(tmp_path):
+    train(SACConfig("dmc:cartpole-swingup", total_steps=100, **TINY), tmp_path / "source", show_progress=False)
+    forked = SACConfig("dmc:cartpole-swingup", total_steps=300, init_from=str(tmp_path / "source"), **TINY)
+    train(forked, tmp_path / "forked", show_progress=False)
+    step = torch.load(tmp_path / "forked" / "train_state.pt", weights_only=False)["progress"]["step"]
+    (tmp_path / "source" / "train_state.pt").unlink()
+    train(forked, tmp_path / "forked", show_progress=False)  # its own checkpoint is what it resumes from
+    assert torch.load(tmp_path / "forked" / "train_state.pt", weights_only=False)["progress"]["step"] == step == 300
 
 
 def test_metaworld_has_no_sac_expert():
