@@ -34,6 +34,7 @@ def _agent_bodies(model) -> set[int]:
 class DMCSimulator:
     def __init__(self, task: str, camera: str = "") -> None:
         domain, task_name = task.split("-", 1)
+        self.domain = domain
         # We count steps ourselves (episode_steps); the suite's own time limit is switched off.
         self._env = suite.load(domain, task_name, task_kwargs={"random": 0, "time_limit": float("inf")})
         physics = self._env.physics
@@ -79,7 +80,7 @@ class DMCSimulator:
     def reward_of(self, task_name: str) -> float:
         """Another task of this domain (e.g. hopper's "stand") scored on the current state: for reward shaping."""
         if task_name not in self._other_tasks:
-            domain = self._env.task.__module__.rsplit(".", 1)[-1]
+            domain = self.domain
             if (domain, task_name) not in suite.ALL_TASKS:
                 raise UsageError(f"DMC has no task {domain}-{task_name}: use one of {', '.join(t for d, t in suite.ALL_TASKS if d == domain)}")
             other = suite.load(domain, task_name)
@@ -91,10 +92,9 @@ class DMCSimulator:
 
     def height_fraction(self) -> float:
         """How far the body is up, 0 at its lowest to 1 at standing height and above: a dense signal for getting up."""
-        domain = self._env.task.__module__.rsplit(".", 1)[-1]
-        if domain not in STANDING:
-            raise UsageError(f"{domain} has no standing height: a height bonus is for {', '.join(STANDING)}")
-        measure, lowest, standing = STANDING[domain]
+        if self.domain not in STANDING:
+            raise UsageError(f"{self.domain} has no standing height: a height bonus is for {', '.join(STANDING)}")
+        measure, lowest, standing = STANDING[self.domain]
         return float(np.clip((getattr(self._env.physics, measure)() - lowest) / (standing - lowest), 0.0, 1.0))
 
     def close(self) -> None:
