@@ -9,6 +9,7 @@ step and continues bit-identical to an uninterrupted run.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 from dataclasses import dataclass, field
@@ -97,6 +98,15 @@ def setup_distributed(device: str) -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
+def release_process_group() -> None:
+    """Tear the process group down in the same order on every rank. Callers first drop their DDP model:
+    its reducer holds the group, and a group freed late (at interpreter exit, gloo's threads still up) can
+    abort a process whose work is done."""
+    gc.collect()  # the DDP model's reducer, and with it its hold on the group, goes now
+    dist.barrier()  # every rank done with collectives and its reducer before any closes its connections
+    dist.destroy_process_group()
+
+
 # --- data -----------------------------------------------------------------------------------
 def window_batches(config: LAMTrainConfig, rank: int, world_size: int) -> Iterator[dict[str, torch.Tensor]]:
     """Batches of training windows; for laom-labels each also carries a separate labelled batch
@@ -139,6 +149,6 @@ def train_lam(config: LAMTrainConfig, run_dir: Path, show_progress: bool = True)
         config.device, config.bf16, rank, world_size, config.data.batch_size, show_progress,
     )
     if world_size > 1:
-        dist.barrier()  # every rank done with gloo/nccl before any tears it down
-        dist.destroy_process_group()
+        del forward, trained
+        release_process_group()
     return result
