@@ -133,6 +133,7 @@ def expert_train(
     bonus_weight: float = typer.Option(0.0, help="weight of --bonus-task's reward"),
     height_bonus: float = typer.Option(0.0, help="while training, add this x how far the body is up, 0 at its lowest to 1 standing (hopper, walker, humanoid)"),
     target_entropy: Optional[float] = typer.Option(None, help="entropy the temperature holds the policy to (default: -action_dim); higher explores more"),
+    max_start_pitch: Optional[float] = typer.Option(None, help="train only from starts pitched below this many radians (rooty; < 0 is tipped backwards; hopper, walker, cheetah); evaluations keep all starts"),
     init_from: Optional[Path] = typer.Option(None, help="start from this run folder's saved state and go on under these settings (--steps counts from its start)"),
     progress: bool = typer.Option(True),
 ) -> None:
@@ -143,7 +144,8 @@ def expert_train(
         env, total_steps=steps, seed=seed, learning_starts=learning_starts, episode_steps=episode_steps, hidden=hidden,
         batch_size=batch_size, eval_every=eval_every, checkpoint_every=checkpoint_every, threads=threads,
         noise_color=noise_color, n_step=n_step, bonus_task=bonus_task, bonus_weight=bonus_weight,
-        height_bonus=height_bonus, target_entropy=target_entropy, init_from=str(init_from or ""),
+        height_bonus=height_bonus, target_entropy=target_entropy, max_start_pitch=max_start_pitch,
+        init_from=str(init_from or ""),
     )
     final = train(config, out, show_progress=progress)
     typer.echo(f"trained {env} for {final['steps']} steps in {final['wall_seconds']:.0f} s; policy: {out}/policy.pt")

@@ -97,5 +97,12 @@ class DMCSimulator:
         measure, lowest, standing = STANDING[self.domain]
         return float(np.clip((getattr(self._env.physics, measure)() - lowest) / (standing - lowest), 0.0, 1.0))
 
+    def root_pitch(self) -> float:
+        """The body's pitch (its ``rooty`` joint, radians): negative is tipped backwards."""
+        joints = [self.model.joint(j).name for j in range(self.model.njnt)]
+        if "rooty" not in joints:
+            raise UsageError(f"{self.domain} has no pitch joint (rooty): backward starts are for hopper, walker and cheetah")
+        return float(self._env.physics.named.data.qpos["rooty"][0])
+
     def close(self) -> None:
         self._env.close()

@@ -67,6 +67,9 @@ class SACConfig:
     # Also while training only: add height_bonus x how far the body is up (0 lying at its lowest, 1 standing).
     # Tasks' own standing rewards pay nothing below standing height; this pays for every bit of rising.
     height_bonus: float = 0.0
+    # Train only from starts pitched below this (rooty, radians; negative is tipped backwards), drawing again
+    # until one is: the starts a hopper policy fails from get all of the training. Evaluations keep all starts.
+    max_start_pitch: float | None = None
     # The policy's entropy the temperature holds it to; None is SAC's -action_dim. Higher explores more.
     target_entropy: float | None = None
     # Start from another run's saved state (weights, optimizers, replay buffer, random state, step count)
@@ -85,6 +88,9 @@ class SACConfig:
             raise UsageError(f"--n-step must be between 1 and 20, not {self.n_step}")
         if bool(self.bonus_task) != (self.bonus_weight != 0):
             raise UsageError("--bonus-task and --bonus-weight go together: name another task of the domain and a non-zero weight")
+        if self.max_start_pitch is not None and not -3.0 <= self.max_start_pitch <= np.pi:
+            # starts are drawn over [-pi, pi]: below -3 almost none qualifies and the redraw would go on for ever
+            raise UsageError(f"--max-start-pitch must be between -3 and {np.pi:.2f} radians, not {self.max_start_pitch}")
 
 
 # --- networks -------------------------------------------------------------------------------
@@ -360,6 +366,8 @@ def train(config: SACConfig, run_dir: Path, show_progress: bool = True) -> dict[
         sim.reward_of(config.bonus_task)  # a task that does not fit fails here, before anything is written
     if config.height_bonus:
         sim.height_fraction()  # as does a body without a standing height
+    if config.max_start_pitch is not None:
+        sim.root_pitch()  # and one without a pitch joint
     run_dir.mkdir(parents=True, exist_ok=True)
     low, high = sim.action_low, sim.action_high
     action_dim = len(low)
@@ -388,6 +396,8 @@ def train(config: SACConfig, run_dir: Path, show_progress: bool = True) -> dict[
     while progress["step"] < config.total_steps:
         # One episode. Checkpoints happen between episodes, so no simulator state needs saving.
         state, episode_return = sim.reset(rng), 0.0
+        while config.max_start_pitch is not None and sim.root_pitch() >= config.max_start_pitch:
+            state = sim.reset(rng)
         # colorednoise correlates along the last axis: time
         noise = powerlaw_psd_gaussian(config.noise_color, (action_dim, config.episode_steps), random_state=rng).T if config.noise_color else None
         for t in range(config.episode_steps):

@@ -241,3 +241,19 @@ def test_height_fraction_goes_from_upside_down_to_standing():
     assert sim.height_fraction() < 0.15
     with pytest.raises(UsageError, match="no standing height"):
         DMCSimulator("cheetah-run").height_fraction()
+
+
+def test_root_pitch_is_negative_tipped_backwards():
+    from masklam.envs.dmc import DMCSimulator
+
+    sim = DMCSimulator("hopper-hop")
+    sim.reset(np.random.default_rng(0))
+    physics = sim._env.physics
+    with physics.reset_context():
+        physics.data.qpos[:] = 0
+        physics.named.data.qpos["rooty"] = -0.5
+    assert sim.root_pitch() == pytest.approx(-0.5)
+    # Backwards is against the hop's direction (+x): the torso behind the foot.
+    assert physics.named.data.xpos["torso", "x"] < physics.named.data.xpos["foot", "x"] - 0.3
+    with pytest.raises(UsageError, match="no pitch joint"):
+        DMCSimulator("cartpole-swingup").root_pitch()

@@ -124,6 +124,28 @@ def test_a_height_bonus_on_a_body_without_a_standing_height_writes_nothing(tmp_p
     assert not (tmp_path / "run").exists()
 
 
+def test_max_start_pitch_trains_from_those_starts_only_and_evaluates_from_all(tmp_path):
+    settings = dict(total_steps=400, learning_starts=400, episode_steps=50, checkpoint_every=400, eval_every=400, eval_episodes=1)
+    train(SACConfig("dmc:hopper-hop", max_start_pitch=-1.0, **settings), tmp_path / "back", show_progress=False)
+    train(SACConfig("dmc:hopper-hop", **settings), tmp_path / "all", show_progress=False)
+
+    def start_pitches(run):
+        buffer = torch.load(run / "train_state.pt", weights_only=False)["buffer"]
+        firsts = np.flatnonzero(np.append(1.0, buffer["lasts"][:-1]))  # rows that begin an episode
+        return buffer["states"][firsts, 1]  # hopper's state opens with rootz, rooty
+
+    assert len(start_pitches(tmp_path / "back")) == 8 and (start_pitches(tmp_path / "back") < -1.0).all()
+    assert (start_pitches(tmp_path / "all") >= -1.0).any()  # the task's own starts: not all of them qualify
+
+
+def test_max_start_pitch_is_checked(tmp_path):
+    with pytest.raises(UsageError, match="--max-start-pitch must be between"):
+        SACConfig("dmc:hopper-hop", max_start_pitch=-3.1)
+    with pytest.raises(UsageError, match="no pitch joint"):
+        train(SACConfig("dmc:cartpole-swingup", max_start_pitch=0.0), tmp_path / "run", show_progress=False)
+    assert not (tmp_path / "run").exists()
+
+
 def test_exploration_settings_are_checked():
     with pytest.raises(UsageError, match="--noise-color"):
         SACConfig("dmc:hopper-hop", noise_color=-1)
