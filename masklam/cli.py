@@ -168,6 +168,22 @@ def expert_eval(
     typer.echo(json.dumps(result, indent=1) if as_json else f"{env}: return {result['mean']:.1f} ± {result['std']:.1f}{success} over {episodes} episodes ({result['checkpoint']})")
 
 
+@expert_app.command("handover")
+@fails_cleanly
+def expert_handover(
+    env: str = typer.Argument(..., help="dmc:<domain>-<task> (hopper)"),
+    getup: Path = typer.Option(..., help="policy of the same body that gets it up and stands it still (e.g. trained on hopper-stand)"),
+    main: Path = typer.Option(..., help="policy for the task, handed the body once it stands still"),
+    out: Path = typer.Option(..., "--out", help="checkpoint to write (loads like any policy: --checkpoint, --policy)"),
+    start_pitch_below: float = typer.Option(0.6, help="episodes starting pitched below this (radians; < 0 tipped backwards) begin with --getup"),
+) -> None:
+    """Save two policies as one expert: --getup from the starts --main fails from, until the body stands still, then --main."""
+    from masklam.experts.handover import save_handover
+
+    save_handover(env, getup, main, out, start_pitch_below)
+    typer.echo(f"wrote {out}: --getup {getup} from starts pitched below {start_pitch_below}, then --main {main}")
+
+
 train_app = typer.Typer(help="Train latent action models and the stages after them (latent BC, action decoder).", no_args_is_help=True)
 app.add_typer(train_app, name="train")
 

@@ -17,6 +17,8 @@ from masklam.errors import UsageError
 
 POLICY_FORMAT = "masklam.policy"
 POLICY_FORMAT_VERSION = 1
+HANDOVER_KIND = "handover"  # two actors and the rule that hands over between them (format version 2)
+HANDOVER_FORMAT_VERSION = 2
 
 
 class Policy(Protocol):
@@ -85,7 +87,9 @@ def save_policy_checkpoint(path: Path, actor, env_id: str, state_dim: int, actio
 
 
 class CheckpointPolicy:
-    """An MLP actor saved with ``save_policy_checkpoint``; deterministic."""
+    """A saved policy, deterministic: one MLP actor (``save_policy_checkpoint``) or a hand-over of two actors
+    of one body (``masklam.experts.handover``): a get-up actor from the starts the main actor fails from, until
+    the body has stood still for a while, then the main actor for the rest of the episode."""
 
     def __init__(self, path: Path, env_id: str, state_dim: int, low: np.ndarray, high: np.ndarray) -> None:
         import torch
@@ -98,22 +102,47 @@ class CheckpointPolicy:
                 f"policy checkpoint {path} expects state {payload['state_dim']} / action {payload['action_dim']} dims but {env_id} has "
                 f"{state_dim} / {len(low)}: pass a checkpoint trained on this task"
             )
-        self._actor = mlp_actor(state_dim, len(low), payload["hidden"])
-        try:
-            self._actor.load_state_dict(payload["state_dict"])
-        except RuntimeError as error:
-            raise UsageError(f"policy checkpoint {path} has weights of the wrong shapes ({str(error).splitlines()[0]}): re-save it with save_policy_checkpoint") from None
-        self._actor.eval()
+        parts = payload["actors"] if payload.get("kind") == HANDOVER_KIND else {"main": payload}
+        self._actors = {name: _load_actor(path, part, state_dim, len(low)) for name, part in parts.items()}
+        self._rule = payload.get("rule")
         self._torch = torch
         self._center, self._half_range = (high + low) / 2, (high - low) / 2
+        self.reset(None)
 
-    def reset(self, rng: np.random.Generator) -> None:
-        pass
+    def reset(self, rng: np.random.Generator | None) -> None:
+        self._stage = "main" if self._rule is None else ""  # a hand-over's first state picks its stage
+        self._still_steps = 0
 
     def act(self, state: np.ndarray) -> np.ndarray:
+        rule = self._rule
+        if self._stage == "":
+            self._stage = "getup" if state[rule["pitch_index"]] < rule["start_pitch_below"] else "main"
+        if self._stage == "getup":
+            self._still_steps = self._still_steps + 1 if standing_still(state, rule) else 0
+            if self._still_steps >= rule["hold_steps"]:
+                self._stage = "main"
         with self._torch.no_grad():
-            unit = self._actor(self._torch.as_tensor(state, dtype=self._torch.float32)[None])[0].numpy()
+            unit = self._actors[self._stage](self._torch.as_tensor(state, dtype=self._torch.float32)[None])[0].numpy()
         return (self._center + unit * self._half_range).astype(np.float32)
+
+
+def standing_still(state: np.ndarray, rule: dict) -> bool:
+    """The hand-over's test on one state: up, pitched within bounds, its root barely moving."""
+    low, high = rule["pitch_within"]
+    return bool(
+        state[rule["height_index"]] > rule["height_above"]
+        and low <= state[rule["pitch_index"]] <= high
+        and np.abs(state[rule["velocity_indices"]]).max() < rule["velocity_below"]
+    )
+
+
+def _load_actor(path: Path, part: dict, state_dim: int, action_dim: int):
+    actor = mlp_actor(state_dim, action_dim, part["hidden"])
+    try:
+        actor.load_state_dict(part["state_dict"])
+    except RuntimeError as error:
+        raise UsageError(f"policy checkpoint {path} has weights of the wrong shapes ({str(error).splitlines()[0]}): re-save it with save_policy_checkpoint") from None
+    return actor.eval()
 
 
 def load_policy_payload(path: Path) -> dict:
@@ -128,8 +157,8 @@ def load_policy_payload(path: Path) -> dict:
         raise UsageError(f"policy checkpoint {path} cannot be read ({type(error).__name__}): it is corrupt or not a masklam policy; re-save it") from None
     if not isinstance(payload, dict) or payload.get("format") != POLICY_FORMAT:
         raise UsageError(f"{path} is not a masklam policy checkpoint: save policies with masklam.envs.policies.save_policy_checkpoint")
-    if payload.get("version") != POLICY_FORMAT_VERSION:
-        raise UsageError(f"policy checkpoint {path} has format version {payload.get('version')}, this masklam reads {POLICY_FORMAT_VERSION}: upgrade masklam")
+    if payload.get("version") not in (POLICY_FORMAT_VERSION, HANDOVER_FORMAT_VERSION):
+        raise UsageError(f"policy checkpoint {path} has format version {payload.get('version')}, this masklam reads {POLICY_FORMAT_VERSION} and {HANDOVER_FORMAT_VERSION}: upgrade masklam")
     return payload
 
 

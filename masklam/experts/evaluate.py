@@ -60,5 +60,5 @@ def evaluate_checkpoint(env_id: str, checkpoint: Path | None, episodes: int, see
     unit = np.ones_like(sim.action_low)
     sim.close()
     policy = CheckpointPolicy(path, env_id, state_dim, -unit, unit)  # actions in [-1, 1]; evaluate rescales
-    returns = evaluate(policy.act, env_id, episodes, seed)
+    returns = evaluate(policy.act, env_id, episodes, seed, reset=lambda: policy.reset(None))
     return {"env_id": env_id, "checkpoint": str(path), "episodes": episodes, "mean": float(returns.mean()), "std": float(returns.std()), "returns": returns.round(3).tolist()}

@@ -328,14 +328,17 @@ def load_init_state(config: SACConfig) -> dict[str, Any]:
 
 
 # --- evaluation -----------------------------------------------------------------------------
-def evaluate(act, env_id: str, episodes: int, seed: int, episode_steps: int = 1000) -> np.ndarray:
-    """Returns of ``episodes`` episodes of ``act(state) -> action in [-1, 1]`` (deterministic), seeded."""
+def evaluate(act, env_id: str, episodes: int, seed: int, episode_steps: int = 1000, reset=None) -> np.ndarray:
+    """Returns of ``episodes`` episodes of ``act(state) -> action in [-1, 1]`` (deterministic), seeded;
+    ``reset()``, if given, starts each episode (a hand-over policy keeps its stage within one)."""
     sim = DMCSimulator(parse_env_id(env_id).task)
     rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(7,)))
     low, high = sim.action_low, sim.action_high
     returns = []
     for _ in range(episodes):
         state, total = sim.reset(rng), 0.0
+        if reset is not None:
+            reset()
         for _ in range(episode_steps):
             step = sim.step(low + (act(state) + 1) / 2 * (high - low))
             state, total = step.state, total + step.reward
