@@ -99,10 +99,10 @@ class DMCSimulator:
 
     def root_pitch(self) -> float:
         """The body's pitch (its ``rooty`` joint, radians): negative is tipped backwards."""
-        joints = [self.model.joint(j).name for j in range(self.model.njnt)]
-        if "rooty" not in joints:
-            raise UsageError(f"{self.domain} has no pitch joint (rooty): backward starts are for hopper, walker and cheetah")
-        return float(self._env.physics.named.data.qpos["rooty"][0])
+        try:
+            return float(self._env.physics.named.data.qpos["rooty"][0])
+        except KeyError:
+            raise UsageError(f"{self.domain} has no pitch joint (rooty): backward starts are for hopper, walker and cheetah") from None
 
     def close(self) -> None:
         self._env.close()
