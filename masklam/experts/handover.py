@@ -29,11 +29,12 @@ def save_handover(env_id: str, getup: Path, main: Path, out: Path, start_pitch_b
     env = parse_env_id(env_id)
     if env.suite != "dmc":
         raise UsageError(f"hand-over experts are for DMC tasks, not {env_id}")
+    domain = env.task.split("-", 1)[0]
+    if domain not in RULES:  # before loading a simulator for it
+        raise UsageError(f"hand-over experts are for {', '.join(RULES)}, not {domain}")
     sim = DMCSimulator(env.task)
     state_dim, action_dim = sim.state_dim, len(sim.action_low)
     sim.close()
-    if sim.domain not in RULES:
-        raise UsageError(f"hand-over experts are for {', '.join(RULES)}, not {sim.domain}")
     actors = {}
     for name, path, expected in (("getup", getup, None), ("main", main, env_id)):
         payload = load_policy_payload(path)
@@ -41,10 +42,10 @@ def save_handover(env_id: str, getup: Path, main: Path, out: Path, start_pitch_b
             raise UsageError(f"{path} is itself a hand-over: pass single policies as --getup and --main")
         if expected is not None and payload["env_id"] != expected:
             raise UsageError(f"--main {path} was trained for {payload['env_id']}, not {env_id}: pass a policy for {env_id}")
-        if parse_env_id(payload["env_id"]).task.split("-")[0] != sim.domain or (payload["state_dim"], payload["action_dim"]) != (state_dim, action_dim):
-            raise UsageError(f"--{name} {path} was trained for {payload['env_id']}, another body than {env_id}'s: pass a policy of the {sim.domain}")
+        if parse_env_id(payload["env_id"]).task.split("-", 1)[0] != domain or (payload["state_dim"], payload["action_dim"]) != (state_dim, action_dim):
+            raise UsageError(f"--{name} {path} was trained for {payload['env_id']}, another body than {env_id}'s: pass a policy of the {domain}")
         actors[name] = {key: payload[key] for key in ("env_id", "hidden", "state_dict", "extra")}
-    rule = {**RULES[sim.domain], "start_pitch_below": float(start_pitch_below)}
+    rule = {**RULES[domain], "start_pitch_below": float(start_pitch_below)}
     payload = {
         "format": POLICY_FORMAT, "version": HANDOVER_FORMAT_VERSION, "kind": HANDOVER_KIND,
         "env_id": env_id, "state_dim": state_dim, "action_dim": action_dim, "actors": actors, "rule": rule,
