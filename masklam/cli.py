@@ -34,6 +34,27 @@ def fails_cleanly(command):
     return wrapper
 
 
+# Commands that compute for long on CPUs: they size their threads first (masklam/threads.py). All but collect
+# compute with torch, which is imported now to size its inter-op pool too.
+THREADED = {"collect", "segment", "train", "probe", "evaluate", "run", "expert"}
+
+
+@app.callback()
+@fails_cleanly
+def main_options(
+    context: typer.Context,
+    threads: Optional[int] = typer.Option(
+        None, "--threads", metavar="N",
+        help="threads for torch and llvmpipe (default: $MASKLAM_THREADS, else the cores this process may use that other processes leave free; 0 = the libraries' defaults)",
+    ),
+) -> None:
+    """masklam: latent action learning from video full of distractors."""
+    if context.invoked_subcommand in THREADED:
+        from masklam.threads import configure
+
+        configure(threads, uses_torch=context.invoked_subcommand != "collect")
+
+
 @app.command()
 @fails_cleanly
 def collect(
@@ -193,7 +214,7 @@ app.add_typer(train_app, name="train")
 def train_lam_command(
     data: str = typer.Option(..., "--data", help="dataset folder or URL (file://, s3://, hf://datasets/OWNER/NAME)"),
     out: Path = typer.Option(..., "--out", help="run folder (resumed if it holds a run with the same settings)"),
-    trainer: str = typer.Option("masklam-small", help="a preset in trainers/ (e.g. lapo-small) or a TOML file"),
+    trainer: str = typer.Option("masklam-small", help="a shipped trainer preset (e.g. lapo-small; masklam/trainers/) or a TOML file"),
     overrides: list[str] = typer.Option([], "--set", help="override a setting: --set optim.steps=500 (repeatable)"),
     mask_source: Optional[str] = typer.Option(None, "--mask-source", help="agent masks of masked methods (default: oracle); same as --set data.mask_source=NAME"),
     progress: bool = typer.Option(True),
@@ -273,7 +294,7 @@ def train_action_bc_command(
 def train_all_command(
     data: str = typer.Option(..., "--data", help="dataset folder or URL"),
     out: Path = typer.Option(..., "--out", help="run folder for all three stages (each resumes)"),
-    trainer: str = typer.Option("masklam-small", help="LAM preset in trainers/ or a TOML file"),
+    trainer: str = typer.Option("masklam-small", help="a shipped trainer preset (masklam/trainers/) or a TOML file"),
     labelled: int = typer.Option(0, "--labelled", help="labelled transitions for the decoder (0 = all)"),
     overrides: list[str] = typer.Option([], "--set", help="LAM settings: --set optim.steps=500"),
     mask_source: Optional[str] = typer.Option(None, "--mask-source", help="agent masks of masked methods (default: oracle); same as --set data.mask_source=NAME"),
@@ -391,7 +412,7 @@ def masks_transform(
 @app.command("run")
 @fails_cleanly
 def run_command(
-    recipe: str = typer.Argument(..., help="a recipe file, or the name of one in pipelines/ (e.g. quickstart)"),
+    recipe: str = typer.Argument(..., help="a recipe file, or the name of a shipped one (e.g. quickstart; masklam/recipes/)"),
     out: Optional[Path] = typer.Option(None, "--out", help="run folder (default: runs/<recipe name>); an existing one is resumed"),
     overrides: list[str] = typer.Option([], "--set", help="override a recipe setting: --set seeds=[0,1,2] --set collect.episodes=50"),
     workers: int = typer.Option(1, help="collection worker processes"),

@@ -18,14 +18,14 @@ import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from tqdm import tqdm
 
 import masklam
 from masklam.atomic import atomic_write_json
-from masklam.data.dataset import INFO, get_backend, index_path, read_json, write_index
+from masklam.data.dataset import INFO, check_backend, get_backend, index_path, read_json, write_index
 from masklam.data.schema import (
     ORACLE,
     SCHEMA_VERSION,
@@ -35,11 +35,13 @@ from masklam.data.schema import (
     RecordMeta,
     record_key,
 )
-from masklam.envs.env import DistractingEnv, Observation
-from masklam.envs.policies import NoisyPolicy, file_sha256, make_policy
+from masklam.envs.policies import NoisyPolicy, file_sha256, make_policy, policy_checkpoint
 from masklam.envs.spec import EnvSpec
 from masklam.errors import UsageError
 from masklam.ranks import rank_and_world_size
+
+if TYPE_CHECKING:  # the simulator (MuJoCo) loads only when a collection runs: recipes and reports read these settings
+    from masklam.envs.env import DistractingEnv, Observation
 
 CONFIG_FILE = "collect.json"
 
@@ -67,7 +69,7 @@ class CollectConfig(CollectOptions):
     env: EnvSpec
 
     def __post_init__(self) -> None:
-        get_backend(self.backend)
+        check_backend(self.backend)
         if self.episodes < 1 or self.test_episodes < 0:
             raise UsageError(f"--episodes {self.episodes} / --test-episodes {self.test_episodes}: need at least 1 train episode and 0 or more test episodes")
         if self.action_noise < 0:
@@ -92,14 +94,10 @@ class CollectConfig(CollectOptions):
 
     def policy_file(self) -> Path | None:
         """The checkpoint that decides the actions, if any (a shipped DMC expert is one too)."""
-        if self.policy == "random" or (self.policy in ("expert", "scripted") and self.env.env_id.startswith("metaworld:")):
+        try:
+            return policy_checkpoint(self.policy, self.env.env_id, must_exist=False)
+        except UsageError:  # no such policy: there is no file to describe (making the policy says why)
             return None
-        if self.policy == "expert":
-            from masklam.experts.evaluate import SHIPPED
-            from masklam.envs.spec import parse_env_id
-
-            return SHIPPED / f"{parse_env_id(self.env.env_id).task}.pt"
-        return Path(self.policy)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -239,6 +237,8 @@ class ShardWriter:
 
     def env(self, split: str) -> tuple[DistractingEnv, Any]:
         if split not in self._envs:
+            from masklam.envs.env import DistractingEnv
+
             env = DistractingEnv(self.config.env, split)
             policy = make_policy(self.config.policy, env)
             if self.config.action_noise > 0:
@@ -294,6 +294,7 @@ _worker_progress: Any = None
 def _init_worker(config: CollectConfig, root: Path, progress_queue) -> None:
     # One llvmpipe thread per worker: processes, not threads, are what scale on few cores.
     os.environ["LP_NUM_THREADS"] = "1"
+    os.environ["OMP_NUM_THREADS"] = "1"  # and one torch thread (checkpoint policies), before torch is imported here
     global _worker_writer, _worker_progress
     _worker_writer = ShardWriter(config, root)
     _worker_progress = progress_queue

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,17 +15,51 @@ from masklam.data.backend import Backend
 from masklam.atomic import atomic_write_json
 from masklam.data.schema import ORACLE, SCHEMA_VERSION, Record, RecordMeta, shard_name
 from masklam.data.storage import DataPath, as_data_path, tree_bytes, writer_command
-from masklam.data.webdataset_backend import WebDatasetBackend
-from masklam.data.zarr_backend import ZarrBackend
 from masklam.errors import UsageError
 
-BACKENDS: dict[str, Backend] = {"webdataset": WebDatasetBackend(), "zarr": ZarrBackend()}
 INFO = "info.json"
 
 
-def get_backend(name: str) -> Backend:
+class Backends(Mapping[str, Backend]):
+    """The storage backends by name, each imported when first used: webdataset imports torch where it is
+    installed, and what only reads a dataset's JSON (masklam report, recipes) needs neither."""
+
+    NAMES = ("webdataset", "zarr")
+
+    def __init__(self) -> None:
+        self._made: dict[str, Backend] = {}
+
+    def __getitem__(self, name: str) -> Backend:
+        if name not in self.NAMES:
+            raise KeyError(name)
+        if name not in self._made:
+            if name == "webdataset":
+                from masklam.data.webdataset_backend import WebDatasetBackend as backend
+            else:
+                from masklam.data.zarr_backend import ZarrBackend as backend
+            self._made[name] = backend()
+        return self._made[name]
+
+    def __contains__(self, name: object) -> bool:  # without importing the backend
+        return name in self.NAMES
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.NAMES)
+
+    def __len__(self) -> int:
+        return len(self.NAMES)
+
+
+BACKENDS = Backends()
+
+
+def check_backend(name: str) -> None:
     if name not in BACKENDS:
         raise UsageError(f"unknown storage backend {name!r}: choose one of {', '.join(sorted(BACKENDS))}")
+
+
+def get_backend(name: str) -> Backend:
+    check_backend(name)
     return BACKENDS[name]
 
 

@@ -13,7 +13,9 @@ from typing import Any, Protocol
 import numpy as np
 
 from masklam.atomic import atomic_file
+from masklam.envs.spec import parse_env_id
 from masklam.errors import UsageError
+from masklam.packaged import SHIPPED_EXPERTS
 
 POLICY_FORMAT = "masklam.policy"
 POLICY_FORMAT_VERSION = 1
@@ -170,22 +172,38 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def shipped_expert(env_id: str, must_exist: bool = True) -> Path:
+    """The checkpoint shipped for a DMC task (masklam/experts/checkpoints/), or a UsageError saying how to make one."""
+    path = SHIPPED_EXPERTS / f"{parse_env_id(env_id).task}.pt"
+    if must_exist and not path.is_file():
+        available = ", ".join(sorted(p.stem for p in SHIPPED_EXPERTS.glob("*.pt"))) or "none yet"
+        raise UsageError(f"no expert is shipped for {env_id} (shipped: {available}): train one with `masklam expert train {env_id} --out DIR` and pass --policy DIR/policy.pt")
+    return path
+
+
+def policy_checkpoint(name: str, env_id: str, must_exist: bool = True) -> Path | None:
+    """The checkpoint behind ``--policy NAME`` for ``env_id``, the one resolver of policy names: None for
+    ``random`` and Meta-World's scripted experts (``expert`` or ``scripted``), the shipped checkpoint for
+    ``expert`` on DMC, else NAME as a path. ``must_exist=False`` names a shipped checkpoint that is missing
+    instead of failing (to describe a dataset)."""
+    scripted = parse_env_id(env_id).suite == "metaworld"
+    if name == "random" or (name in ("expert", "scripted") and scripted):
+        return None
+    if name == "scripted":
+        raise UsageError(f"{env_id} has no scripted policy: use --policy expert, random or PATH")
+    if name == "expert":
+        return shipped_expert(env_id, must_exist)
+    return Path(name)
+
+
 def make_policy(name: str, env: Any) -> Policy:
-    """``random``, ``expert`` (Meta-World's scripted policy) or the path of a checkpoint."""
-    simulator = env.sim
+    """``random``, ``expert`` (the shipped DMC expert, Meta-World's scripted policy), ``scripted`` or the path of a checkpoint."""
+    path = policy_checkpoint(name, env.spec.env_id)
+    if path is not None:
+        return CheckpointPolicy(path, env.spec.env_id, env.sim.state_dim, env.action_low, env.action_high)
     if name == "random":
         return RandomPolicy(env.action_low, env.action_high)
-    if name in ("expert", "scripted") and hasattr(simulator, "scripted_action"):
-        return ScriptedPolicy(simulator)
-    if name == "scripted":
-        raise UsageError(f"{env.spec.env_id} has no scripted policy: use --policy expert, random or PATH")
-    if name == "expert":
-        from masklam.experts.evaluate import shipped_expert
-
-        path = shipped_expert(env.spec.env_id)
-    else:
-        path = Path(name)
-    return CheckpointPolicy(path, env.spec.env_id, simulator.state_dim, env.action_low, env.action_high)
+    return ScriptedPolicy(env.sim)
 
 
 class NoisyPolicy:

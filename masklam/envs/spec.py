@@ -128,9 +128,11 @@ def parse_env_id(env_id: str) -> EnvId:
             raise UsageError(f"unknown env '{env_id}': DMC tasks are {', '.join(DMC_TASKS)}")
         return EnvId("dmc", task)
     if suite == "metaworld":
+        name = task if task.endswith("-v3") else f"{task}-v3"
+        if name.removesuffix("-v3") in METAWORLD_MT10:  # known without importing Meta-World (and MuJoCo)
+            return EnvId("metaworld", name)
         from masklam.envs.metaworld import metaworld_task_names
 
-        name = task if task.endswith("-v3") else f"{task}-v3"
         if name not in metaworld_task_names():
             raise UsageError(f"unknown env '{env_id}': Meta-World MT10 tasks are {', '.join(t + '-v3' for t in METAWORLD_MT10)} (any v3 task works)")
         return EnvId("metaworld", name)

@@ -1,4 +1,4 @@
-"""Evaluating policy checkpoints, and the experts shipped inside the package."""
+"""Evaluating policy checkpoints: the shipped experts (found by masklam.envs.policies.shipped_expert) or any other."""
 
 from __future__ import annotations
 
@@ -7,21 +7,12 @@ from typing import Any
 
 import numpy as np
 
-from masklam.envs.policies import CheckpointPolicy
+from masklam.envs.policies import CheckpointPolicy, shipped_expert
 from masklam.envs.spec import parse_env_id
 from masklam.errors import UsageError
+from masklam.packaged import SHIPPED_EXPERTS as SHIPPED  # the registry lives below data/ and experts/ (envs/policies.py)
 
-SHIPPED = Path(__file__).parent / "checkpoints"
-
-
-def shipped_expert(env_id: str) -> Path:
-    """The checkpoint shipped for a DMC task, or a UsageError saying how to make one."""
-    task = parse_env_id(env_id).task
-    path = SHIPPED / f"{task}.pt"
-    if not path.is_file():
-        available = ", ".join(sorted(p.stem for p in SHIPPED.glob("*.pt"))) or "none yet"
-        raise UsageError(f"no expert is shipped for {env_id} (shipped: {available}): train one with `masklam expert train {env_id} --out DIR` and pass --policy DIR/policy.pt")
-    return path
+__all__ = ["SHIPPED", "evaluate_checkpoint", "evaluate_scripted", "shipped_expert"]
 
 
 def evaluate_scripted(env_id: str, episodes: int, seed: int) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch.nn as nn
 
+from masklam.methods import METHOD_OPTIONS
 from masklam.models.lam import (
     LAOM, LAOMConfig, LAOMLabels, LAOMLabelsConfig, LatentPolicyConfig, PixelLAM, PixelLAMConfig,
 )
@@ -33,12 +34,13 @@ LAOM_HEADS: dict[str, dict[str, Any]] = {
     "small": {"latent_dim": 1024, "hidden_dim": 256},
     "paper": {"latent_dim": 8192, "hidden_dim": 512},
 }
+# Each method's options are plain data in masklam/methods.py (recipes and reports read them without torch).
 METHODS: dict[str, tuple[type[LAMConfig], dict[str, Any]]] = {
-    "lapo": (PixelLAMConfig, {"loss": "full", "mask_input": "none"}),
-    "lapo-vq": (PixelLAMConfig, {"loss": "full", "mask_input": "none", "vq": True}),
-    "masklam": (PixelLAMConfig, {"loss": "masked", "mask_input": "channel"}),
-    "laom": (LAOMConfig, {}),
-    "laom-labels": (LAOMLabelsConfig, {}),
+    "lapo": (PixelLAMConfig, METHOD_OPTIONS["lapo"]),
+    "lapo-vq": (PixelLAMConfig, METHOD_OPTIONS["lapo-vq"]),
+    "masklam": (PixelLAMConfig, METHOD_OPTIONS["masklam"]),
+    "laom": (LAOMConfig, METHOD_OPTIONS["laom"]),
+    "laom-labels": (LAOMLabelsConfig, METHOD_OPTIONS["laom-labels"]),
 }
 
 

@@ -1,1 +1,1 @@
-"""Experiment recipes (pipelines/*.toml) and `masklam run`, which carries one out from collection to report."""
+"""Experiment recipes (masklam/recipes/*.toml) and `masklam run`, which carries one out from collection to report."""

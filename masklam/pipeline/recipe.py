@@ -1,4 +1,4 @@
-"""Experiment recipes (pipelines/*.toml): what to collect, which masks to make, which methods to train with
+"""Experiment recipes (masklam/recipes/*.toml): what to collect, which masks to make, which methods to train with
 which settings and seeds, and how to score them. Validated here, at the edge, before anything runs.
 
 A recipe expands into a grid of runs:
@@ -21,10 +21,9 @@ from masklam.configs import apply_overrides, build, read_toml
 from masklam.data.collect import CollectSettings
 from masklam.data.schema import ORACLE
 from masklam.errors import UsageError
+from masklam.methods import METHOD_OPTIONS as METHODS
+from masklam.packaged import RECIPES
 from masklam.segment.transforms import MaskTransform
-from masklam.train.lam import METHODS
-
-RECIPES = Path(__file__).resolve().parents[2] / "pipelines"
 
 
 def check_folder_name(name: str, what: str, names: str) -> None:
@@ -34,7 +33,7 @@ def check_folder_name(name: str, what: str, names: str) -> None:
 
 @dataclass(frozen=True)
 class TrainSettings:
-    preset: str = "small"  # trainers/<method>-<preset>.toml
+    preset: str = "small"  # masklam/trainers/<method>-<preset>.toml
     lam: list[str] = field(default_factory=list)  # LAM overrides, as --set: "optim.steps=2000"
     stages: list[str] = field(default_factory=list)  # latent BC / decoder / BC-on-actions overrides, as --stage-set
     reference: bool = True  # train BC on true actions, the reference of normalised returns
@@ -125,13 +124,13 @@ class Recipe:
 
 
 def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
-    """A recipe file (or the name of one in pipelines/), with command-line overrides (--set key=value)."""
+    """A recipe file (or the name of one shipped in masklam/recipes/), with command-line overrides (--set key=value)."""
     path = Path(path)
     if not path.exists() and (RECIPES / f"{path.name}.toml").exists():
         path = RECIPES / f"{path.name}.toml"
     if not path.exists():
         known = ", ".join(sorted(p.stem for p in RECIPES.glob("*.toml")))
-        raise UsageError(f"no recipe file {path}: pass a TOML file or the name of one in pipelines/ ({known})")
+        raise UsageError(f"no recipe file {path}: pass a TOML file or the name of a shipped recipe ({known})")
     data = apply_overrides(read_toml(path), list(overrides))
     data.setdefault("name", path.stem)
     return build(Recipe, data, "recipe")

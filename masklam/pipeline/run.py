@@ -1,13 +1,7 @@
 """`masklam run RECIPE`: collect -> segment / derive masks -> for each run: train the LAM, probe it, latent BC,
 BC on true actions, then per label budget the action decoder and online evaluation -> report.
 
-Everything goes under one run folder:
-
-    RUN/recipe.json                   the recipe as run (with its overrides)
-    RUN/steps.json                    finished steps: their settings and wall time
-    RUN/data/<variant>/               the datasets (with their extra mask sources)
-    RUN/runs/<variant>/<run>/seed<s>/ LAM, probe.json, bc, decoder, evaluate.json (labels-<n>/ per budget)
-    RUN/report/                       results.md, results.json, plots
+Everything goes under one run folder, laid out as masklam/pipeline/layout.py says (what the report reads).
 
 A step is skipped when steps.json holds it with the same settings and its outputs exist, so an interrupted
 run resumes where it stopped (each training stage also resumes from its own checkpoint), and changing one
@@ -18,8 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -27,66 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from masklam.atomic import atomic_write_json
-from masklam.data.schema import ORACLE
+from masklam.pipeline.layout import LEDGER, budget_folder, grid, link_shared, overrides_of, read_ledger
 from masklam.pipeline.recipe import Recipe, recipe_json
-
-LEDGER = "steps.json"
-# Files of a run folder that every label budget's decoder shares (linked into labels-<n>/).
-SHARED = ("lam.pt", "lam-config.json", "bc.pt", "bc-config.json", "bc-actions.pt", "bc-actions-config.json")
-
-
-@dataclass(frozen=True)
-class RunSpec:
-    """One cell of the grid: a LAM trained on one dataset with one method, mask source, sweep point and seed."""
-
-    variant: str
-    method: str
-    mask: str | None  # masked methods only
-    sweep: tuple[tuple[str, Any], ...]
-    seed: int
-
-    @property
-    def label(self) -> str:
-        """The run's name in tables: method, then what sets it apart from the others."""
-        parts = [self.method]
-        if self.mask is not None and self.mask != ORACLE:
-            parts.append(f"[{self.mask}]")
-        parts += [f"{key.split('.')[-1]}={value}" for key, value in self.sweep]
-        return " ".join(parts)
-
-    @property
-    def folder_name(self) -> str:
-        parts = [self.method]
-        if self.mask is not None and self.mask != ORACLE:
-            parts.append(self.mask)
-        parts += [f"{key.split('.')[-1]}{value}" for key, value in self.sweep]
-        return "-".join(str(p) for p in parts)
-
-    def folder(self, root: Path) -> Path:
-        return root / "runs" / self.variant / self.folder_name / f"seed{self.seed}"
-
-
-def grid(recipe: Recipe) -> list[RunSpec]:
-    from masklam.train.lam import load_trainer
-
-    runs = []
-    for variant in recipe.datasets():
-        for method in recipe.methods:
-            for point in recipe.sweep_points():
-                sweep = tuple(sorted(point.items()))
-                lam = load_trainer(recipe.trainer(method), [*recipe.train.lam, *overrides_of(point)])
-                for mask in recipe.masks if lam.uses_masks else [None]:
-                    runs += [RunSpec(variant, method, mask, sweep, seed) for seed in recipe.seeds]
-    return runs
-
-
-def overrides_of(settings: dict[str, Any]) -> list[str]:
-    return [f"{key}={json.dumps(value)}" for key, value in settings.items()]
-
-
-def budget_folder(recipe: Recipe, run: Path, budget: int) -> Path:
-    """Where a label budget's decoder and evaluation go: the run folder itself when there is one budget."""
-    return run if len(recipe.labels) == 1 else run / f"labels-{budget}"
 
 
 @dataclass
@@ -157,29 +91,6 @@ def plan(recipe: Recipe, root: Path, workers: int = 1, show_progress: bool = Tru
                      lambda t=target: evaluate_run(t, e.episodes, e.seed, e.steps, show_progress=show_progress)),
             ]
     return steps
-
-
-def link_shared(run: Path, target: Path) -> None:
-    """A label budget's folder sees its run's LAM and policies (hard links; copies across file systems)."""
-    if target == run:
-        return
-    target.mkdir(parents=True, exist_ok=True)
-    for name in SHARED:
-        source, link = run / name, target / name
-        if not source.exists():
-            continue
-        link.unlink(missing_ok=True)
-        try:
-            os.link(source, link)
-        except OSError:
-            shutil.copy2(source, link)
-
-
-def read_ledger(root: Path) -> dict[str, Any]:
-    from masklam.data.dataset import read_json
-
-    path = root / LEDGER
-    return read_json(path, "delete it to rerun every step (finished training stages resume from their checkpoints)") if path.exists() else {}
 
 
 def is_done(step: Step, ledger: dict[str, Any]) -> bool:

@@ -11,9 +11,6 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 
 import numpy as np
-from scipy.ndimage import binary_dilation, binary_erosion
-from skimage.morphology import disk
-
 from masklam.data.schema import Record
 from masklam.errors import UsageError
 
@@ -49,6 +46,9 @@ class MaskTransform:
         """(frames, H, W) 0/1 masks -> transformed copy."""
         out = masks.astype(bool)
         if self.erode or self.dilate:
+            from scipy.ndimage import binary_dilation, binary_erosion  # here: recipes and reports read this class
+            from skimage.morphology import disk
+
             operation, radius = (binary_erosion, self.erode) if self.erode else (binary_dilation, self.dilate)
             footprint = disk(radius)
             out = np.stack([operation(frame, structure=footprint) for frame in out])

@@ -23,8 +23,10 @@ import torch.distributed as dist
 from masklam.configs import load_config
 from masklam.data.dataset import open_dataset
 from masklam.errors import UsageError
+from masklam.methods import uses_masks
 from masklam.models.lam import LAOMLabels
 from masklam.models.presets import METHODS, PRESETS, build_lam, lam_config
+from masklam.threads import leave_for_workers
 from masklam.train.loader import WindowDataset, WindowSpec, make_loader
 from masklam.train.loop import OptimConfig, claim_run_folder, fit
 from masklam.train.presets import trainer_file
@@ -69,8 +71,7 @@ class LAMTrainConfig:
 
     @property
     def uses_masks(self) -> bool:
-        options = METHODS[self.method][1]
-        return options.get("loss") == "masked" or self.model.get("loss") == "masked" or self.model.get("mask_input", options.get("mask_input", "none")) != "none"
+        return uses_masks(self.method, self.model)
 
 
 def load_trainer(trainer: str, overrides: list[str] = (), data: str | None = None, mask_source: str | None = None) -> LAMTrainConfig:
@@ -136,6 +137,7 @@ def window_batches(config: LAMTrainConfig, rank: int, world_size: int) -> Iterat
 def train_lam(config: LAMTrainConfig, run_dir: Path, show_progress: bool = True) -> dict[str, Any]:
     run_dir = Path(run_dir)
     rank, world_size = setup_distributed(config.device)
+    leave_for_workers(config.data.workers)  # loader processes decode beside the training threads
     info = open_dataset(config.data.path).info
     torch.manual_seed(config.seed)
     model = build_model(config, info).to(config.device)

@@ -1,16 +1,15 @@
-"""Finding trainer presets: the TOML files in the repository's trainers/ folder."""
+"""Finding trainer presets: the TOML files shipped in the package's trainers/ folder (masklam/trainers/)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from masklam.errors import UsageError
-
-TRAINERS = Path(__file__).resolve().parents[2] / "trainers"
+from masklam.packaged import TRAINERS
 
 
 def trainer_file(name: str) -> Path:
-    """A path to a TOML file, or the name of a preset in trainers/ (with or without .toml)."""
+    """A path to a TOML file, or the name of a preset in masklam/trainers/ (with or without .toml)."""
     path = Path(name)
     if path.suffix == ".toml" and path.is_file():
         return path

@@ -138,8 +138,12 @@ def test_bad_recipes_are_one_line_errors(tmp_path, args, message):
     assert not (tmp_path / "report").exists()
 
 
-def test_recipes_in_pipelines_are_valid():
-    for path in sorted((Path(__file__).resolve().parents[2] / "pipelines").glob("*.toml")):
+def test_shipped_recipes_are_valid():
+    from masklam.packaged import RECIPES
+
+    paths = sorted(RECIPES.glob("*.toml"))
+    assert len(paths) >= 10
+    for path in paths:
         recipe = load_recipe(path)
         assert grid(recipe), path
 
