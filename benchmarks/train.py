@@ -5,7 +5,7 @@
 Collects two dmc:cheetah-run --distractors low datasets at 64 px (--episodes, and 4x as many; kept in --out
 and reused), then prints markdown tables for docs/performance.md:
 
-1. Training samples/s of each method x model preset (the TOML presets in trainers/, their batch sizes), one
+1. Training samples/s of each method x model preset (the TOML presets in masklam/trainers/, their batch sizes), one
    optimiser step at a time on batches already in memory, so the figure is the model's alone.
 2. Loader samples/s on its own (the same batches `masklam train lam` streams: frame stacks, future stacks,
    masks for masklam, the labelled batch for laom-labels) next to the trainer's consumption at the small
