@@ -2,8 +2,8 @@
 
 torch (OpenMP) and Mesa's llvmpipe (which renders our frames on CPUs) start one thread per core and split
 each operation evenly between them. When another process keeps one of those cores busy, every operation
-waits for the thread that shares it, spinning while it waits: `masklam train lam` ran 3-4x slower with two
-threads than with one beside one busy process on two cores (docs/performance.md). Knowing which cores we may
+waits for the thread that shares it, while the others spin: `masklam train lam` ran 5x slower with torch's
+two threads than with one on a busy 2-core machine (docs/performance.md). Knowing which cores we may
 use (``os.sched_getaffinity``) is not enough, since another process on an allowed core is invisible to it.
 So a CPU-heavy command, once at start-up, counts:
 
