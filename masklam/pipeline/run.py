@@ -74,7 +74,7 @@ def grid(recipe: Recipe) -> list[RunSpec]:
         for method in recipe.methods:
             for point in recipe.sweep_points():
                 sweep = tuple(sorted(point.items()))
-                lam = load_trainer(recipe.trainer(method), [*recipe.train.lam, *overrides_of(point)])
+                lam = load_trainer(recipe.trainer(method), [*recipe.lam_overrides(method), *overrides_of(point)])
                 for mask in recipe.masks if lam.uses_masks else [None]:
                     runs += [RunSpec(variant, method, mask, sweep, seed) for seed in recipe.seeds]
     return runs
@@ -130,7 +130,7 @@ def plan(recipe: Recipe, root: Path, workers: int = 1, show_progress: bool = Tru
     e = recipe.evaluate
     for run in grid(recipe):
         data, folder = str(root / "data" / run.variant), run.folder(root)
-        lam = load_trainer(recipe.trainer(run.method), [*recipe.train.lam, *overrides_of(dict(run.sweep)), f"seed={run.seed}"], data, run.mask)
+        lam = load_trainer(recipe.trainer(run.method), [*recipe.lam_overrides(run.method), *overrides_of(dict(run.sweep)), f"seed={run.seed}"], data, run.mask)
         stage = stage_config(recipe.train.stages, "train.stages", preset=lam.preset, seed=run.seed)
         name = f"{run.variant} {run.label} seed{run.seed}"
         steps += [
