@@ -174,7 +174,7 @@ def test_laom_labels_without_augmentation_trains_logs_its_action_loss_and_report
     for row in rows:  # the head's loss beside Var(a), and their ratio: below 1 beats the mean action
         assert row["action_variance"] > 0 and row["action_nmse"] == pytest.approx(row["action_loss"] / row["action_variance"], rel=1e-5)
 
-    # Run again, finished: no step runs, and it reports the loss of its last step, not NaN (issue 19).
+    # Run again, finished: no step runs, and it reports the loss of its last step, not NaN.
     again = invoke(*args)
     assert again.exit_code == 0, (again.output, again.exception)
     assert f"final loss {rows[-1]['loss']:.4f}" in again.stdout and "nan" not in again.stdout
