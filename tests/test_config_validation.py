@@ -54,6 +54,7 @@ BAD_SETTINGS = [
     ("masklam-tiny", "data.batch_size=0", "data.batch_size"),
     ("masklam-tiny", "data.workers=-1", "data.workers"),
     ("masklam-tiny", "log_every=0", "log_every"),
+    ("masklam-tiny", "seed=-1", "seed"),
     ("masklam-tiny", "device=gpu", "device"),
 ]
 
@@ -81,10 +82,18 @@ def test_train_lam_refuses_a_bad_setting_in_one_line(tmp_path, trainer, setting,
     assert_refused(result, expected, out)
 
 
-@pytest.mark.parametrize(("setting", "expected"), [("model.latent_dim=0", "model.latent_dim"), ("optim.lr=-1", "optim.lr")])
-def test_train_all_refuses_a_bad_setting_in_one_line(tmp_path, setting, expected):
+@pytest.mark.parametrize(
+    ("option", "setting", "expected"),
+    [
+        ("--set", "model.latent_dim=0", "model.latent_dim"),
+        ("--set", "optim.lr=-1", "optim.lr"),
+        ("--stage-set", "optim.steps=0", "optim.steps"),
+        ("--stage-set", "seed=-1", "seed"),
+    ],
+)
+def test_train_all_refuses_a_bad_setting_in_one_line(tmp_path, option, setting, expected):
     out = tmp_path / "run"
-    result = invoke("train", "all", "--data", str(tmp_path / "data"), "--out", str(out), "--trainer", "laom-labels-tiny", "--set", setting)
+    result = invoke("train", "all", "--data", str(tmp_path / "data"), "--out", str(out), "--trainer", "laom-labels-tiny", option, setting)
     assert_refused(result, expected, out)
 
 

@@ -75,6 +75,7 @@ class LAMTrainConfig:
             raise UsageError(f"unknown method '{self.method}': choose one of {', '.join(METHODS)}")
         if self.preset not in PRESETS:
             raise UsageError(f"unknown model preset '{self.preset}': choose one of {', '.join(PRESETS)}")
+        require(self.seed >= 0, "seed", self.seed, "seeds are integers >= 0")
         for name in ("log_every", "checkpoint_every"):
             require(getattr(self, name) >= 1, name, getattr(self, name), "must be at least 1 (steps)")
         try:
