@@ -4,6 +4,10 @@ A config is a (nested) dataclass. ``load_config(cls, path, overrides)`` reads a 
 ``section.field=value`` overrides (values parsed as TOML literals, so ``lr=3e-4``, ``stack=3``,
 ``vq=true`` and ``name="x"`` all work, and a bare word is taken as a string), and builds the dataclass.
 Unknown keys and values of the wrong type are UsageErrors that name the key and the file.
+
+Values are checked where they are defined: a config dataclass's ``__post_init__`` calls ``require`` (or raises
+ValueError), and ``build`` turns the failure into a one-line SettingError naming the full key, so a trainer
+file, ``--set`` and a recipe are held to the same rules.
 """
 
 from __future__ import annotations
@@ -23,6 +27,21 @@ else:  # pragma: no cover - Python 3.10
 from masklam.errors import UsageError
 
 T = TypeVar("T")
+
+
+class SettingError(UsageError, ValueError):
+    """A setting's value is out of range. ``key`` is the field's name until ``build`` qualifies the message
+    with where the field lives (then None). Also a ValueError, for callers that build configs in Python."""
+
+    def __init__(self, message: str, key: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+def require(condition: bool, key: str, value: Any, rule: str) -> None:
+    """Refuse ``key = value`` unless ``condition``; ``rule`` says what a valid value is."""
+    if not condition:
+        raise SettingError(f"{key} = {value!r}: {rule}", key)
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -51,13 +70,23 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 def _coerce(value: Any, annotation: Any, where: str) -> Any:
     origin = typing.get_origin(annotation)
     if dataclasses.is_dataclass(annotation):
+        if isinstance(value, annotation):  # built already (Python callers)
+            return value
+        if not isinstance(value, dict):
+            example = f"{where}.{dataclasses.fields(annotation)[0].name}=..."
+            raise UsageError(f"{where} must be a section (a table of settings such as {example}), not {value!r}")
+        return build(annotation, value, where)
+    if origin is dict:
         if not isinstance(value, dict):
             raise UsageError(f"{where} must be a section (a table of settings), not {value!r}")
-        return build(annotation, value, where)
+        return value
     if origin in (typing.Union, types.UnionType):
         arguments = typing.get_args(annotation)
         if value is None and type(None) in arguments:
             return None
+        others = [argument for argument in arguments if argument is not type(None)]
+        if len(others) == 1:  # X | None: X's own error says what is wrong
+            return _coerce(value, others[0], where)
         for argument in arguments:
             if argument is type(None):
                 continue
@@ -84,7 +113,7 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
 
 
 def build(cls: type[T], data: dict[str, Any], where: str = "config") -> T:
-    """The dataclass ``cls`` from plain data; unknown keys and wrong types are UsageErrors."""
+    """The dataclass ``cls`` from plain data; unknown keys, wrong types and invalid values are UsageErrors."""
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - set(fields))
@@ -93,6 +122,12 @@ def build(cls: type[T], data: dict[str, Any], where: str = "config") -> T:
     values = {name: _coerce(value, hints[name], f"{where}.{name}") for name, value in data.items()}
     try:
         return cls(**values)
+    except SettingError as error:
+        if error.key is None:  # a nested config's, already named in full
+            raise
+        raise SettingError(f"{where}.{error}") from None
+    except ValueError as error:  # a check that does not name its field
+        raise SettingError(f"{where}: {error}") from None
     except TypeError as error:  # a required field is missing
         raise UsageError(f"{where}: {error}") from None
 

@@ -16,6 +16,8 @@ distortion; the defaults are LAOM's values at 64 px:
   padded by ``perspective_pad * side`` on every side, then cropped back (LAOM: 0.5 and 30 px at 64 px).
   Each corner of the padded canvas moves inward by up to ``perspective`` x its half side, per axis.
 
+``enabled = false`` turns augmentation off (``--set model.augment.enabled=false``).
+
 The channels of one image (its whole frame stack) share one transform. Parameters are drawn on the
 CPU from the given ``torch.Generator``, whatever device the images are on, so a seed fixes them.
 """
@@ -28,6 +30,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from masklam.configs import require
+
 PRIMITIVES = ("shift", "rotate", "perspective")
 COMPOSITIONS = (
     "none", "shift", "rotate", "perspective", "shift-rotate", "rotate-shift", "rotate-perspective", "perspective-rotate"
@@ -36,6 +40,7 @@ COMPOSITIONS = (
 
 @dataclass(frozen=True)
 class AugmentConfig:
+    enabled: bool = True
     shift: float = 14 / 64
     rotation: float = 90.0
     perspective: float = 0.5
@@ -44,6 +49,11 @@ class AugmentConfig:
     seed: int = 0  # of the generator the model that owns the augmentation creates
 
     def __post_init__(self) -> None:
+        require(0 <= self.shift <= 0.5, "shift", self.shift, "a fraction of the image side in [0, 0.5]")
+        require(0 <= self.rotation <= 180, "rotation", self.rotation, "degrees in [0, 180]")
+        require(0 <= self.perspective <= 1, "perspective", self.perspective, "a distortion scale in [0, 1]")
+        require(0 <= self.perspective_pad <= 1, "perspective_pad", self.perspective_pad, "a fraction of the image side in [0, 1]")
+        require(len(self.compositions) > 0, "compositions", self.compositions, f"list at least one of {', '.join(COMPOSITIONS)}")
         for composition in self.compositions:
             steps = composition.split("-")
             if composition != "none" and not set(steps) <= set(PRIMITIVES):

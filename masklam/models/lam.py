@@ -10,7 +10,9 @@
 Batches are dicts of tensors as the loader gives them (frames uint8, channels last):
 ``obs`` (B, S, H, W, 3) the stack ending at t, ``future`` (B, S, H, W, 3) the stack ending at t+k,
 ``next`` (B, H, W, 3) = o_{t+1}, ``obs_mask`` / ``future_mask`` (B, S, H, W) and ``next_mask``
-(B, H, W) uint8 0/1, ``action`` (B, A) float (NaN where unlabelled), ``labelled`` (B,) bool.
+(B, H, W) uint8 0/1, ``action`` (B, A) float, ``labelled`` (B,) bool. Datasets store NaN actions for
+unlabelled episodes and readers drop them; the loader fills zeros for those rows (``labelled`` False), so a
+model must select labelled rows (``row_mse``), never trust ``action`` alone.
 The IDM's offset k is the loader's business (LAPO: k = 1; LAOM and MaskLAM: k ~ U{1..10}).
 
 Models with a latent have ``latent(batch)`` -> (B, latent_dim), computed without gradients or
@@ -31,8 +33,9 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
+from masklam.configs import require
 from masklam.models.augment import AugmentConfig, augment
-from masklam.models.impala import ImpalaDecoder, ImpalaEncoder, bottleneck_shape
+from masklam.models.impala import DOWNSAMPLING, ImpalaDecoder, ImpalaEncoder, bottleneck_shape
 from masklam.models.vq import VectorQuantizer
 
 Batch = Mapping[str, torch.Tensor]
@@ -98,7 +101,8 @@ def global_count(count: torch.Tensor) -> torch.Tensor:
 
 def row_mse(prediction: torch.Tensor, target: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     """Mean squared error over the ``rows`` (B,) selected, 0 when none is; targets of the other rows
-    (NaN for unlabelled actions) never reach the result or its gradient. No host sync."""
+    (the loader's zeros for unlabelled actions, or anything else, NaN included) never reach the result or its
+    gradient. No host sync."""
     weight = rows.to(prediction.dtype)[:, None]
     error = (prediction - torch.where(weight > 0, target, prediction.detach())).square()
     return (weight * error).sum() * ranks_scale() / (global_count(weight.sum()) * prediction.shape[1])
@@ -112,8 +116,24 @@ def mlp(in_dim: int, hidden_dim: int, out_dim: int, hidden_layers: int = 2) -> n
 
 
 def check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+    require(value in choices, name, value, f"choose one of {', '.join(choices)}")
+
+
+def check_at_least(config: object, minimum: int, *names: str) -> None:
+    for name in names:
+        value = getattr(config, name)
+        require(value >= minimum, name, value, f"must be at least {minimum}")
+
+
+def check_encoder(config: object) -> None:
+    """The fields every IMPALA-based config shares: the image must survive three stride-2 stages."""
+    size = config.image_size
+    require(size >= DOWNSAMPLING and size % DOWNSAMPLING == 0, "image_size", size,
+            f"the encoder halves the image three times, so its side must be divisible by {DOWNSAMPLING} (32, 64, 128)")
+    check_at_least(config, 1, "frame_stack", "multiplier", "latent_dim")
+    require(len(config.channels) == 3 and all(c >= 1 for c in config.channels), "channels", config.channels,
+            "the IMPALA encoder has 3 stages: give 3 widths of at least 1, e.g. [16, 32, 32]")
+    require(0 < config.pixel_scale < math.inf, "pixel_scale", config.pixel_scale, "must be a positive number")
 
 
 class Model(nn.Module):
@@ -184,10 +204,13 @@ class PixelLAMConfig:
     pixel_scale: float = 0.5  # pixels in [-0.5, 0.5], FDM output tanh / 2
 
     def __post_init__(self) -> None:
+        check_encoder(self)
         check_choice("mask_input", self.mask_input, MASK_INPUTS)
         check_choice("loss", self.loss, LOSSES)
-        if self.vq and self.latent_dim % self.vq_code_dim:
-            raise ValueError(f"latent_dim {self.latent_dim} is not a multiple of vq_code_dim {self.vq_code_dim}")
+        check_at_least(self, 1, "vq_codes", "vq_code_dim")
+        require(0 <= self.vq_commitment < math.inf, "vq_commitment", self.vq_commitment, "must be a number >= 0")
+        require(not self.vq or self.latent_dim % self.vq_code_dim == 0, "latent_dim", self.latent_dim,
+                f"with vq = true it must be a multiple of vq_code_dim ({self.vq_code_dim})")
 
 
 class PixelLAM(Model):
@@ -244,7 +267,16 @@ class LAOMConfig:
     normalize_embedding: bool = True  # LayerNorm (no affine) on the flattened encoder output
     tau: float = 0.001  # EMA rate of the target encoder
     pixel_scale: float = 1.0  # pixels in [-1, 1]
-    augment: AugmentConfig | None = field(default_factory=AugmentConfig)  # None: no augmentation
+    # Settings: model.augment.enabled = false, model.augment.shift = 0.1, ...; None (Python) is the same as off.
+    augment: AugmentConfig | None = field(default_factory=AugmentConfig)
+
+    def __post_init__(self) -> None:
+        check_encoder(self)
+        check_at_least(self, 1, "hidden_dim")
+        check_at_least(self, 0, "hidden_layers")
+        require(0 < self.tau <= 1, "tau", self.tau, "the target encoder's EMA rate is in (0, 1] (LAOM: 0.001)")
+        if self.augment is None:
+            object.__setattr__(self, "augment", AugmentConfig(enabled=False))
 
 
 class LAOM(Model):
@@ -266,7 +298,7 @@ class LAOM(Model):
         self.target_encoder = copy.deepcopy(self.encoder).requires_grad_(False)
         self.idm = mlp(2 * embed_dim, c.hidden_dim, c.latent_dim, c.hidden_layers)
         self.fdm = mlp(embed_dim + c.latent_dim, c.hidden_dim, embed_dim, c.hidden_layers)
-        self.generator = torch.Generator().manual_seed(c.augment.seed) if c.augment is not None else None
+        self.generator = torch.Generator().manual_seed(c.augment.seed) if c.augment.enabled else None
 
     def augmented(self, frames: torch.Tensor) -> torch.Tensor:
         """Preprocessed frames, randomly augmented in training mode."""
@@ -303,17 +335,26 @@ class LAOM(Model):
 class LAOMLabelsConfig(LAOMConfig):
     action_weight: float = 0.01  # lambda; LAOM used 0.001 for cheetah-run, sources disagree
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(0 <= self.action_weight < math.inf, "action_weight", self.action_weight, "lambda must be a number >= 0")
+
 
 class LAOMLabels(LAOM):
     """LAOM plus a linear head latent -> action, trained each step on a separate labelled batch (the
     trainer streams it from the labelled records): ``labelled_obs`` / ``labelled_future`` stacks and
-    ``labelled_action``. loss = latent loss (on the main batch) + action_weight x action MSE."""
+    ``labelled_action``. loss = latent loss (on the main batch) + action_weight x action MSE.
+
+    With ``action_variance`` set (Var(a), the mean per-dimension variance of the dataset's actions, as the
+    probe uses), the outputs also hold it and ``action_nmse`` = action MSE / Var(a): below 1 the head beats
+    predicting the mean action."""
 
     LABELLED_KEYS = ("obs", "future", "action")  # of the labelled batch, each prefixed "labelled_"
 
-    def __init__(self, config: LAOMLabelsConfig, action_dim: int) -> None:
+    def __init__(self, config: LAOMLabelsConfig, action_dim: int, action_variance: float | None = None) -> None:
         super().__init__(config)
         self.action_head = nn.Linear(config.latent_dim, action_dim)
+        self.action_variance = action_variance
 
     def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
         out = super().forward(batch)
@@ -323,7 +364,11 @@ class LAOMLabels(LAOM):
         action_prediction = self.action_head(labelled_latent)
         action_loss = F.mse_loss(action_prediction, batch["labelled_action"])
         out["loss"] = out["latent_loss"] + self.config.action_weight * action_loss
-        return {**out, "action_prediction": action_prediction, "action_loss": action_loss}
+        out |= {"action_prediction": action_prediction, "action_loss": action_loss}
+        if self.action_variance is not None:
+            variance = action_loss.new_tensor(self.action_variance)
+            out |= {"action_variance": variance, "action_nmse": action_loss.detach() / variance.clamp(min=1e-12)}
+        return out
 
 
 # --- after the LAM: latent behaviour cloning and action decoding --------------------------------
@@ -335,6 +380,9 @@ class LatentPolicyConfig:
     multiplier: int = 4
     latent_dim: int = 128  # the LAM's
     pixel_scale: float = 0.5
+
+    def __post_init__(self) -> None:
+        check_encoder(self)
 
 
 class LatentPolicy(Model):
@@ -360,6 +408,10 @@ class ActionDecoderConfig:
     latent_dim: int = 128
     hidden_dim: int = 256
     hidden_layers: int = 2
+
+    def __post_init__(self) -> None:
+        check_at_least(self, 1, "latent_dim", "hidden_dim")
+        check_at_least(self, 0, "hidden_layers")
 
 
 class ActionDecoder(nn.Module):

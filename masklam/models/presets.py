@@ -18,6 +18,7 @@ from typing import Any
 import torch.nn as nn
 
 from masklam.methods import METHOD_OPTIONS
+from masklam.configs import build
 from masklam.models.lam import (
     LAOM, LAOMConfig, LAOMLabels, LAOMLabelsConfig, LatentPolicyConfig, PixelLAM, PixelLAMConfig,
 )
@@ -51,13 +52,15 @@ def check(preset: str, method: str | None = None) -> None:
         raise ValueError(f"unknown method {method!r}: choose one of {', '.join(METHODS)}")
 
 
-def lam_config(method: str, preset: str = "paper", image_size: int | None = None, **overrides: Any) -> LAMConfig:
-    """The LAM configuration of ``method`` at ``preset`` sizes; ``overrides`` set any other field."""
+def lam_config(method: str, preset: str = "paper", image_size: int | None = None, /, **overrides: Any) -> LAMConfig:
+    """The LAM configuration of ``method`` at ``preset`` sizes; ``overrides`` set any other field, as plain data
+    (``augment={"enabled": False}``) or typed values. Unknown fields, wrong types and invalid values are
+    SettingErrors (UsageErrors and ValueErrors) naming ``model.<field>``."""
     check(preset, method)
     cls, options = METHODS[method]
     sizes = PRESETS[preset] | (LAOM_HEADS[preset] if issubclass(cls, LAOMConfig) else {})
     size = {"image_size": image_size} if image_size is not None else {}
-    return cls(**sizes | options | size | overrides)
+    return build(cls, sizes | options | size | overrides, "model")
 
 
 def policy_config(preset: str, lam: LAMConfig, **overrides: Any) -> LatentPolicyConfig:

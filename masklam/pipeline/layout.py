@@ -76,7 +76,7 @@ def grid(recipe: Recipe) -> list[RunSpec]:
 def trainer_uses_masks(recipe: Recipe, method: str, point: dict[str, Any]) -> bool:
     """Whether a method's LAM, as the recipe sets it up at one sweep point, reads agent masks: from the trainer
     preset's settings as data (`masklam run` builds and checks the whole config when it plans the steps)."""
-    settings = apply_overrides(read_toml(trainer_file(recipe.trainer(method))), [*recipe.train.lam, *overrides_of(point)])
+    settings = apply_overrides(read_toml(trainer_file(recipe.trainer(method))), [*recipe.lam_overrides(method), *overrides_of(point)])
     model = settings.get("model")
     return uses_masks(settings.get("method", method), model if isinstance(model, dict) else {})
 

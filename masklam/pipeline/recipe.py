@@ -35,6 +35,8 @@ def check_folder_name(name: str, what: str, names: str) -> None:
 class TrainSettings:
     preset: str = "small"  # masklam/trainers/<method>-<preset>.toml
     lam: list[str] = field(default_factory=list)  # LAM overrides, as --set: "optim.steps=2000"
+    # LAM overrides of one method only, after ``lam``: {"laom-labels" = ["model.action_weight=1.0"]}
+    lam_per_method: dict[str, list[str]] = field(default_factory=dict)
     stages: list[str] = field(default_factory=list)  # latent BC / decoder / BC-on-actions overrides, as --stage-set
     reference: bool = True  # train BC on true actions, the reference of normalised returns
 
@@ -82,6 +84,9 @@ class Recipe:
         for name, settings in self.datasets().items():
             settings.config()  # validates the environment, distractors, label counts, ...
             check_folder_name(name, "variant name", "a dataset folder")
+        strangers = sorted(set(self.train.lam_per_method) - set(self.methods))
+        if strangers:
+            raise UsageError(f"train.lam_per_method has settings for {strangers}, not in the recipe's methods {self.methods}")
         for key, values in self.sweep.items():
             if not isinstance(values, list) or not values:
                 raise UsageError(f"sweep.{key} must be a non-empty list of values")
@@ -116,6 +121,10 @@ class Recipe:
 
     def trainer(self, method: str) -> str:
         return f"{method}-{self.train.preset}"
+
+    def lam_overrides(self, method: str) -> list[str]:
+        """The LAM settings of ``method``'s runs: train.lam, then its own train.lam_per_method."""
+        return [*self.train.lam, *self.train.lam_per_method.get(method, [])]
 
     def sweep_points(self) -> list[dict[str, Any]]:
         """Every combination of the sweep's values ([{}] without a sweep)."""

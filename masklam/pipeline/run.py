@@ -64,7 +64,7 @@ def plan(recipe: Recipe, root: Path, workers: int = 1, show_progress: bool = Tru
     e = recipe.evaluate
     for run in grid(recipe):
         data, folder = str(root / "data" / run.variant), run.folder(root)
-        lam = load_trainer(recipe.trainer(run.method), [*recipe.train.lam, *overrides_of(dict(run.sweep)), f"seed={run.seed}"], data, run.mask)
+        lam = load_trainer(recipe.trainer(run.method), [*recipe.lam_overrides(run.method), *overrides_of(dict(run.sweep)), f"seed={run.seed}"], data, run.mask)
         stage = stage_config(recipe.train.stages, "train.stages", preset=lam.preset, seed=run.seed)
         name = f"{run.variant} {run.label} seed{run.seed}"
         steps += [

@@ -17,17 +17,18 @@ from pathlib import Path
 from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
-from masklam.configs import load_config
+from masklam.configs import SettingError, load_config, require
 from masklam.data.dataset import open_dataset
 from masklam.errors import UsageError
 from masklam.methods import uses_masks
 from masklam.models.lam import LAOMLabels
-from masklam.models.presets import METHODS, PRESETS, build_lam, lam_config
+from masklam.models.presets import METHODS, PRESETS, LAMConfig, build_lam, lam_config
 from masklam.threads import leave_for_workers
-from masklam.train.loader import WindowDataset, WindowSpec, make_loader
+from masklam.train.loader import WindowDataset, WindowSpec, action_variance, make_loader
 from masklam.train.loop import OptimConfig, claim_run_folder, fit
 from masklam.train.presets import trainer_file
 
@@ -46,6 +47,16 @@ class DataConfig:
     shuffle_buffer: int = 2048
     workers: int = 0
 
+    def __post_init__(self) -> None:
+        for name in ("stack", "future_max", "batch_size", "labelled_batch_size"):
+            require(getattr(self, name) >= 1, name, getattr(self, name), "must be at least 1")
+        for name in ("shuffle_buffer", "workers"):
+            require(getattr(self, name) >= 0, name, getattr(self, name), "must be at least 0")
+
+
+# Model fields the trainer sets itself: from the dataset's frames and from data.stack.
+DERIVED_MODEL_FIELDS = {"image_size": "the dataset's frame size", "frame_stack": "data.stack"}
+
 
 @dataclass(frozen=True)
 class LAMTrainConfig:
@@ -54,7 +65,7 @@ class LAMTrainConfig:
     seed: int = 0
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
-    model: dict[str, Any] = field(default_factory=dict)  # any field of the method's model config
+    model: dict[str, Any] = field(default_factory=dict)  # any field of the method's model config (checked below)
     log_every: int = 50
     checkpoint_every: int = 500
     device: str = "cpu"
@@ -66,8 +77,23 @@ class LAMTrainConfig:
             raise UsageError(f"unknown method '{self.method}': choose one of {', '.join(METHODS)}")
         if self.preset not in PRESETS:
             raise UsageError(f"unknown model preset '{self.preset}': choose one of {', '.join(PRESETS)}")
-        if self.optim.steps < 1 or self.data.batch_size < 1 or self.data.labelled_batch_size < 1:
-            raise UsageError("optim.steps, data.batch_size and data.labelled_batch_size must be at least 1")
+        require(self.seed >= 0, "seed", self.seed, "seeds are integers >= 0")
+        for name in ("log_every", "checkpoint_every"):
+            require(getattr(self, name) >= 1, name, getattr(self, name), "must be at least 1 (steps)")
+        try:
+            torch.device(self.device)
+        except RuntimeError:
+            raise SettingError(f"device = {self.device!r}: use cpu, cuda, cuda:1, mps, ...", "device") from None
+        for name, source in DERIVED_MODEL_FIELDS.items():
+            if name in self.model:
+                raise UsageError(f"model.{name} is set from {source}: leave it out of the model settings")
+        # Every model setting is checked now, at the preset's image size, before any dataset is opened or
+        # folder written; build_model checks them again at the dataset's image size.
+        self.model_config(PRESETS[self.preset]["image_size"])
+
+    def model_config(self, image_size: int) -> LAMConfig:
+        """The method's model config: the preset's sizes, ``image_size``, data.stack and the model settings."""
+        return lam_config(self.method, self.preset, image_size, frame_stack=self.data.stack, **self.model)
 
     @property
     def uses_masks(self) -> bool:
@@ -85,9 +111,9 @@ def build_model(config: LAMTrainConfig, info: dict[str, Any]) -> torch.nn.Module
     size = info["env"]["render"]["size"]
     action_dim = info["features"]["action"]["shape"][0]
     try:
-        model_config = lam_config(config.method, config.preset, image_size=size, frame_stack=config.data.stack, **config.model)
-    except TypeError as error:
-        raise UsageError(f"model setting rejected ({error}): see the fields of {METHODS[config.method][0].__name__}") from None
+        model_config = config.model_config(size)
+    except SettingError as error:  # a setting that does not fit this dataset's frames
+        raise UsageError(f"dataset {config.data.path} ({size} px frames): {error}") from None
     return build_lam(model_config, action_dim)
 
 
@@ -136,12 +162,16 @@ def window_batches(config: LAMTrainConfig, rank: int, world_size: int) -> Iterat
 # --- training -------------------------------------------------------------------------------
 def train_lam(config: LAMTrainConfig, run_dir: Path, show_progress: bool = True) -> dict[str, Any]:
     run_dir = Path(run_dir)
+    if config.device.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"device = {config.device!r} but torch sees no CUDA GPU here: --set device=cpu")
     rank, world_size = setup_distributed(config.device)
     leave_for_workers(config.data.workers)  # loader processes decode beside the training threads
     info = open_dataset(config.data.path).info
     torch.manual_seed(config.seed)
     model = build_model(config, info).to(config.device)
     batches = window_batches(config, rank, world_size)  # bad settings fail here, before the run folder is claimed
+    if isinstance(model, LAOMLabels):  # logged beside the action loss: does the head beat the mean action?
+        model.action_variance = float(np.mean(action_variance(config.data.path)))
     claim_run_folder(run_dir, "lam", config, rank)
 
     trained = torch.nn.parallel.DistributedDataParallel(model) if world_size > 1 else model

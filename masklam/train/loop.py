@@ -8,6 +8,7 @@ bit-identical to an uninterrupted one; logs go to JSONL and TensorBoard; checkpo
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ import torch
 from tqdm import tqdm
 
 from masklam.atomic import atomic_file, atomic_write_json
-from masklam.configs import to_dict
+from masklam.configs import require, to_dict
 from masklam.errors import UsageError
 
 Batch = dict[str, torch.Tensor]
@@ -31,6 +32,12 @@ class OptimConfig:
     weight_decay: float = 0.0
     grad_clip: float = 1.0
 
+    def __post_init__(self) -> None:
+        require(self.steps >= 1, "steps", self.steps, "train for at least 1 step")
+        require(0 < self.lr < math.inf, "lr", self.lr, "the learning rate must be a positive number")
+        require(0 <= self.weight_decay < math.inf, "weight_decay", self.weight_decay, "must be a number >= 0")
+        require(0 < self.grad_clip <= math.inf, "grad_clip", self.grad_clip, "the gradient norm bound must be > 0 (inf: no clipping)")
+
 
 def claim_run_folder(run_dir: Path, stage: str, config: Any, rank: int = 0) -> None:
     """Record a stage's settings; refuse a folder whose stage was run with other settings."""
@@ -41,8 +48,10 @@ def claim_run_folder(run_dir: Path, stage: str, config: Any, rank: int = 0) -> N
         atomic_write_json(saved, to_dict(config))
 
 
-def save_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, step: int) -> None:
+def save_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, step: int, loss: float | None = None) -> None:
     state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step, "torch_rng": torch.get_rng_state()}
+    if loss is not None:  # the loss of the step saved: what a finished run reports when run again
+        state["loss"] = loss
     generator = getattr(model, "generator", None)
     if generator is not None:  # LAOM's augmentation draws
         state["generator"] = generator.get_state()
@@ -66,6 +75,11 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.O
         if "generator" in state:
             model.generator.set_state(state["generator"])
     return int(state["step"])
+
+
+def saved_loss(path: Path) -> float:
+    """The loss of the step a checkpoint was taken at (NaN for a checkpoint from before it was recorded)."""
+    return float(torch.load(path, map_location="cpu", weights_only=False).get("loss", math.nan))
 
 
 def train_step(
@@ -124,7 +138,8 @@ def fit(
         log = open(run_dir / f"{stage}-metrics.jsonl", "a")
         writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=start)
     bar = tqdm(total=optim.steps, initial=start, unit="step", desc=f"train {stage}", disable=rank != 0 or not show_progress or None)
-    began, loss = time.perf_counter(), torch.tensor(float("nan"))
+    # A finished run runs no step: it reports the loss its last checkpoint recorded.
+    began, loss = time.perf_counter(), torch.tensor(saved_loss(checkpoint) if start >= optim.steps else math.nan)
     for step in range(start + 1, optim.steps + 1):
         out = train_step(model, forward, optimizer, next(batches), optim.grad_clip, device, bf16)
         loss = out["loss"]
@@ -138,9 +153,9 @@ def fit(
             log.flush()
             for name, value in row.items():
                 writer.add_scalar(f"{stage}/{name}", value, step)
-            bar.set_postfix(loss=f"{row['loss']:.4f}")
+            bar.set_postfix({name: f"{row[name]:.4f}" for name in ("loss", "action_nmse") if name in row})  # LAOM-Labels' head vs Var(a)
         if rank == 0 and (step % checkpoint_every == 0 or step == optim.steps):
-            save_checkpoint(checkpoint, model, optimizer, step)
+            save_checkpoint(checkpoint, model, optimizer, step, loss.item())
     bar.close()
     if rank == 0:
         log.close()

@@ -43,8 +43,8 @@ class StageConfig:
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:
             raise UsageError(f"unknown model preset '{self.preset}': choose one of {', '.join(PRESETS)}")
-        if self.labelled < 0 or self.batch_size < 1:
-            raise UsageError("labelled must be >= 0 and batch_size >= 1")
+        if self.labelled < 0 or self.batch_size < 1 or self.seed < 0:
+            raise UsageError("labelled and seed must be >= 0 and batch_size >= 1")
 
 
 def stage_config(overrides: list[str] = (), where: str = "stage", **settings: Any) -> StageConfig:
