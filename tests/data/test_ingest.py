@@ -172,3 +172,26 @@ def test_no_simulator_means_no_oracle_and_no_evaluate(tmp_path):
     write_mp4(tmp_path / "clip.mp4", moving_square(8))
     ingest(IngestConfig(str(tmp_path / "clip.mp4"), size=16), tmp_path / "out", show_progress=False)
     one_line_exit_2(masklam("segment", str(tmp_path / "out"), "--model", "oracle"), "no simulator", "--point/--box")
+
+
+@pytest.mark.slow
+def test_the_probe_runs_on_ingested_videos_with_sidecar_actions(rollout_videos, tmp_path):
+    """Train a tiny LAPO (no masks: an ingested dataset has none until `segment`) and probe it on the test video."""
+    from masklam.configs import load_config
+    from masklam.eval.probe import probe_run
+    from masklam.train.lam import LAMTrainConfig, train_lam
+    from masklam.train.presets import trainer_file
+
+    folder, _ = rollout_videos
+    data = tmp_path / "data"
+    ingest(IngestConfig(str(folder), size=32, test_episodes=1), data, show_progress=False)
+    overrides = [f'data.path="{data}"', "data.batch_size=8", "log_every=5", "optim.steps=4", "model.latent_dim=8"]
+    train_lam(load_config(LAMTrainConfig, trainer_file("lapo-tiny"), overrides), tmp_path / "run", show_progress=False)
+    result = probe_run(tmp_path / "run", str(data), windows=40, batch_size=8, show_progress=False)
+    assert result["windows"] == {"train": 40, "test": 10}
+    assert 0 < result["action_nmse"] < 10 and result["distractor_nmse"] == {}
+    # and evaluate refuses: there is no simulator to roll the policy out in
+    from masklam.eval.rollout import evaluate_run
+
+    with pytest.raises(UsageError, match="no simulator"):
+        evaluate_run(tmp_path / "run", episodes=1)
