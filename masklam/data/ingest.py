@@ -6,9 +6,10 @@ is a pure function of the source and the settings: episode ``i`` is a fixed span
 video (or LeRobot episode), the test split is a seeded choice of episodes, and a shard holds a fixed list of
 episodes. Shards are written atomically; a re-run skips the finished ones (resume) and writes the same bytes.
 
-Frames are decoded with PyAV and scaled by FFmpeg's swscale (area filter) as they are decoded:
-``--resize crop`` scales the short side to ``--size`` and keeps the centre square (the same picture as
-cropping first, then resizing); ``--resize squash`` scales the whole frame to a square, changing its aspect.
+Frames are decoded with PyAV to RGB at their own size, then resized in blocks with torch's antialiased bilinear
+filter on uint8 (PIL's filter, and 4x faster than FFmpeg's swscale area filter here): ``--resize crop`` cuts the
+centre square out first, then resizes it; ``--resize squash`` resizes the whole frame to a square, changing its
+aspect.
 
 An ingested dataset has no simulator: info.json says ``"simulator": false`` and where the data came from
 (``source``); it has no oracle masks, and commands that need a simulator refuse it (``require_simulator``).
@@ -37,6 +38,7 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 RESIZE_MODES = ("crop", "squash")
 SIDECAR = ".actions.npy"
 HUB_PREFIX = "hf://datasets/"
+BLOCK = 32  # frames resized together
 
 
 @dataclass(frozen=True)
@@ -114,29 +116,27 @@ def _import_av():
     return av
 
 
-def scale_frame(frame: Any, size: int, resize: str) -> np.ndarray:
-    """A decoded PyAV frame as a (size, size, 3) uint8 RGB array (swscale's area filter)."""
-    width, height = frame.width, frame.height
-    if resize == "squash":
-        return frame.to_ndarray(width=size, height=size, format="rgb24", interpolation="AREA")
-    scale = size / min(width, height)
-    scaled_w, scaled_h = max(size, round(width * scale)), max(size, round(height * scale))
-    image = frame.to_ndarray(width=scaled_w, height=scaled_h, format="rgb24", interpolation="AREA")
-    top, left = (scaled_h - size) // 2, (scaled_w - size) // 2
-    return np.ascontiguousarray(image[top:top + size, left:left + size])
+def square_frames(frames: np.ndarray | list[np.ndarray], size: int, resize: str) -> np.ndarray:
+    """(n, H, W, 3) uint8 RGB frames of one size as (n, size, size, 3): centre square cropped (crop) or not (squash),
+    then resized with torch's antialiased bilinear filter on uint8 (PIL's filter; 4x faster than swscale's area)."""
+    import torch
+
+    batch = torch.from_numpy(np.ascontiguousarray(np.stack(frames) if isinstance(frames, list) else frames))
+    height, width = batch.shape[1:3]
+    if resize == "crop":
+        side = min(height, width)
+        top, left = (height - side) // 2, (width - side) // 2
+        batch = batch[:, top:top + side, left:left + side]
+    if batch.shape[1:3] == (size, size):
+        return batch.numpy().copy()
+    channels_last = batch.permute(0, 3, 1, 2)  # NCHW view of NHWC memory: the uint8 kernel's layout
+    scaled = torch.nn.functional.interpolate(channels_last, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return scaled.permute(0, 2, 3, 1).contiguous().numpy()
 
 
 def scale_image(image: Any, size: int, resize: str) -> np.ndarray:
     """A PIL image as a (size, size, 3) uint8 RGB array."""
-    from PIL import Image
-
-    image = image.convert("RGB")
-    width, height = image.size
-    if resize == "squash":
-        return np.asarray(image.resize((size, size), Image.Resampling.BOX))
-    side = min(width, height)
-    box = ((width - side) // 2, (height - side) // 2, (width - side) // 2 + side, (height - side) // 2 + side)
-    return np.asarray(image.resize((size, size), Image.Resampling.BOX, box=box))
+    return square_frames(np.asarray(image.convert("RGB"))[None], size, resize)[0]
 
 
 def probe_video(path: Path) -> tuple[np.ndarray, float]:
@@ -165,20 +165,24 @@ def decode_video(path: Path, keep: np.ndarray, size: int, resize: str) -> np.nda
     """The frames ``keep`` (indices in presentation order) of a video file, scaled."""
     av = _import_av()
     out = np.empty((len(keep), size, size, 3), np.uint8)
-    position, last = 0, int(keep[-1])
+    block: list[np.ndarray] = []  # full-size frames, resized BLOCK at a time
+    done, position, last = 0, 0, int(keep[-1])
     try:
         with av.open(str(path)) as container:
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
             for index, frame in enumerate(container.decode(stream)):
                 if index == keep[position]:
-                    out[position] = scale_frame(frame, size, resize)
+                    block.append(frame.to_ndarray(format="rgb24"))
                     position += 1
+                    if len(block) == BLOCK or index == last:
+                        out[done:done + len(block)] = square_frames(block, size, resize)
+                        done, block = done + len(block), []
                     if index == last:
                         break
     except (av.error.FFmpegError, OSError, ValueError) as error:
         raise UsageError(f"cannot decode video {path} ({_one_line(error)}): re-encode or delete the file") from None
-    if position != len(keep):
+    if done != len(keep):
         raise UsageError(f"video {path} decoded to {position} of its {len(keep)} planned frames: re-encode the file")
     return out
 
@@ -289,8 +293,8 @@ def lerobot_source(path: Path, config: IngestConfig, hub: dict[str, Any] | None 
             out: dict[str, np.ndarray] = {}
             if folder.camera_is_video:
                 start, stop = episode.video[2], episode.video[3]
-                out["rgb"] = decode_span(folder.video_path(episode), start, stop, episode.timestamps[keep],
-                                         lambda frame: scale_frame(frame, config.size, config.resize))
+                full = decode_span(folder.video_path(episode), start, stop, episode.timestamps[keep], lambda frame: frame.to_ndarray(format="rgb24"))
+                out["rgb"] = square_frames(full, config.size, config.resize)
             else:
                 cells = rows[folder.camera].to_pylist()
                 out["rgb"] = np.stack([scale_image(decode_png_struct(cells[i], path), config.size, config.resize) for i in keep])
