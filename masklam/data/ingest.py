@@ -149,7 +149,7 @@ def frame_rgb(frame: Any, size: int, resize: str) -> np.ndarray:
 
 def scale_image(image: Any, size: int, resize: str) -> np.ndarray:
     """A PIL image as a (size, size, 3) uint8 RGB array."""
-    return square_frames(np.asarray(image.convert("RGB"))[None], size, resize)[0]
+    return square_frames(np.array(image.convert("RGB"))[None], size, resize)[0]  # a writable copy: torch wants one
 
 
 def probe_video(path: Path) -> tuple[np.ndarray, float]:
