@@ -80,6 +80,13 @@ class IngestConfig:
         if self.labelled_episodes is not None and self.labelled_episodes < 0:
             raise UsageError(f"--labelled-episodes {self.labelled_episodes} must be >= 0")
 
+    # What a recipe's pipeline asks of a dataset's settings (as of CollectSettings): the config, and its identity.
+    def config(self) -> IngestConfig:
+        return self
+
+    def identity(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
 
 # --- sources: what can be planned without decoding ----------------------------------------------
 @dataclass
