@@ -6,10 +6,10 @@ is a pure function of the source and the settings: episode ``i`` is a fixed span
 video (or LeRobot episode), the test split is a seeded choice of episodes, and a shard holds a fixed list of
 episodes. Shards are written atomically; a re-run skips the finished ones (resume) and writes the same bytes.
 
-Frames are decoded with PyAV and converted to RGB (by FFmpeg's swscale, shrunk with its bilinear filter to twice
-``--size`` when over four times larger), then resized in blocks with torch's antialiased bilinear filter on uint8 (PIL's filter;
-4x faster than swscale's area filter here): ``--resize crop`` cuts the centre square out, then resizes it;
-``--resize squash`` resizes the whole frame to a square, changing its aspect.
+Frames are decoded with PyAV and converted to RGB at their own size (FFmpeg's fast unscaled path), then resized
+in blocks with torch's antialiased bilinear filter on uint8 (PIL's filter; scaling in swscale measured slower, with
+its area filter 4x slower): ``--resize crop`` cuts the centre square out, then resizes it; ``--resize squash``
+resizes the whole frame to a square, changing its aspect.
 
 An ingested dataset has no simulator: info.json says ``"simulator": false`` and where the data came from
 (``source``); it has no oracle masks, and commands that need a simulator refuse it (``require_simulator``).
@@ -141,19 +141,6 @@ def square_frames(frames: np.ndarray | list[np.ndarray], size: int, resize: str)
     return scaled.permute(0, 2, 3, 1).contiguous().numpy()
 
 
-def frame_rgb(frame: Any, size: int, resize: str) -> np.ndarray:
-    """A decoded PyAV frame as RGB; one over four times ``size`` comes already shrunk by swscale (bilinear) to twice
-    ``size``: converting a 720p frame to RGB, then filtering it down, cost twice its decoding (measured), while
-    swscale's scaling costs more than the rest at small sizes."""
-    width, height, target = frame.width, frame.height, 2 * size
-    if min(width, height) <= 2 * target:
-        return frame.to_ndarray(format="rgb24")
-    if resize == "squash":
-        return frame.to_ndarray(width=target, height=target, format="rgb24", interpolation="BILINEAR")
-    scale = target / min(width, height)
-    return frame.to_ndarray(width=max(target, round(width * scale)), height=max(target, round(height * scale)), format="rgb24", interpolation="BILINEAR")
-
-
 def scale_image(image: Any, size: int, resize: str) -> np.ndarray:
     """A PIL image as a (size, size, 3) uint8 RGB array."""
     return square_frames(np.array(image.convert("RGB"))[None], size, resize)[0]  # a writable copy: torch wants one
@@ -194,7 +181,7 @@ def decode_video(path: Path, keep: np.ndarray, size: int, resize: str) -> np.nda
             stream.thread_type = "AUTO"
             for index, frame in enumerate(container.decode(stream)):
                 if index == keep[position]:
-                    block.append(frame_rgb(frame, size, resize))
+                    block.append(frame.to_ndarray(format="rgb24"))
                     position += 1
                     if len(block) == BLOCK or index == last:
                         out[done:done + len(block)] = square_frames(block, size, resize)
@@ -314,7 +301,7 @@ def lerobot_source(path: Path, config: IngestConfig, hub: dict[str, Any] | None 
             out: dict[str, np.ndarray] = {}
             if folder.camera_is_video:
                 start, stop = episode.video[2], episode.video[3]
-                full = decode_span(folder.video_path(episode), start, stop, episode.timestamps[keep], lambda frame: frame_rgb(frame, config.size, config.resize))
+                full = decode_span(folder.video_path(episode), start, stop, episode.timestamps[keep], lambda frame: frame.to_ndarray(format="rgb24"))
                 out["rgb"] = square_frames(full, config.size, config.resize)
             else:
                 cells = rows[folder.camera].to_pylist()
