@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
@@ -30,7 +31,14 @@ import masklam
 from masklam.atomic import atomic_write_json
 from masklam.data.collect import CONFIG_FILE, prepare_output
 from masklam.data.dataset import INFO, get_backend, index_path, read_json, write_index
-from masklam.data.schema import SCHEMA_VERSION, SPLITS, Feature, Record, RecordMeta, record_key
+from masklam.data.schema import (
+    SCHEMA_VERSION,
+    SPLITS,
+    Feature,
+    Record,
+    RecordMeta,
+    record_key,
+)
 from masklam.errors import UsageError
 
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".avi", ".mov")
@@ -291,7 +299,12 @@ def _common_fps(rates: dict[str, float], config: IngestConfig, path: Path) -> fl
 
 
 def lerobot_source(path: Path, config: IngestConfig, hub: dict[str, Any] | None = None) -> Source:
-    from masklam.data.lerobot_format import LABELLED_KEY, decode_png_struct, decode_span, open_lerobot
+    from masklam.data.lerobot_format import (
+        LABELLED_KEY,
+        decode_png_struct,
+        decode_span,
+        open_lerobot,
+    )
 
     folder = open_lerobot(path, config.camera)
     clips = []
@@ -407,7 +420,7 @@ def split_and_shard(episodes: list[EpisodePlan], source: Source, config: IngestC
     if config.test_episodes >= len(episodes):
         raise UsageError(f"--test-episodes {config.test_episodes} leaves no train episode: the source has {len(episodes)}")
     order = np.random.default_rng(np.random.SeedSequence(config.seed, spawn_key=(98,))).permutation(len(episodes))
-    test = set(int(i) for i in order[:config.test_episodes])
+    test = {int(i) for i in order[:config.test_episodes]}
     members = {"train": [i for i in range(len(episodes)) if i not in test], "test": sorted(test)}
     has_actions = {split: [n for n, i in enumerate(ids) if source.clips[episodes[i].clip].actions is not None] for split, ids in members.items()}
     labelled = {"test": set(has_actions["test"]), "train": set(has_actions["train"])}

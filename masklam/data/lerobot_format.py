@@ -270,7 +270,7 @@ class RunningStats:
         if self.image_sum is not None:
             mean = self.image_sum / self.pixels
             std = np.sqrt(np.maximum(self.image_sq / self.pixels - mean**2, 0.0))
-            channel = lambda v: [[[round(float(x), 8)]] for x in v]  # noqa: E731 - LeRobot's (C, 1, 1) layout
+            channel = lambda v: [[[round(float(x), 8)]] for x in v]
             return {"min": channel(self.image_min), "max": channel(self.image_max), "mean": channel(mean), "std": channel(std), "count": [self.count]}
         if not self.values:
             return None

@@ -8,19 +8,22 @@ docs/install.md for the separate virtual environment these tests also pass in).
 
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 
 import av
 import numpy as np
 import pytest
-from PIL import Image
 
 from masklam.data.collect import CollectConfig, collect
 from masklam.data.dataset import open_dataset
 from masklam.data.ingest import IngestConfig, ingest
-from masklam.data.lerobot_format import IMAGE_KEY, LABELLED_KEY, MASK_PREFIX, export_lerobot
+from masklam.data.lerobot_format import (
+    IMAGE_KEY,
+    LABELLED_KEY,
+    MASK_PREFIX,
+    export_lerobot,
+)
 from masklam.data.schema import ORACLE
 from masklam.envs.spec import EnvSpec, RenderSpec, distractor_preset
 from masklam.errors import UsageError
@@ -43,7 +46,8 @@ def masklam_episodes(data: Path) -> list:
 
 def read_rows(out: Path):
     """The data files as LeRobotDataset loads them: datasets' from_parquet with the features of info.json."""
-    from datasets import Dataset, Features, Image as HFImage, List, Value
+    from datasets import Dataset, Features, List, Value
+    from datasets import Image as HFImage
 
     info = json.loads((out / "meta" / "info.json").read_text())
     features = {}
