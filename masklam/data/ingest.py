@@ -266,6 +266,7 @@ def video_source(path: Path, config: IngestConfig) -> Source:
         entries = sorted(
             p for p in path.iterdir()
             if not p.name.startswith(".") and (p.is_dir() or p.suffix.lower() in VIDEO_EXTENSIONS)
+            and not (p / CONFIG_FILE).exists()  # a masklam dataset (e.g. --out inside SOURCE) is no clip
         )
         if any(p.suffix.lower() in IMAGE_EXTENSIONS for p in path.iterdir()):
             entries = [path]  # the folder itself is one image sequence
