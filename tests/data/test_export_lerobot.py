@@ -225,3 +225,29 @@ def test_a_dataset_lerobot_wrote_is_ingested_segmented_trained_and_probed(tmp_pa
     train_lam(load_config(LAMTrainConfig, trainer_file("masklam-tiny"), overrides), tmp_path / "run", show_progress=False)
     result = probe_run(tmp_path / "run", str(data), windows=16, batch_size=4, show_progress=False)
     assert 0 < result["action_nmse"] < 100
+
+
+@pytest.mark.slow
+def test_a_lerobot_dataset_on_the_hub_is_ingested_by_its_hf_id(collected, tmp_path):
+    """hf://datasets/OWNER/NAME: the real huggingface_hub client downloads it from the local stand-in Hub."""
+    import os
+    import subprocess
+    import sys
+
+    from huggingface_hub import HfApi
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from hub_server import FakeHub
+
+    export_lerobot(collected, tmp_path / "lerobot", "image", show_progress=False)
+    with FakeHub(lfs_threshold=None) as hub:
+        api = HfApi(endpoint=hub.endpoint, token="secret")
+        api.create_repo("me/arm", repo_type="dataset")
+        api.upload_folder(repo_id="me/arm", repo_type="dataset", folder_path=tmp_path / "lerobot")
+        env = {**os.environ, **hub.env(home=tmp_path / "hf-home", token="secret")}
+        args = ["ingest", "hf://datasets/me/arm", "--camera", IMAGE_KEY, "--size", "32", "--out", str(tmp_path / "data"), "--no-progress"]
+        done = subprocess.run([sys.executable, "-m", "masklam.cli", *args], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    info = open_dataset(tmp_path / "data").info
+    assert info["source"]["kind"] == "lerobot" and info["source"]["repo_id"] == "me/arm" and info["source"]["revision"] == "main"
+    assert info["splits"]["train"]["frames"] == 39
