@@ -104,6 +104,62 @@ def collect(
 
 @app.command()
 @fails_cleanly
+def ingest(
+    source: str = typer.Argument(..., help="a video file, a folder of videos (mp4/webm/mkv/avi/mov) or of image-sequence folders (png/jpg), a local LeRobot v3 folder, or hf://datasets/OWNER/NAME[@REVISION]"),
+    out: Path = typer.Option(..., "--out", help="dataset folder to write (resumed if it was made by this same command)"),
+    size: int = typer.Option(64, help="image size in pixels (square)"),
+    resize: str = typer.Option("crop", help="crop: keep the centre square, then resize | squash: resize the whole frame to a square"),
+    fps: Optional[float] = typer.Option(None, help="subsample to this frame rate (default: the source's; videos of different rates need it)"),
+    image_fps: float = typer.Option(30.0, help="frame rate of image-sequence folders"),
+    chunk_seconds: float = typer.Option(0.0, help="cut videos into episodes of this many seconds (0: one episode per video or LeRobot episode)"),
+    min_frames: int = typer.Option(3, help="refuse videos with fewer frames (the trainer presets stack 3)"),
+    camera: Optional[str] = typer.Option(None, help="LeRobot: the image or video feature to take, e.g. observation.images.top"),
+    test_episodes: int = typer.Option(0, help="episodes held out as the test split (a seeded choice)"),
+    seed: int = typer.Option(0, help="seed of the test split and label choices"),
+    labelled_episodes: Optional[int] = typer.Option(None, help="keep actions for only this many train episodes (seeded choice among those with actions)"),
+    label_fraction: Optional[float] = typer.Option(None, help="keep actions for this fraction of the train episodes with actions"),
+    backend: str = typer.Option("webdataset", help="storage: webdataset (tar shards) | zarr"),
+    chunk_steps: int = typer.Option(0, help="split episodes into records of this many steps (0 = one record per episode)"),
+    episodes_per_shard: int = typer.Option(8, help="episodes per shard (the unit of resume)"),
+    overwrite: bool = typer.Option(False, help="replace an output folder made by a different command"),
+    progress: bool = typer.Option(True, help="show a progress bar"),
+) -> None:
+    """Make a dataset from your own videos or a LeRobot dataset (no simulator: no oracle masks, no online evaluation)."""
+    from masklam.data.ingest import IngestConfig
+    from masklam.data.ingest import ingest as run_ingest
+
+    config = IngestConfig(
+        source=source, backend=backend, size=size, resize=resize, fps=fps, image_fps=image_fps, chunk_seconds=chunk_seconds,
+        min_frames=min_frames, camera=camera, test_episodes=test_episodes, seed=seed, labelled_episodes=labelled_episodes,
+        label_fraction=label_fraction, chunk_steps=chunk_steps, episodes_per_shard=episodes_per_shard,
+    )
+    info = run_ingest(config, out, overwrite=overwrite, show_progress=progress)
+    splits = info["splits"]
+    typer.echo(f"wrote {out}: {splits['train']['episodes']} train / {splits['test']['episodes']} test episodes "
+               f"({splits['train']['labelled_episodes'] + splits['test']['labelled_episodes']} labelled) at {info['fps']:g} fps (see: masklam info {out})")
+
+
+@app.command()
+@fails_cleanly
+def export(
+    data: str = typer.Argument(..., help="dataset folder or URL"),
+    out: Path = typer.Option(..., "--out", help="folder to write (must be empty, or --overwrite)"),
+    format_: str = typer.Option("lerobot", "--format", help="lerobot: a LeRobot v3 dataset that LeRobotDataset loads"),
+    frames: str = typer.Option("image", help="frames as: image (PNG, lossless) | video (mp4, lossy); masks are always PNG"),
+    overwrite: bool = typer.Option(False, help="replace a non-empty --out"),
+    progress: bool = typer.Option(True),
+) -> None:
+    """Export a dataset to another format (frames, every mask source, actions with a `labelled` flag, state)."""
+    if format_ != "lerobot":
+        raise UsageError(f"--format {format_!r}: choose lerobot (the Parquet view for `datasets` is written by `masklam publish --dry-run`)")
+    from masklam.data.lerobot_format import export_lerobot
+
+    result = export_lerobot(data, out, frames, overwrite, show_progress=progress)
+    typer.echo(f"wrote LeRobot v3 dataset {out}: {result['episodes']} episodes, {result['frames']} frames")
+
+
+@app.command()
+@fails_cleanly
 def info(path: Path = typer.Argument(..., help="dataset folder"), as_json: bool = typer.Option(False, "--json", help="print JSON")) -> None:
     """Episodes, frames, splits, labels, returns, mask coverage and bytes on disk of a dataset."""
     from masklam.data.dataset import open_dataset

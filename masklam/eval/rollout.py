@@ -19,6 +19,7 @@ from tqdm import tqdm
 from masklam.atomic import atomic_write_json
 from masklam.envs.env import DistractingEnv
 from masklam.envs.spec import EnvSpec
+from masklam.data.ingest import require_simulator
 from masklam.errors import UsageError
 from masklam.models.lam import ActionDecoder, ActionDecoderConfig
 from masklam.train.loop import load_checkpoint
@@ -64,6 +65,8 @@ def evaluate_run(run_dir: Path, episodes: int = 10, seed: int = 0, steps: int | 
     run_dir = Path(run_dir)
     if episodes < 1:
         raise UsageError("--episodes must be at least 1")
+    lam_config, lam, info = frozen_lam(run_dir)
+    require_simulator(info, lam_config.data.path, "evaluate (online rollouts)")  # before asking for the other stages
     lam_config, lam, policy, decoder, info = load_decoded_policy(run_dir)
     reference_policy = frozen_stage_policy(run_dir, "bc-actions", lam, latent_dim=info["features"]["action"]["shape"][0])
     spec = EnvSpec.from_json(info["env"])

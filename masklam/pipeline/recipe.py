@@ -19,6 +19,7 @@ from typing import Any
 
 from masklam.configs import apply_overrides, build, read_toml
 from masklam.data.collect import CollectSettings
+from masklam.data.ingest import IngestConfig
 from masklam.data.schema import ORACLE
 from masklam.errors import UsageError
 from masklam.methods import METHOD_OPTIONS as METHODS
@@ -53,13 +54,19 @@ class EvalSettings:
             raise UsageError("evaluate.probe_windows and evaluate.episodes must be at least 1")
 
 
+INGESTED = "ingested"  # the dataset of a recipe that starts from [ingest] without variants
+
+
 @dataclass(frozen=True)
 class Recipe:
     name: str
-    collect: CollectSettings
+    collect: CollectSettings | None = None
     description: str = ""
-    # Datasets: each variant is [collect] with some settings changed, e.g. clean = {distractors = "none"}.
-    # None: one dataset, named after its distractor preset.
+    # Or the data: [ingest] takes `masklam ingest`'s options (source, size, fps, camera, test_episodes, ...).
+    # Such a dataset has no simulator: no oracle masks, and no online evaluation (see docs/ingest.md).
+    ingest: IngestConfig | None = None
+    # Datasets: each variant is [collect] (or [ingest]) with some settings changed, e.g. clean = {distractors = "none"}.
+    # None: one dataset, named after its distractor preset (or "ingested").
     variants: dict[str, dict[str, Any]] | None = None
     # Mask sources to make before training: [[segment]] tables take `masklam segment`'s option names
     # (model, checkpoint, name, point, box, prompt, distill, propagate, ...), [[transforms]] tables
@@ -76,6 +83,8 @@ class Recipe:
 
     def __post_init__(self) -> None:
         check_folder_name(self.name, "recipe name", "the run folder")
+        if (self.collect is None) == (self.ingest is None):
+            raise UsageError("a recipe needs exactly one of [collect] (simulated data) and [ingest] (your videos or a LeRobot dataset)")
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown or not self.methods:
             raise UsageError(f"recipe methods {unknown or '[]'}: choose from {', '.join(METHODS)}")
@@ -91,16 +100,23 @@ class Recipe:
             if not isinstance(values, list) or not values:
                 raise UsageError(f"sweep.{key} must be a non-empty list of values")
         # Building each [[segment]] and [[transforms]] entry validates it.
-        made = {ORACLE} | {self.segment_config(e, "-").source for e in self.segment} | {self.transform(e)[1] for e in self.transforms}
+        made = ({ORACLE} if self.simulated else set()) | {self.segment_config(e, "-").source for e in self.segment} | {self.transform(e)[1] for e in self.transforms}
         missing = [m for m in self.masks if m not in made]
         if missing:
-            raise UsageError(f"recipe masks {missing} are made by no [[segment]] or [[transforms]] entry (oracle always exists)")
+            oracle = "oracle exists for [collect] data" if self.simulated else "[ingest] data has no oracle: segment it with --point/--box prompts"
+            raise UsageError(f"recipe masks {missing} are made by no [[segment]] or [[transforms]] entry ({oracle})")
 
-    def datasets(self) -> dict[str, CollectSettings]:
-        """Variant name -> its collect settings."""
+    @property
+    def simulated(self) -> bool:
+        """Whether the data comes from a simulator ([collect]); else it is ingested and nothing can be evaluated online."""
+        return self.collect is not None
+
+    def datasets(self) -> dict[str, CollectSettings | IngestConfig]:
+        """Variant name -> its collect (or ingest) settings."""
+        base = self.collect if self.simulated else self.ingest
         if not self.variants:
-            return {self.collect.distractors: self.collect}
-        return {name: build(CollectSettings, {**asdict(self.collect), **changes}, f"variants.{name}") for name, changes in self.variants.items()}
+            return {self.collect.distractors if self.simulated else INGESTED: base}
+        return {name: build(type(base), {**asdict(base), **changes}, f"variants.{name}") for name, changes in self.variants.items()}
 
     @staticmethod
     def segment_config(entry: dict[str, Any], data: str):
@@ -142,6 +158,9 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
         raise UsageError(f"no recipe file {path}: pass a TOML file or the name of a shipped recipe ({known})")
     data = apply_overrides(read_toml(path), list(overrides))
     data.setdefault("name", path.stem)
+    for section, settings in (("collect", CollectSettings), ("ingest", IngestConfig)):
+        if isinstance(data.get(section), dict):  # built alone first: an optional section's errors would read "wrong type"
+            build(settings, data[section], section)
     return build(Recipe, data, "recipe")
 
 

@@ -38,6 +38,7 @@ def plan(recipe: Recipe, root: Path, workers: int = 1, show_progress: bool = Tru
     """Every step of the recipe, in order."""
     from masklam.configs import to_dict
     from masklam.data.collect import collect
+    from masklam.data.ingest import ingest
     from masklam.eval.probe import probe_run
     from masklam.eval.rollout import evaluate_run
     from masklam.segment.run import segment_dataset
@@ -50,8 +51,12 @@ def plan(recipe: Recipe, root: Path, workers: int = 1, show_progress: bool = Tru
     for variant, settings in datasets.items():
         data = root / "data" / variant
         config = settings.config()
-        steps.append(Step(f"collect {variant}", config.identity(), [data / "info.json"],
-                          lambda config=config, data=data: collect(config, data, workers=workers, show_progress=show_progress)))
+        if recipe.simulated:
+            steps.append(Step(f"collect {variant}", config.identity(), [data / "info.json"],
+                              lambda config=config, data=data: collect(config, data, workers=workers, show_progress=show_progress)))
+        else:
+            steps.append(Step(f"ingest {variant}", config.identity(), [data / "info.json"],
+                              lambda config=config, data=data: ingest(config, data, show_progress=show_progress)))
         for entry in recipe.segment:
             segment = recipe.segment_config(entry, str(data))
             steps.append(Step(f"segment {variant} {segment.source}", {"data": variant, **entry}, [data / "info.json"],
@@ -73,7 +78,7 @@ def plan(recipe: Recipe, root: Path, workers: int = 1, show_progress: bool = Tru
                  lambda f=folder, d=data: probe_run(f, d, e.probe_windows, show_progress=show_progress)),
             Step(f"train bc {name}", {"lam": to_dict(lam), "stage": to_dict(stage)}, [folder / "bc.pt"], lambda f=folder, s=stage: train_bc(f, s, show_progress)),
         ]
-        if recipe.train.reference:
+        if recipe.train.reference and recipe.simulated:  # the reference only normalises online returns
             steps.append(Step(f"train bc-actions {name}", {"lam": to_dict(lam), "stage": to_dict(stage)}, [folder / "bc-actions.pt"],
                               lambda f=folder, s=stage: train_action_bc(f, s, show_progress)))
         for budget in recipe.labels:
@@ -85,11 +90,10 @@ def plan(recipe: Recipe, root: Path, workers: int = 1, show_progress: bool = Tru
                 link_shared(f, t)
                 train_decoder(t, s, show_progress)
 
-            steps += [
-                Step(f"train decoder {where}", {"lam": to_dict(lam), "stage": to_dict(decoder), "reference": recipe.train.reference}, [target / "decoder.pt"], decode),
-                Step(f"evaluate {where}", {"lam": to_dict(lam), "stage": to_dict(decoder), "evaluate": asdict(e)}, [target / "evaluate.json"],
-                     lambda t=target: evaluate_run(t, e.episodes, e.seed, e.steps, show_progress=show_progress)),
-            ]
+            steps.append(Step(f"train decoder {where}", {"lam": to_dict(lam), "stage": to_dict(decoder), "reference": recipe.train.reference}, [target / "decoder.pt"], decode))
+            if recipe.simulated:  # ingested data has no simulator to evaluate in
+                steps.append(Step(f"evaluate {where}", {"lam": to_dict(lam), "stage": to_dict(decoder), "evaluate": asdict(e)}, [target / "evaluate.json"],
+                                  lambda t=target: evaluate_run(t, e.episodes, e.seed, e.steps, show_progress=show_progress)))
     return steps
 
 

@@ -60,10 +60,12 @@ def collect_results(root: Path) -> dict[str, Any]:
     for variant, settings in datasets.items():
         info = read_output(root / "data" / variant / "info.json") or {}
         seconds = sum(entry["seconds"] for step, entry in ledger.items() if f" {variant} " in f" {step} ")
-        variants[variant] = {
-            "env": settings.env, "distractors": settings.distractors, "size": settings.size, "episodes": settings.episodes,
+        splits = info.get("splits", {})
+        variants[variant] = {  # an [ingest] recipe's data: what its info.json says
+            "env": getattr(settings, "env", info.get("env", {}).get("env_id")), "distractors": getattr(settings, "distractors", "none"),
+            "size": settings.size, "episodes": getattr(settings, "episodes", splits.get("train", {}).get("episodes")),
             "test_episodes": settings.test_episodes, "transitions": transitions(info),
-            "episode_steps": settings.steps, "preset": recipe.train.preset, "seeds": list(recipe.seeds),
+            "episode_steps": getattr(settings, "steps", 0), "preset": recipe.train.preset, "seeds": list(recipe.seeds),
             "wall_seconds": round(seconds), "runs": defaultdict(dict),
         }
     for run in grid(recipe):

@@ -88,6 +88,11 @@ def mask_function(config: SegmentConfig) -> tuple[Any, dict[str, Any], tuple[str
 
 
 def segment_dataset(config: SegmentConfig, rank: int | None = None, world_size: int | None = None, overwrite: bool = False, show_progress: bool = True) -> dict[str, Any]:
+    if config.model == ORACLE or config.prompts.oracle_box:
+        from masklam.data.dataset import open_dataset
+        from masklam.data.ingest import require_simulator
+
+        require_simulator(open_dataset(config.data).info, config.data, "oracle masks (--model oracle, --prompt oracle-box)")
     make_masks, description, reads = mask_function(config)
     report = None
     if config.distill is not None:
