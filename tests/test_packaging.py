@@ -17,7 +17,7 @@ from masklam.errors import UsageError
 REPO = Path(masklam.__file__).resolve().parents[1]
 
 
-@pytest.mark.slow  # builds and installs a wheel: 68 s on the shared 2-core machine at load 11, mostly pip
+@pytest.mark.slow  # builds and installs a wheel: 22-68 s on the shared 2-core machine (load 10-11), mostly pip
 def test_installed_wheel_plans_the_quickstart_outside_the_clone(tmp_path):
     # Build from a copy of the sources, so the clone gets no build/ or egg-info.
     source = tmp_path / "source"
