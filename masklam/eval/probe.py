@@ -213,7 +213,7 @@ def probe_run(run_dir, data: str, windows: int = 20000, batch_size: int = 64, sh
         "method": config.method,
         "probe_version": PROBE_VERSION,
         "windows": {"train": len(train_z), "test": len(test_z)},
-        "train_episodes": int(len(np.unique(episodes))),
+        "train_episodes": len(np.unique(episodes)),
         "action_nmse": action["test_nmse"],  # the headline number: held-out seeds and videos
         "in_pool_nmse": action["in_pool_nmse"],
         "ridge": action["ridge"],
@@ -228,8 +228,9 @@ def probe_run(run_dir, data: str, windows: int = 20000, batch_size: int = 64, sh
 def render_probe(result: dict) -> str:
     action = result["action"]
     edge = "  (at the grid's edge)" if action["ridge_at_grid_edge"] else ""
-    lines = [f"{result['method']} on {result['data']} ({result['windows']['train']} train windows from {result['train_episodes']} episodes / "
-             f"{result['windows']['test']} test windows)",
+    windows = (f"{result['windows']['train']} train windows from {result['train_episodes']} episodes / "
+               f"{result['windows']['test']} test windows")
+    lines = [f"{result['method']} on {result['data']} ({windows})",
              f"ridge                  {action['ridge']:.3g}{edge}   (chosen by {action['folds']}-fold cross-validation over train episodes, standardised latents)",
              f"action NMSE, test      {action['test_nmse']:.4f}   (held-out seeds and videos; 1.0 = no better than the mean action)",
              f"action NMSE, in-pool   {action['in_pool_nmse']:.4f}   (held-out train episodes, same background pool)"]

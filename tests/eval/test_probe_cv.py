@@ -45,8 +45,8 @@ def test_episode_specific_nuisance_does_not_push_the_probe_above_one():
 
 
 def test_a_latent_that_is_the_action_scores_near_zero():
-    train_z, train_a, ids = episodes(10, seed=3)
-    test_z, test_a, _ = episodes(3, seed=4)
+    _, train_a, ids = episodes(10, seed=3)
+    _, test_a, _ = episodes(3, seed=4)
     result = action_probe(train_a, train_a, ids, test_a, test_a)
     assert result["test_nmse"] < 1e-3 and result["in_pool_nmse"] < 1e-3
 
@@ -96,7 +96,7 @@ def test_the_in_pool_score_is_no_better_than_the_best_point_of_the_curve():
 
 
 def test_one_episode_is_too_few_to_cross_validate():
-    z, a, _ = episodes(2, seed=15)
+    z, _, _ = episodes(2, seed=15)
     with pytest.raises(ValueError, match="at least 2"):
         GroupedRidgeCV(z, np.zeros(len(z)))
 
