@@ -107,7 +107,7 @@ class GroupedRidgeCV:
             return len(grid) - 1 - int(np.argmin(summed[::-1]))
 
         in_pool = sum(errors[f, best(total - errors[f])] for f in range(len(errors)))
-        return CrossValidated(grid[best(total)], dict(zip(grid, (total / per_value).tolist())), float(in_pool) / per_value, len(errors))
+        return CrossValidated(grid[best(total)], dict(zip(grid, (total / per_value).tolist(), strict=True)), float(in_pool) / per_value, len(errors))
 
 
 def grouped_ridge_cv(x: np.ndarray, y: np.ndarray, groups: np.ndarray, grid: Iterable[float] = RIDGE_GRID, folds: int = FOLDS) -> CrossValidated:
