@@ -23,9 +23,9 @@ towards the mean action instead.
 Distractor decodability: the same cross-validated probe from z_t to each stored distractor state
 (background frame index, camera offsets, colour offsets, object positions), scored only in-pool (on held-out
 train episodes: the test split's videos are other videos, whose frame indices mean other pictures). It is
-reported as R^2 = 1 - in-pool NMSE (against that feature's train variance), clipped at 0: the fraction of the
-distractor's variance the latent gives away linearly. 0 = nothing of it; 1 = all of it. Lower is better for a
-latent action meant to ignore distractors.
+reported as R^2 = 1 - in-pool NMSE (each dimension with its own ridge, over its own train variance, averaged),
+clipped at 0: the fraction of the distractor's variance the latent gives away linearly. 0 = nothing of it;
+1 = all of it. Lower is better for a latent action meant to ignore distractors.
 """
 
 from __future__ import annotations
@@ -150,13 +150,17 @@ def action_probe(train_z: np.ndarray, train_a: np.ndarray, episodes: np.ndarray,
 def distractor_probe(train_z: np.ndarray, target: np.ndarray, episodes: np.ndarray, folds: GroupedRidgeCV | None = None) -> dict:
     """In-pool decodability of one distractor state from the latent: R^2 = 1 - in-pool NMSE, clipped at 0.
 
+    Each non-constant dimension of the state gets its own cross-validated ridge and its own NMSE (MSE over its
+    train variance), and the NMSE is their mean: camera angles in radians and a zoom factor weigh alike.
     ``folds``: the cross-validation of the standardised train_z, if already made."""
-    variance = feature_variance(target)
-    if variance < 1e-12:  # a constant state: nothing to decode
+    target = target.reshape(len(target), -1).astype(np.float64)
+    target = target[:, target.std(axis=0) > 1e-6]
+    if target.shape[1] == 0:  # a constant state: nothing to decode
         return {"in_pool_nmse": None, "r2": 0.0, "ridge": None}
-    cv = (folds or GroupedRidgeCV(standardise(train_z)[0], episodes))(target)
-    nmse = cv.in_pool_mse / variance
-    return {"in_pool_nmse": nmse, "r2": max(0.0, 1.0 - nmse), "ridge": cv.ridge}
+    folds = folds or GroupedRidgeCV(standardise(train_z)[0], episodes)
+    dimensions = [folds(column / column.std()) for column in target.T]
+    nmse = float(np.mean([cv.in_pool_mse for cv in dimensions]))
+    return {"in_pool_nmse": nmse, "r2": max(0.0, 1.0 - nmse), "ridge": [cv.ridge for cv in dimensions]}
 
 
 def collect_latents(latent_of: Callable[[dict[str, torch.Tensor]], torch.Tensor], batches: Iterable[dict[str, torch.Tensor]], fields: tuple[str, ...], limit: int, desc: str = "latents", show_progress: bool = True) -> tuple[np.ndarray, dict[str, np.ndarray]]:

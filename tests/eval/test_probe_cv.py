@@ -112,3 +112,12 @@ def test_distractor_decodability_says_whether_the_latent_encodes_the_distractor(
     assert distractor_probe(ignores, frame, ids)["r2"] < 0.05
     constant = distractor_probe(encodes, np.zeros(len(frame)), ids)
     assert constant["r2"] == 0.0 and constant["in_pool_nmse"] is None
+
+
+def test_distractor_dimensions_weigh_alike_whatever_their_units():
+    _, actions, ids = episodes(12, seed=18)
+    rng = np.random.default_rng(19)
+    angle, zoom = rng.normal(0, 0.01, len(ids)), rng.normal(1, 0.1, len(ids))  # radians, a factor
+    latent = np.concatenate([actions, angle[:, None], rng.normal(size=(len(ids), 10))], 1)  # encodes the angle only
+    camera = np.stack([angle, zoom], 1)
+    assert distractor_probe(latent, camera, ids)["r2"] == pytest.approx(0.5, abs=0.05)  # one of two dimensions
