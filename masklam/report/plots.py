@@ -45,7 +45,7 @@ def bars(axis, labels: list[str], series: dict[str, list[Stat | None]], title: s
         colours = [f"C{i}" for i in range(len(labels))] if len(series) == 1 else f"C{j}"
         axis.bar(offsets, means, width, yerr=errors, capsize=3, color=colours, label=name if len(series) > 1 else None)
     axis.set_xticks(range(len(labels)), labels, rotation=30, ha="right")
-    axis.set_title(title)
+    axis.set_title(title, fontsize=10)
     if len(series) > 1:
         axis.legend(fontsize=8)
 
@@ -53,10 +53,10 @@ def bars(axis, labels: list[str], series: dict[str, list[Stat | None]], title: s
 def plot_bars(rows: dict[str, dict[str, Any]], title: str, path: Path) -> Path:
     """Probe NMSE (test split and in-pool) and return over the expert's, one group of bars per run label."""
     labels = list(rows)
-    figure, (left, right) = plt.subplots(1, 2, figsize=(max(6, 1.4 * len(labels) + 3), 3.6))
+    figure, (left, right) = plt.subplots(1, 2, figsize=(max(7, 1.4 * len(labels) + 3), 3.6))
     nmse = {"test": [rows[label]["nmse"] for label in labels], "in-pool": [rows[label]["in_pool"] for label in labels]}
-    bars(left, labels, nmse, "action probe NMSE (lower is better)")
-    bars(right, labels, {"return": [rows[label]["by_expert"] for label in labels]}, "return / expert's (higher is better)")
+    bars(left, labels, nmse, "action probe NMSE (lower: better)")
+    bars(right, labels, {"return": [rows[label]["by_expert"] for label in labels]}, "return / expert's (higher: better)")
     figure.suptitle(f"{title}: means, 95 % bootstrap CIs over seeds", fontsize=10)
     return save(figure, path)
 
