@@ -11,7 +11,7 @@ import pytest
 from sklearn.linear_model import Ridge
 from sklearn.model_selection import GroupKFold
 
-from masklam.eval.probe import GroupedRidgeCV, action_probe, distractor_probe, grouped_ridge_cv
+from masklam.eval.probe import GroupedRidgeCV, action_probe, distractor_probe, grouped_ridge_cv, render_probe
 
 STEPS = 20  # windows per episode
 
@@ -121,3 +121,15 @@ def test_distractor_dimensions_weigh_alike_whatever_their_units():
     latent = np.concatenate([actions, angle[:, None], rng.normal(size=(len(ids), 10))], 1)  # encodes the angle only
     camera = np.stack([angle, zoom], 1)
     assert distractor_probe(latent, camera, ids)["r2"] == pytest.approx(0.5, abs=0.05)  # one of two dimensions
+
+
+def test_the_printout_shows_the_ridge_and_both_scores():
+    train_z, train_a, ids = episodes(6, seed=20, nuisance=5)
+    test_z, test_a, _ = episodes(2, seed=21, nuisance=5)
+    action = action_probe(train_z, train_a, ids, test_z, test_a)
+    result = {"method": "lapo", "data": "d", "windows": {"train": len(ids), "test": len(test_a)}, "train_episodes": 6, "action": action,
+              "distractor": {"bg_frame": {"r2": 0.25}}}
+    text = render_probe(result)
+    assert f"ridge                  {action['ridge']:.3g}" in text and f"{action['folds']}-fold" in text
+    assert f"test      {action['test_nmse']:.4f}" in text and f"in-pool   {action['in_pool_nmse']:.4f}" in text
+    assert "distractor bg_frame    R² 0.2500" in text
