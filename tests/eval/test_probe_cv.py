@@ -104,7 +104,7 @@ def test_one_episode_is_too_few_to_cross_validate():
 def test_distractor_decodability_says_whether_the_latent_encodes_the_distractor():
     _, actions, ids = episodes(12, seed=16)
     rng = np.random.default_rng(17)
-    # A background frame index: a random start per episode, then one frame per step.
+    # A distractor state that means the same in every episode: a random start, then a drift of one unit per step.
     frame = (rng.integers(0, 50, 12)[:, None] + np.arange(STEPS)).reshape(-1).astype(np.float32)
     encodes = np.concatenate([actions, frame[:, None] / 10 + 0.1 * rng.normal(size=(len(frame), 1)), rng.normal(size=(len(frame), 20))], 1)
     ignores = np.concatenate([actions, rng.normal(size=(len(frame), 21))], 1)
@@ -133,3 +133,14 @@ def test_the_printout_shows_the_ridge_and_both_scores():
     assert f"ridge                  {action['ridge']:.3g}" in text and f"{action['folds']}-fold" in text
     assert f"test      {action['test_nmse']:.4f}" in text and f"in-pool   {action['in_pool_nmse']:.4f}" in text
     assert "distractor bg_frame    R² 0.2500" in text
+
+
+def test_a_latent_that_tells_the_background_clips_apart_decodes_the_clip():
+    _, actions, ids = episodes(24, seed=22)
+    rng = np.random.default_rng(23)
+    clip = np.repeat(np.arange(24) % 4, STEPS)  # 4 clips, each in 6 episodes
+    signature = rng.normal(size=(4, 8))[clip] + 0.3 * rng.normal(size=(len(clip), 8))  # each clip's look
+    encodes = np.concatenate([actions, signature], 1)
+    ignores = np.concatenate([actions, rng.normal(size=(len(clip), 8))], 1)
+    assert distractor_probe(encodes, clip, ids, categorical=True)["r2"] > 0.8
+    assert distractor_probe(ignores, clip, ids, categorical=True)["r2"] < 0.05
