@@ -11,6 +11,8 @@ shows no interval. Columns:
 - probe NMSE, in-pool: the same probe scored on held-out train episodes (same background pool);
 - distractor R²: how much of the distractor states (background frame, camera, colour, objects) the latent
   gives away to an in-pool linear probe, averaged over them; 0 = none, 1 = all: lower is better;
+- episode share: the share of the latent's variance that lies between train episodes (per-episode means),
+  where the distractors are drawn per episode and the actions hardly differ: lower is better;
 - return / expert, return / BC: online return of the decoded latent policy over the return of the policy
   that collected the data (the expert), and over BC trained on every labelled true action (LAOM's
   reference); Meta-World adds the success rate;
@@ -34,7 +36,7 @@ from masklam.errors import UsageError
 BASELINE = "lapo"
 CONFIDENCE = 0.95
 RESAMPLES = 10_000
-METRICS = ("nmse", "in_pool", "distractor", "by_expert", "by_bc", "success", "return")
+METRICS = ("nmse", "in_pool", "distractor", "episode_share", "by_expert", "by_bc", "success", "return")
 
 
 def mean_ci(values: list[float | None]) -> tuple[float, float, float] | None:
@@ -99,6 +101,7 @@ def collect_results(root: Path) -> dict[str, Any]:
                 cell["nmse"].append(probe["action_nmse"])
                 cell["in_pool"].append(probe.get("in_pool_nmse"))  # absent from the first probe's files
                 cell["distractor"].append(probe.get("distractor_r2"))
+                cell["episode_share"].append(probe.get("episode_share", {}).get("latent"))
             if evaluation is not None:
                 cell["return"].append(evaluation["return_mean"])
                 cell["by_expert"].append(evaluation["normalised_by_collector"])
@@ -132,12 +135,12 @@ def variant_table(variant: dict[str, Any], budget: int) -> tuple[str, dict[str, 
     rows = {label: summarise(cells[budget]) for label, cells in variant["runs"].items() if budget in cells}
     baseline = next((row for row in rows.values() if row["method"] == BASELINE), None)
     metaworld = variant["env"].startswith("metaworld:")
-    header = ["method", "seeds", "probe NMSE, test ↓", "probe NMSE, in-pool ↓", "distractor R² ↓", "return / expert ↑", "return / BC ↑"]
+    header = ["method", "seeds", "probe NMSE, test ↓", "probe NMSE, in-pool ↓", "distractor R² ↓", "episode share ↓", "return / expert ↑", "return / BC ↑"]
     header += ["success ↑"] if metaworld else []
     header += ["LAPO NMSE / NMSE", "return / LAPO's"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for label, row in rows.items():
-        cells = [label, str(row["n"]), fmt(row["nmse"]), fmt(row["in_pool"]), fmt(row["distractor"]), fmt(row["by_expert"]), fmt(row["by_bc"])]
+        cells = [label, str(row["n"]), fmt(row["nmse"]), fmt(row["in_pool"]), fmt(row["distractor"]), fmt(row["episode_share"]), fmt(row["by_expert"]), fmt(row["by_bc"])]
         cells += [fmt(row["success"], percent=True)] if metaworld else []
         cells += [ratio(baseline["nmse"], row["nmse"]) if baseline else "—", ratio(row["by_expert"], baseline["by_expert"]) if baseline else "—"]
         lines.append("| " + " | ".join(cells) + " |")
@@ -162,7 +165,8 @@ def write_report(roots: list[Path], out: Path, echo: Callable[[str], None] = pri
                 ("Means over seeds with their 95 % percentile-bootstrap interval, mean [low, high]. Probe NMSE: a ridge probe "
                  "cross-validated over train episodes, scored on the test split (held-out seeds and videos) and in-pool "
                  "(held-out train episodes); distractor R²: how much of the distractor states the latent gives away "
-                 "(in-pool, 0 = nothing; lower is better)."), ""]
+                 "(in-pool, 0 = nothing; lower is better); episode share: the share of the latent's variance that lies "
+                 "between train episodes (lower is better)."), ""]
     summary: dict[str, Any] = {}
     for result in results:
         main_budget = max(result["labels"], key=lambda b: float("inf") if b == 0 else b)

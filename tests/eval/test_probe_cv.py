@@ -11,7 +11,7 @@ import pytest
 from sklearn.linear_model import Ridge
 from sklearn.model_selection import GroupKFold
 
-from masklam.eval.probe import GroupedRidgeCV, action_probe, distractor_probe, grouped_ridge_cv, render_probe
+from masklam.eval.probe import GroupedRidgeCV, action_probe, distractor_probe, episode_share, grouped_ridge_cv, render_probe
 
 STEPS = 20  # windows per episode
 
@@ -128,7 +128,7 @@ def test_the_printout_shows_the_ridge_and_both_scores():
     test_z, test_a, _ = episodes(2, seed=21, nuisance=5)
     action = action_probe(train_z, train_a, ids, test_z, test_a)
     result = {"method": "lapo", "data": "d", "windows": {"train": len(ids), "test": len(test_a)}, "train_episodes": 6, "action": action,
-              "distractor": {"bg_frame": {"r2": 0.25}}}
+              "distractor": {"bg_frame": {"r2": 0.25}}, "episode_share": {"latent": 0.5, "action": 0.01}}
     text = render_probe(result)
     assert f"ridge                  {action['ridge']:.3g}" in text and f"{action['folds']}-fold" in text
     assert f"test      {action['test_nmse']:.4f}" in text and f"in-pool   {action['in_pool_nmse']:.4f}" in text
@@ -144,3 +144,12 @@ def test_a_latent_that_tells_the_background_clips_apart_decodes_the_clip():
     ignores = np.concatenate([actions, rng.normal(size=(len(clip), 8))], 1)
     assert distractor_probe(encodes, clip, ids, categorical=True)["r2"] > 0.8
     assert distractor_probe(ignores, clip, ids, categorical=True)["r2"] < 0.05
+
+
+def test_the_episode_share_says_how_much_of_the_latent_is_per_episode():
+    _, actions, ids = episodes(20, seed=24)
+    rng = np.random.default_rng(25)
+    assert episode_share(actions, ids) < 0.1 and episode_share(rng.normal(size=(len(ids), 4)), ids) == pytest.approx(1 / STEPS, abs=0.03)
+    offsets = np.repeat(rng.normal(size=(20, 3)), STEPS, axis=0)  # half the variance of each dimension per episode
+    assert episode_share(offsets + rng.normal(size=offsets.shape), ids) == pytest.approx(0.5, abs=0.15)
+    assert episode_share(np.ones((len(ids), 3)), ids) is None

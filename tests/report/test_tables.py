@@ -23,7 +23,7 @@ def test_means_over_seeds_and_ratios_against_lapo(tmp_path):
         nmse, ret = numbers[run.method, run.seed]
         folder = run.folder(tmp_path)
         folder.mkdir(parents=True)
-        (folder / "probe.json").write_text(json.dumps({"action_nmse": nmse, "in_pool_nmse": nmse / 2, "distractor_r2": 0.25}))
+        (folder / "probe.json").write_text(json.dumps({"action_nmse": nmse, "in_pool_nmse": nmse / 2, "distractor_r2": 0.25, "episode_share": {"latent": 0.5, "action": 0.01}}))
         (folder / "evaluate.json").write_text(json.dumps({"return_mean": ret, "normalised_by_collector": ret / 100, "normalised_by_bc_actions": None, "success_rate": 0.5}))
     summary = write_report([tmp_path], tmp_path / "report", echo=lambda _: None)
     rows = summary["r/low"]["rows"]
@@ -35,7 +35,7 @@ def test_means_over_seeds_and_ratios_against_lapo(tmp_path):
     line = next(row for row in table.splitlines() if row.startswith("| masklam |"))
     assert "3.50×" in line  # LAPO's NMSE 0.7 / 0.2
     assert "2.50×" in line  # return 0.5 / LAPO's 0.2
-    assert "| 0.200 | 0.100 | 0.250 |" in line  # one seed: means alone
+    assert "| 0.200 | 0.100 | 0.250 | 0.500 |" in line  # one seed: means alone
     assert "| 50 % |" in line  # Meta-World: success rate column
     lapo = next(row for row in table.splitlines() if row.startswith("| lapo |"))
     assert "| 0.700 [0.600, 0.800] | 0.350 [0.300, 0.400] |" in lapo
