@@ -9,8 +9,9 @@ shows no interval. Columns:
 - probe NMSE, test: the cross-validated linear action probe's normalised MSE on the test split (held-out
   seeds and background videos; lower is better; 1.0 = the mean action);
 - probe NMSE, in-pool: the same probe scored on held-out train episodes (same background pool);
-- distractor R²: how much of the distractor states (background frame, camera, colour, objects) the latent
-  gives away to an in-pool linear probe, averaged over them; 0 = none, 1 = all: lower is better;
+- distractor R²: how much of the distractor states that mean the same in every episode (camera, colour,
+  objects) the latent gives away to an in-pool linear probe, averaged over them; 0 = none, 1 = all: lower
+  is better; none for a background-only dataset (the background has no such state);
 - episode share: the share of the latent's variance that lies between train episodes (per-episode means),
   where the distractors are drawn per episode and the actions hardly differ: lower is better;
 - return / expert, return / BC: online return of the decoded latent policy over the return of the policy

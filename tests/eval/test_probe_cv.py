@@ -135,17 +135,6 @@ def test_the_printout_shows_the_ridge_and_both_scores():
     assert "distractor bg_frame    R² 0.2500" in text
 
 
-def test_a_latent_that_tells_the_background_clips_apart_decodes_the_clip():
-    _, actions, ids = episodes(24, seed=22)
-    rng = np.random.default_rng(23)
-    clip = np.repeat(np.arange(24) % 4, STEPS)  # 4 clips, each in 6 episodes
-    signature = rng.normal(size=(4, 8))[clip] + 0.3 * rng.normal(size=(len(clip), 8))  # each clip's look
-    encodes = np.concatenate([actions, signature], 1)
-    ignores = np.concatenate([actions, rng.normal(size=(len(clip), 8))], 1)
-    assert distractor_probe(encodes, clip, ids, categorical=True)["r2"] > 0.8
-    assert distractor_probe(ignores, clip, ids, categorical=True)["r2"] < 0.05
-
-
 def test_the_episode_share_says_how_much_of_the_latent_is_per_episode():
     _, actions, ids = episodes(20, seed=24)
     rng = np.random.default_rng(25)
