@@ -287,12 +287,12 @@ def train_lam_command(
 @fails_cleanly
 def probe(
     run: Path = typer.Argument(..., help="a LAM run folder (from masklam train lam)"),
-    data: str = typer.Option(..., "--data", help="dataset: probes fit on its train split and score on its test split"),
+    data: str = typer.Option(..., "--data", help="dataset: probes fit on its train split (ridge cross-validated over its episodes), scored on its test split and in-pool"),
     windows: int = typer.Option(20000, help="train windows to fit on (a quarter as many test windows)"),
     as_json: bool = typer.Option(False, "--json"),
     progress: bool = typer.Option(True),
 ) -> None:
-    """Normalised linear-probe MSE from the frozen latent action to the action, and to each distractor's state."""
+    """Normalised linear-probe MSE from the frozen latent action to the action (test split and in-pool, with the chosen ridge), and distractor R²."""
     from masklam.eval.probe import probe_run, render_probe
 
     result = probe_run(run, data, windows, show_progress=progress)
@@ -489,7 +489,7 @@ def report(
     runs: list[Path] = typer.Argument(..., help="folders written by `masklam run`"),
     out: Path = typer.Option(..., "--out", help="folder for results.md, results.json and the plots"),
 ) -> None:
-    """Tables per environment x method (probe NMSE, distractor probe, normalised return, success, ratios to LAPO) and plots."""
+    """Tables per environment x method (probe NMSE test / in-pool, distractor R², normalised return, success, ratios to LAPO; 95 % CIs over seeds) and plots."""
     from masklam.report.tables import write_report
 
     write_report(runs, out, echo=typer.echo)

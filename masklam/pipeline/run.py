@@ -39,7 +39,7 @@ def plan(recipe: Recipe, root: Path, workers: int = 1, show_progress: bool = Tru
     from masklam.configs import to_dict
     from masklam.data.collect import collect
     from masklam.data.ingest import ingest
-    from masklam.eval.probe import probe_run
+    from masklam.eval.probe import PROBE_VERSION, probe_run
     from masklam.eval.rollout import evaluate_run
     from masklam.segment.run import segment_dataset
     from masklam.segment.transforms import derive_source
@@ -74,7 +74,7 @@ def plan(recipe: Recipe, root: Path, workers: int = 1, show_progress: bool = Tru
         name = f"{run.variant} {run.label} seed{run.seed}"
         steps += [
             Step(f"train lam {name}", to_dict(lam), [folder / "lam.pt"], lambda lam=lam, f=folder: train_lam(lam, f, show_progress)),
-            Step(f"probe {name}", {"lam": to_dict(lam), "windows": e.probe_windows}, [folder / "probe.json"],
+            Step(f"probe {name}", {"lam": to_dict(lam), "windows": e.probe_windows, "probe": PROBE_VERSION}, [folder / "probe.json"],
                  lambda f=folder, d=data: probe_run(f, d, e.probe_windows, show_progress=show_progress)),
             Step(f"train bc {name}", {"lam": to_dict(lam), "stage": to_dict(stage)}, [folder / "bc.pt"], lambda f=folder, s=stage: train_bc(f, s, show_progress)),
         ]

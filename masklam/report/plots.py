@@ -1,5 +1,6 @@
 """The report's plots (PNG, written atomically): NMSE and return per method, return against the label
-budget, NMSE against mask quality. Means with error bars of one standard deviation over seeds."""
+budget, NMSE against mask quality. Means over seeds with error bars spanning their 95 % bootstrap
+confidence interval (report.tables.mean_ci: stats are (mean, low, high))."""
 
 from __future__ import annotations
 
@@ -24,21 +25,39 @@ def save(figure, path: Path) -> Path:
     return path
 
 
-def bars(axis, labels: list[str], stats: list[tuple[float, float] | None], title: str) -> None:
+Stat = tuple[float, float, float]  # mean, low, high
+
+
+def means_and_errors(stats: list[Stat | None]) -> tuple[list[float], list[list[float]]]:
+    """Means and matplotlib's asymmetric yerr ([below], [above]) of the intervals; missing stats: 0, no bar."""
     means = [s[0] if s else 0.0 for s in stats]
-    errors = [s[1] if s else 0.0 for s in stats]
-    axis.bar(range(len(labels)), means, yerr=errors, capsize=3, color=[f"C{i}" for i in range(len(labels))])
+    below = [s[0] - s[1] if s else 0.0 for s in stats]
+    above = [s[2] - s[0] if s else 0.0 for s in stats]
+    return means, [below, above]
+
+
+def bars(axis, labels: list[str], series: dict[str, list[Stat | None]], title: str) -> None:
+    """One group of bars per run label, one bar per series (one series: coloured by label)."""
+    width = 0.8 / len(series)
+    for j, (name, stats) in enumerate(series.items()):
+        means, errors = means_and_errors(stats)
+        offsets = [i + (j - (len(series) - 1) / 2) * width for i in range(len(labels))]
+        colours = [f"C{i}" for i in range(len(labels))] if len(series) == 1 else f"C{j}"
+        axis.bar(offsets, means, width, yerr=errors, capsize=3, color=colours, label=name if len(series) > 1 else None)
     axis.set_xticks(range(len(labels)), labels, rotation=30, ha="right")
-    axis.set_title(title)
+    axis.set_title(title, fontsize=10)
+    if len(series) > 1:
+        axis.legend(fontsize=8)
 
 
 def plot_bars(rows: dict[str, dict[str, Any]], title: str, path: Path) -> Path:
-    """Probe NMSE and return over the expert's, one bar per run label."""
+    """Probe NMSE (test split and in-pool) and return over the expert's, one group of bars per run label."""
     labels = list(rows)
-    figure, (left, right) = plt.subplots(1, 2, figsize=(max(6, 1.2 * len(labels) + 3), 3.6))
-    bars(left, labels, [rows[label]["nmse"] for label in labels], "action probe NMSE (lower is better)")
-    bars(right, labels, [rows[label]["by_expert"] for label in labels], "return / expert's (higher is better)")
-    figure.suptitle(title)
+    figure, (left, right) = plt.subplots(1, 2, figsize=(max(7, 1.4 * len(labels) + 3), 3.6))
+    nmse = {"test": [rows[label]["nmse"] for label in labels], "in-pool": [rows[label]["in_pool"] for label in labels]}
+    bars(left, labels, nmse, "action probe NMSE (lower: better)")
+    bars(right, labels, {"return": [rows[label]["by_expert"] for label in labels]}, "return / expert's (higher: better)")
+    figure.suptitle(f"{title}: means, 95 % bootstrap CIs over seeds", fontsize=10)
     return save(figure, path)
 
 
@@ -50,7 +69,8 @@ def plot_label_budget(budgets: dict[str, dict[str, dict[str, Any]]], title: str,
     for label in labels:
         points = [(i, budgets[b][label]["by_expert"]) for i, b in enumerate(order) if label in budgets[b] and budgets[b][label]["by_expert"]]
         if points:
-            axis.errorbar([i for i, _ in points], [s[0] for _, s in points], yerr=[s[1] for _, s in points], marker="o", capsize=3, label=label)
+            means, errors = means_and_errors([s for _, s in points])
+            axis.errorbar([i for i, _ in points], means, yerr=errors, marker="o", capsize=3, label=label)
     axis.set_xticks(range(len(order)), ["all" if int(b) == 0 else b for b in order])
     axis.set_xlabel("labelled transitions for the decoder")
     axis.set_ylabel("return / expert's")
@@ -67,12 +87,13 @@ def plot_mask_degradation(rows: dict[str, dict[str, Any]], masks: list[str], tit
     for method in methods:
         by_mask = {row["mask"]: row["nmse"] for row in masked if row["method"] == method and row["nmse"]}
         points = [(i, by_mask[mask]) for i, mask in enumerate(masks) if mask in by_mask]
-        axis.errorbar([i for i, _ in points], [s[0] for _, s in points], yerr=[s[1] for _, s in points], marker="o", capsize=3, label=method)
+        means, errors = means_and_errors([s for _, s in points])
+        axis.errorbar([i for i, _ in points], means, yerr=errors, marker="o", capsize=3, label=method)
     unmasked = [(label, row) for label, row in rows.items() if row["mask"] is None and row["nmse"]]
     for i, (label, row) in enumerate(unmasked):
         axis.axhline(row["nmse"][0], color=f"C{len(methods) + i}", linestyle="--", label=label)
     axis.set_xticks(range(len(masks)), masks, rotation=30, ha="right")
-    axis.set_ylabel("action probe NMSE")
+    axis.set_ylabel("action probe NMSE (test)")
     axis.set_title(title)
     axis.legend(fontsize=8)
     return save(figure, path)

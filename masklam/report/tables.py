@@ -1,15 +1,24 @@
 """`masklam report RUN... --out DIR`: one markdown table per environment (dataset variant) x method, from
 the probe.json and evaluate.json files of `masklam run` folders, with ratios against LAPO, and plots.
 
-Numbers are means ± standard deviations over seeds (population std; a single seed shows ± 0). Columns:
+Numbers are means over seeds with 95 % confidence intervals, "mean [low, high]": a percentile bootstrap of
+the mean over the seeds (scipy.stats.bootstrap, 10,000 resamples, seeded; for one task this is what rliable's
+stratified bootstrap does). With 3 seeds the interval is coarse (near the seeds' min and max); a single seed
+shows no interval. Columns:
 
-- probe NMSE: the linear action probe's normalised MSE (lower is better; 1.0 = the mean action);
-- distractor probe: the mean NMSE of linear probes from the latent to each distractor state (higher = the
-  latent encodes less of the distractors);
+- probe NMSE, test: the cross-validated linear action probe's normalised MSE on the test split (held-out
+  seeds and background videos; lower is better; 1.0 = the mean action);
+- probe NMSE, in-pool: the same probe scored on held-out train episodes (same background pool);
+- distractor R²: how much of the distractor states that mean the same in every episode (camera, colour,
+  objects) the latent gives away to an in-pool linear probe, averaged over them; 0 = none, 1 = all: lower
+  is better; none for a background-only dataset (the background has no such state);
+- episode share: the share of the latent's variance that lies between train episodes (per-episode means),
+  where the distractors are drawn per episode and the actions hardly differ: lower is better;
 - return / expert, return / BC: online return of the decoded latent policy over the return of the policy
   that collected the data (the expert), and over BC trained on every labelled true action (LAOM's
   reference); Meta-World adds the success rate;
-- LAPO / NMSE and return / LAPO: how many times lower the NMSE and higher the return are than LAPO's.
+- LAPO NMSE / NMSE and return / LAPO's: how many times lower the test NMSE and higher the return are than
+  LAPO's (ratios of the means).
 """
 
 from __future__ import annotations
@@ -26,11 +35,25 @@ from masklam.configs import build
 from masklam.errors import UsageError
 
 BASELINE = "lapo"
+CONFIDENCE = 0.95
+RESAMPLES = 10_000
+METRICS = ("nmse", "in_pool", "distractor", "episode_share", "by_expert", "by_bc", "success", "return")
 
 
-def mean_std(values: list[float]) -> tuple[float, float] | None:
-    values = [v for v in values if v is not None]
-    return (float(np.mean(values)), float(np.std(values))) if values else None
+def mean_ci(values: list[float | None]) -> tuple[float, float, float] | None:
+    """(mean, low, high): the mean over seeds and its 95 % percentile-bootstrap interval (low = high = the
+    value for one seed); None without values."""
+    from scipy.stats import bootstrap
+
+    values = np.asarray([v for v in values if v is not None], np.float64)
+    if len(values) == 0:
+        return None
+    mean = float(values.mean())
+    if len(values) == 1 or np.ptp(values) == 0:
+        return mean, mean, mean
+    interval = bootstrap((values,), np.mean, confidence_level=CONFIDENCE, n_resamples=RESAMPLES, method="percentile",
+                         rng=np.random.default_rng(0)).confidence_interval
+    return mean, float(interval.low), float(interval.high)
 
 
 def read_output(path: Path) -> dict[str, Any] | None:
@@ -73,14 +96,15 @@ def collect_results(root: Path) -> dict[str, Any]:
         probe = read_output(folder / "probe.json")
         for budget in recipe.labels:
             evaluation = read_output(budget_folder(recipe, folder, budget) / "evaluate.json")
-            cell = variants[run.variant]["runs"][run.label].setdefault(budget, {"method": run.method, "mask": run.mask, "seeds": [], "nmse": [], "distractor": [], "by_expert": [], "by_bc": [], "success": [], "return": []})
+            cell = variants[run.variant]["runs"][run.label].setdefault(budget, {"method": run.method, "mask": run.mask, "seeds": [], **{key: [] for key in METRICS}})
             if probe is None and evaluation is None:
                 continue
             cell["seeds"].append(run.seed)
             if probe is not None:
                 cell["nmse"].append(probe["action_nmse"])
-                distractors = list(probe["distractor_nmse"].values())
-                cell["distractor"].append(float(np.mean(distractors)) if distractors else None)
+                cell["in_pool"].append(probe.get("in_pool_nmse"))  # absent from the first probe's files
+                cell["distractor"].append(probe.get("distractor_r2"))
+                cell["episode_share"].append(probe.get("episode_share", {}).get("latent"))
             if evaluation is not None:
                 cell["return"].append(evaluation["return_mean"])
                 cell["by_expert"].append(evaluation["normalised_by_collector"])
@@ -90,17 +114,21 @@ def collect_results(root: Path) -> dict[str, Any]:
 
 
 def summarise(cell: dict[str, Any]) -> dict[str, Any]:
-    return {key: mean_std(cell[key]) for key in ("nmse", "distractor", "by_expert", "by_bc", "success", "return")} | {"method": cell["method"], "mask": cell["mask"], "n": len(cell["seeds"])}
+    return {key: mean_ci(cell[key]) for key in METRICS} | {"method": cell["method"], "mask": cell["mask"], "n": len(cell["seeds"])}
 
 
-def fmt(stat: tuple[float, float] | None, digits: int = 3, percent: bool = False) -> str:
+def fmt(stat: tuple[float, float, float] | None, digits: int = 3, percent: bool = False) -> str:
+    """"mean [low, high]" (the 95 % interval), the mean alone when there is no interval; "—" for no value."""
     if stat is None:
         return "—"
-    mean, std = stat
-    return f"{100 * mean:.0f} ± {100 * std:.0f} %" if percent else f"{mean:.{digits}f} ± {std:.{digits}f}"
+    scale, digits, unit = (100, 0, " %") if percent else (1, digits, "")
+    mean, low, high = (scale * v for v in stat)
+    if low == high:
+        return f"{mean:.{digits}f}{unit}"
+    return f"{mean:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]{unit}"
 
 
-def ratio(numerator: tuple[float, float] | None, denominator: tuple[float, float] | None) -> str:
+def ratio(numerator: tuple[float, ...] | None, denominator: tuple[float, ...] | None) -> str:
     if numerator is None or denominator is None or denominator[0] == 0:
         return "—"
     return f"{numerator[0] / denominator[0]:.2f}×"
@@ -110,12 +138,12 @@ def variant_table(variant: dict[str, Any], budget: int) -> tuple[str, dict[str, 
     rows = {label: summarise(cells[budget]) for label, cells in variant["runs"].items() if budget in cells}
     baseline = next((row for row in rows.values() if row["method"] == BASELINE), None)
     metaworld = variant["env"].startswith("metaworld:")
-    header = ["method", "seeds", "probe NMSE ↓", "distractor probe ↑", "return / expert ↑", "return / BC ↑"]
+    header = ["method", "seeds", "probe NMSE, test ↓", "probe NMSE, in-pool ↓", "distractor R² ↓", "episode share ↓", "return / expert ↑", "return / BC ↑"]
     header += ["success ↑"] if metaworld else []
     header += ["LAPO NMSE / NMSE", "return / LAPO's"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for label, row in rows.items():
-        cells = [label, str(row["n"]), fmt(row["nmse"]), fmt(row["distractor"]), fmt(row["by_expert"]), fmt(row["by_bc"])]
+        cells = [label, str(row["n"]), fmt(row["nmse"]), fmt(row["in_pool"]), fmt(row["distractor"]), fmt(row["episode_share"]), fmt(row["by_expert"]), fmt(row["by_bc"])]
         cells += [fmt(row["success"], percent=True)] if metaworld else []
         cells += [ratio(baseline["nmse"], row["nmse"]) if baseline else "—", ratio(row["by_expert"], baseline["by_expert"]) if baseline else "—"]
         lines.append("| " + " | ".join(cells) + " |")
@@ -136,7 +164,12 @@ def write_report(roots: list[Path], out: Path, echo: Callable[[str], None] = pri
     results = [collect_results(root) for root in roots]  # bad folders fail before anything is written
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    sections = ["# Results", "", "Generated by `masklam report` from: " + ", ".join(f"`{r['root']}`" for r in results), ""]
+    sections = ["# Results", "", "Generated by `masklam report` from: " + ", ".join(f"`{r['root']}`" for r in results), "",
+                ("Means over seeds with their 95 % percentile-bootstrap interval, mean [low, high]. Probe NMSE: a ridge probe "
+                 "cross-validated over train episodes, scored on the test split (held-out seeds and videos) and in-pool "
+                 "(held-out train episodes); distractor R²: how much of the distractor states the latent gives away "
+                 "(in-pool, 0 = nothing; lower is better); episode share: the share of the latent's variance that lies "
+                 "between train episodes (lower is better)."), ""]
     summary: dict[str, Any] = {}
     for result in results:
         main_budget = max(result["labels"], key=lambda b: float("inf") if b == 0 else b)

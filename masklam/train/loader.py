@@ -8,6 +8,7 @@ A *window* is one transition o_t -> o_{t+1} of a record, with the frame stacks a
     "obs_mask", "future_mask" uint8 (stack, H, W), "next_mask" uint8 (H, W)   masks of the same frames
     "action"    float32 (A,)             a_t; zeros when the record is unlabelled
     "labelled"  bool, "k" int64, and each extra field at t
+    "episode"   int64                    the record's episode index within its split (WindowSpec(episode=True))
 
 Every transition of every record is one window per epoch: t = 0 .. frames-2. Frames before the record's first
 are its first frame repeated. A record is a whole episode unless the dataset was collected with --chunk-steps:
@@ -49,7 +50,7 @@ from masklam.ranks import rank_and_world_size
 
 Window = dict[str, Any]
 T = TypeVar("T")
-WINDOW_KEYS = frozenset({"obs", "future", "next", "obs_mask", "future_mask", "next_mask", "action", "labelled", "k"})
+WINDOW_KEYS = frozenset({"obs", "future", "next", "obs_mask", "future_mask", "next_mask", "action", "labelled", "k", "episode"})
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,7 @@ class WindowSpec:
     mask_source: str | None = ORACLE  # masks to return (None: no masks)
     labelled_only: bool = False  # only windows of labelled records (those whose a_t is stored)
     fields: tuple[str, ...] = ()  # extra per-step arrays to return at t (e.g. "state", "distractor_bg_frame")
+    episode: bool = False  # also return the episode index (probes cross-validate grouped by episode)
 
     def __post_init__(self) -> None:
         if self.stack < 1 or self.future_max < 1:
@@ -91,6 +93,8 @@ def record_windows(
         window["action"] = np.zeros(action_shape, np.float32) if action is None else np.array(action[t])
         window |= {"labelled": action is not None, "k": np.int64(k)}
         window |= {name: np.array(record.steps[name][t]) for name in spec.fields}
+        if spec.episode:
+            window["episode"] = np.int64(record.meta.episode)
         yield window
 
 

@@ -1,5 +1,5 @@
 """The report's arithmetic on run folders whose probe and evaluation files are written by hand: means and
-standard deviations over seeds, ratios against LAPO, missing runs shown as dashes."""
+bootstrap intervals over seeds, ratios against LAPO, missing runs shown as dashes."""
 
 from __future__ import annotations
 
@@ -23,16 +23,20 @@ def test_means_over_seeds_and_ratios_against_lapo(tmp_path):
         nmse, ret = numbers[run.method, run.seed]
         folder = run.folder(tmp_path)
         folder.mkdir(parents=True)
-        (folder / "probe.json").write_text(json.dumps({"action_nmse": nmse, "distractor_nmse": {"bg_frame": 1.0, "camera": 0.5}}))
+        (folder / "probe.json").write_text(json.dumps({"action_nmse": nmse, "in_pool_nmse": nmse / 2, "distractor_r2": 0.25, "episode_share": {"latent": 0.5, "action": 0.01}}))
         (folder / "evaluate.json").write_text(json.dumps({"return_mean": ret, "normalised_by_collector": ret / 100, "normalised_by_bc_actions": None, "success_rate": 0.5}))
     summary = write_report([tmp_path], tmp_path / "report", echo=lambda _: None)
     rows = summary["r/low"]["rows"]
-    assert rows["lapo"]["nmse"] == pytest.approx((0.7, 0.1))
+    assert rows["lapo"]["nmse"] == pytest.approx((0.7, 0.6, 0.8))  # two seeds: the interval spans both
+    assert rows["lapo"]["in_pool"] == pytest.approx((0.35, 0.3, 0.4))
     assert rows["lapo"]["n"] == 2 and rows["masklam"]["n"] == 1
-    assert rows["masklam"]["distractor"] == (0.75, 0.0)
+    assert rows["masklam"]["distractor"] == (0.25, 0.25, 0.25)  # one seed: no interval
     table = (tmp_path / "report" / "results.md").read_text()
     line = next(row for row in table.splitlines() if row.startswith("| masklam |"))
     assert "3.50×" in line  # LAPO's NMSE 0.7 / 0.2
     assert "2.50×" in line  # return 0.5 / LAPO's 0.2
-    assert "50 ± 0 %" in line  # Meta-World: success rate column
+    assert "| 0.200 | 0.100 | 0.250 | 0.500 |" in line  # one seed: means alone
+    assert "| 50 % |" in line  # Meta-World: success rate column
+    lapo = next(row for row in table.splitlines() if row.startswith("| lapo |"))
+    assert "| 0.700 [0.600, 0.800] | 0.350 [0.300, 0.400] |" in lapo
     assert "| — |" in line  # no BC reference was trained
