@@ -81,8 +81,9 @@ class Recipe:
         if not self.seeds or not self.labels or any(b < 0 for b in self.labels) or not self.masks:
             raise UsageError("recipe seeds, labels and masks need at least one entry each; label budgets are >= 0")
         for name, settings in self.datasets().items():
-            settings.config()  # validates the environment, distractors, label counts, ...
+            config = settings.config()  # validates the environment, distractors, label counts, ...
             check_folder_name(name, "variant name", "a dataset folder")
+            self.check_labels(name, config)
         for key, values in self.sweep.items():
             if not isinstance(values, list) or not values:
                 raise UsageError(f"sweep.{key} must be a non-empty list of values")
@@ -91,6 +92,21 @@ class Recipe:
         missing = [m for m in self.masks if m not in made]
         if missing:
             raise UsageError(f"recipe masks {missing} are made by no [[segment]] or [[transforms]] entry (oracle always exists)")
+
+    def check_labels(self, variant: str, config) -> None:
+        """Every run's decoder (and laom-labels, and the BC-on-actions reference) trains on labelled transitions:
+        refuse, before anything runs, a dataset that will have none or fewer than a label budget asks for."""
+        from masklam.data.collect import labelled_train_episodes
+
+        episodes = len(labelled_train_episodes(config))
+        if episodes == 0:
+            raise UsageError(f"variant {variant!r} has no labelled train episodes, and every run's action decoder trains on "
+                             "labelled transitions: set collect.labelled_episodes (or label_fraction) above 0")
+        most = episodes * (config.env.episode_steps or suite_steps(config.env.env_id))  # episodes never end early
+        over = [budget for budget in self.labels if budget > most]
+        if over:
+            raise UsageError(f"labels {over}: variant {variant!r} will have at most {most} labelled train transitions "
+                             f"({episodes} labelled episodes): lower the budgets or collect more labelled episodes")
 
     def datasets(self) -> dict[str, CollectSettings]:
         """Variant name -> its collect settings."""
@@ -122,6 +138,17 @@ class Recipe:
         """Every combination of the sweep's values ([{}] without a sweep)."""
         keys = sorted(self.sweep)
         return [dict(zip(keys, values)) for values in itertools.product(*(self.sweep[k] for k in keys))]
+
+
+def suite_steps(env_id: str) -> int:
+    """A suite's own episode length (collect's --steps 0)."""
+    if env_id.startswith("metaworld:"):
+        from masklam.envs.metaworld import METAWORLD_STEPS
+
+        return METAWORLD_STEPS
+    from masklam.envs.dmc import DMC_STEPS
+
+    return DMC_STEPS
 
 
 def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:

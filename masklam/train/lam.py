@@ -9,6 +9,7 @@ step and continues bit-identical to an uninterrupted run.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import json
 import os
@@ -26,7 +27,7 @@ from masklam.errors import UsageError
 from masklam.models.lam import LAOMLabels
 from masklam.models.presets import METHODS, PRESETS, build_lam, lam_config
 from masklam.train.loader import WindowDataset, WindowSpec, make_loader
-from masklam.train.loop import OptimConfig, claim_run_folder, fit
+from masklam.train.loop import OptimConfig, absolute_location, check_optim, claim_run_folder, fit
 from masklam.train.presets import trainer_file
 
 CHECKPOINT = "lam.pt"
@@ -133,12 +134,19 @@ def window_batches(config: LAMTrainConfig, rank: int, world_size: int) -> Iterat
 
 
 # --- training -------------------------------------------------------------------------------
+def with_absolute_data(config: LAMTrainConfig) -> LAMTrainConfig:
+    """The config with a local dataset path made absolute: the run folder then names it whatever the cwd."""
+    return dataclasses.replace(config, data=dataclasses.replace(config.data, path=absolute_location(config.data.path)))
+
+
 def train_lam(config: LAMTrainConfig, run_dir: Path, show_progress: bool = True) -> dict[str, Any]:
     run_dir = Path(run_dir)
-    rank, world_size = setup_distributed(config.device)
+    config = with_absolute_data(config)
     info = open_dataset(config.data.path).info
     torch.manual_seed(config.seed)
     model = build_model(config, info).to(config.device)
+    check_optim(config.optim)
+    rank, world_size = setup_distributed(config.device)
     batches = window_batches(config, rank, world_size)  # bad settings fail here, before the run folder is claimed
     claim_run_folder(run_dir, "lam", config, rank)
 
