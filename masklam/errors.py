@@ -31,16 +31,28 @@ def _network_classes() -> tuple[type[BaseException], ...]:
 def network_error(error: BaseException) -> UsageError | None:
     """A one-line UsageError for a failure to reach a server anywhere in ``error``'s chain; None for anything else."""
     classes = _network_classes()
-    seen, current = set(), error
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
+    chain, current = [], error
+    while current is not None and all(current is not seen for seen in chain):
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    urls = [url for url in map(_request_url, chain) if url]
+    for current in chain:
         if isinstance(current, classes) and not isinstance(current, BrokenPipeError):  # a closed pipe is local
             text = " ".join(str(current).split()) or type(current).__name__
             text = text if len(text) <= 200 else text[:197] + "..."
+            server = f"the server of {urls[0]}" if urls else "the server"
             return UsageError(
-                f"could not reach the server ({type(current).__name__}: {text}): check the network, the URL and the "
+                f"could not reach {server} ({type(current).__name__}: {text}): check the network, the URL and the "
                 "credentials (HF_TOKEN for hf://, AWS_* for s3://), or `masklam pull` the dataset and pass its folder; "
                 "re-running resumes"
             )
-        current = current.__cause__ or current.__context__
     return None
+
+
+def _request_url(error: BaseException) -> str | None:
+    """The URL an HTTP library's error was about, without its query (which may hold a signature)."""
+    try:
+        url = getattr(getattr(error, "request", None), "url", None)
+    except Exception:  # httpx raises when an error has no request
+        return None
+    return str(url).split("?")[0] if url else None
