@@ -95,6 +95,7 @@ class Step:
     settings: dict[str, Any]
     outputs: list[Path]
     work: Callable[[], None] = field(repr=False)
+    reset: list[Path] = field(default_factory=list)  # deleted first when the step ran before with other settings
 
     def fingerprint(self, root: Path | None = None) -> str:
         """A hash of the settings, with the run folder's own path written as $RUN: a moved or copied run folder
@@ -114,6 +115,7 @@ def plan(recipe: Recipe, root: Path, workers: int = 1, show_progress: bool = Tru
     from masklam.segment.run import segment_dataset
     from masklam.segment.transforms import derive_source
     from masklam.train.lam import load_trainer, train_lam
+    from masklam.train.loop import stage_files
     from masklam.train.stages import stage_config, train_action_bc, train_bc, train_decoder
 
     steps: list[Step] = []
@@ -141,14 +143,15 @@ def plan(recipe: Recipe, root: Path, workers: int = 1, show_progress: bool = Tru
         check_settings(lam, stage, datasets[run.variant].size, checked)
         name = f"{run.variant} {run.label} seed{run.seed}"
         steps += [
-            Step(f"train lam {name}", to_dict(lam), [folder / "lam.pt"], lambda lam=lam, f=folder: train_lam(lam, f, show_progress)),
+            Step(f"train lam {name}", to_dict(lam), [folder / "lam.pt"], lambda lam=lam, f=folder: train_lam(lam, f, show_progress), stage_files(folder, "lam")),
             Step(f"probe {name}", {"lam": to_dict(lam), "windows": e.probe_windows}, [folder / "probe.json"],
                  lambda f=folder, d=data: probe_run(f, d, e.probe_windows, show_progress=show_progress)),
-            Step(f"train bc {name}", {"lam": to_dict(lam), "stage": to_dict(stage)}, [folder / "bc.pt"], lambda f=folder, s=stage, d=data: train_bc(f, s, show_progress, lam_data=d)),
+            Step(f"train bc {name}", {"lam": to_dict(lam), "stage": to_dict(stage)}, [folder / "bc.pt"], lambda f=folder, s=stage, d=data: train_bc(f, s, show_progress, lam_data=d),
+                 stage_files(folder, "bc")),
         ]
         if recipe.train.reference:
             steps.append(Step(f"train bc-actions {name}", {"lam": to_dict(lam), "stage": to_dict(stage)}, [folder / "bc-actions.pt"],
-                              lambda f=folder, s=stage, d=data: train_action_bc(f, s, show_progress, lam_data=d)))
+                              lambda f=folder, s=stage, d=data: train_action_bc(f, s, show_progress, lam_data=d), stage_files(folder, "bc-actions")))
         for budget in recipe.labels:
             target = budget_folder(recipe, folder, budget)
             decoder = replace(stage, labelled=budget)
@@ -159,7 +162,8 @@ def plan(recipe: Recipe, root: Path, workers: int = 1, show_progress: bool = Tru
                 train_decoder(t, s, show_progress, lam_data=d)
 
             steps += [
-                Step(f"train decoder {where}", {"lam": to_dict(lam), "stage": to_dict(decoder), "reference": recipe.train.reference}, [target / "decoder.pt"], decode),
+                Step(f"train decoder {where}", {"lam": to_dict(lam), "stage": to_dict(decoder), "reference": recipe.train.reference}, [target / "decoder.pt"], decode,
+                     stage_files(target, "decoder")),
                 Step(f"evaluate {where}", {"lam": to_dict(lam), "stage": to_dict(decoder), "evaluate": asdict(e)}, [target / "evaluate.json"],
                      lambda t=target, d=data: evaluate_run(t, e.episodes, e.seed, e.steps, show_progress=show_progress, data=d)),
             ]
@@ -227,6 +231,11 @@ def run_recipe(recipe: Recipe, root: Path, workers: int = 1, dry_run: bool = Fal
     atomic_write_json(root / "recipe.json", recipe_json(recipe))
     for number, step in enumerate(todo, 1):
         echo(f"[{number}/{len(todo)}] {step.id}")
+        if step.id in ledger and step.reset:  # done before with other settings: its stage starts over
+            del ledger[step.id]  # first: interrupted from here on, the new settings' checkpoint resumes
+            atomic_write_json(root / LEDGER, ledger)
+            for path in step.reset:
+                path.unlink(missing_ok=True)
         began = time.perf_counter()
         step.work()
         ledger[step.id] = {"settings": step.fingerprint(root), "seconds": round(time.perf_counter() - began, 1)}
