@@ -268,3 +268,48 @@ def test_ctrl_c_of_collect_with_workers_is_one_line(tmp_path):
     finally:
         for pid in session_processes(process.pid):
             os.kill(pid, signal.SIGKILL)
+
+
+RECIPE = """
+name = "safety"
+methods = ["lapo"]
+labels = [0]
+
+[collect]
+env = "dmc:cheetah-run"
+size = 32
+steps = 20
+episodes = 2
+test_episodes = 1
+labelled_episodes = 1
+
+[train]
+preset = "tiny"
+lam = ["optim.steps=2", "data.batch_size=4"]
+stages = ["optim.steps=2", "batch_size=4", "shuffle_buffer=16"]
+reference = false
+
+[evaluate]
+probe_windows = 8
+episodes = 1
+"""
+
+
+@pytest.mark.slow
+def test_a_recipe_rerun_with_another_label_budget_retrains_only_the_decoder(tmp_path):
+    recipe, root = tmp_path / "safety.toml", tmp_path / "run"
+    recipe.write_text(RECIPE)
+    code, _, err = cli("run", recipe, "--out", root, "--no-progress")
+    assert code == 0, err
+    seed = root / "runs" / "none" / "lapo" / "seed0"
+    kept = {name: (seed / name).stat().st_mtime_ns for name in ("lam.pt", "bc.pt", "probe.json")}
+    code, out, err = cli("run", recipe, "--out", root, "--set", "labels=[10]", "--no-progress")
+    assert code == 0, err
+    ran = [line.split("] ", 1)[1] for line in out.splitlines() if line.startswith("[")]
+    assert ran == ["train decoder none lapo seed0", "evaluate none lapo seed0"], out
+    assert {name: (seed / name).stat().st_mtime_ns for name in kept} == kept
+    assert json.loads((seed / "decoder-config.json").read_text())["labelled"] == 10
+    # The whole folder moved elsewhere: every step is found done.
+    shutil.move(root, tmp_path / "moved")
+    code, out, err = cli("run", recipe, "--out", tmp_path / "moved", "--set", "labels=[10]", "--dry-run")
+    assert code == 0 and "0 of" in out, out + err

@@ -73,7 +73,7 @@ def probe_run(run_dir, data: str, windows: int = 20000, batch_size: int = 64, sh
     if windows < 1:
         raise UsageError(f"--windows {windows}: the probes need at least 1 train window")
     run_dir = Path(run_dir)
-    config, model, _ = frozen_lam(run_dir, data)  # the model's shapes from --data: the run's own may have moved
+    config, model, _ = frozen_lam(run_dir, fallback=data)  # --data gives the model's shapes if the run's data moved
     info = open_dataset(data).info
     # Distractor states to probe; the background video's index is a category, not a state, so it is left out.
     distractors = tuple(name for name in info["features"] if name.startswith("distractor_") and name != "distractor_bg_video")

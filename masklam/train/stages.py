@@ -69,20 +69,26 @@ def stage_config(overrides: list[str] = (), where: str = "stage", **settings: An
     return build(StageConfig, apply_overrides({k: v for k, v in settings.items() if v is not None}, list(overrides)), where)
 
 
-def lam_dataset(run_dir: Path, data: str | None = None) -> str:
-    """Where the dataset of a run folder's LAM is: ``data`` when given, else where the run folder says."""
+def lam_dataset(run_dir: Path, data: str | None = None, fallback: str | None = None) -> str:
+    """Where the dataset of a run folder's LAM is: ``data`` when given, else where the run folder says, else
+    ``fallback`` (a dataset of the same shapes the caller reads: --data of probe and the later stages)."""
     if data:
         return absolute_location(data)
-    return find_dataset(run_dir, *stored_location(run_dir, "lam"))
+    try:
+        return find_dataset(run_dir, *stored_location(run_dir, "lam"))
+    except UsageError:
+        if fallback:
+            return absolute_location(fallback)
+        raise
 
 
-def frozen_lam(run_dir: Path, data: str | None = None) -> tuple[LAMTrainConfig, torch.nn.Module, dict[str, Any]]:
+def frozen_lam(run_dir: Path, data: str | None = None, fallback: str | None = None) -> tuple[LAMTrainConfig, torch.nn.Module, dict[str, Any]]:
     """The trained LAM of a run folder, in eval mode, with its dataset's info. The config's data.path is where
-    the dataset is now (``data``, when given: a dataset moved since training, or another of the same shapes)."""
+    the dataset is now (see lam_dataset: ``data`` says where it has moved)."""
     if not (run_dir / CHECKPOINT).exists() or not (run_dir / CONFIG).exists():
         raise UsageError(f"{run_dir} has no trained LAM ({CHECKPOINT}, {CONFIG}): run `masklam train lam --out {run_dir}` first")
     config = build(LAMTrainConfig, read_run_config(run_dir, "lam"), "lam-config")
-    config = dataclasses.replace(config, data=dataclasses.replace(config.data, path=lam_dataset(run_dir, data)))
+    config = dataclasses.replace(config, data=dataclasses.replace(config.data, path=lam_dataset(run_dir, data, fallback)))
     info = open_dataset(config.data.path).info
     model = build_model(config, info)
     load_checkpoint(run_dir / CHECKPOINT, model)
@@ -93,7 +99,7 @@ def frozen_lam(run_dir: Path, data: str | None = None) -> tuple[LAMTrainConfig, 
 def as_lams_data(run_dir: Path, stage: StageConfig) -> StageConfig:
     """``stage`` with its dataset left empty when it is the LAM's own (wherever it is now), as a run folder
     records it: passing --data for a moved dataset then resumes the stage rather than being another config."""
-    if not stage.data or not is_local(stage.data):
+    if not stage.data or not is_local(stage.data) or not (run_dir / CONFIG).exists():
         return stage
     stored, relative = stored_location(run_dir, "lam")
     here = absolute_location(stage.data)
@@ -128,11 +134,11 @@ def train_bc(run_dir: Path, stage: StageConfig, show_progress: bool = True, lam_
     """``lam_data``: where the LAM's dataset is now, when the caller knows (not a setting: not recorded)."""
     run_dir = Path(run_dir)
     stage = as_lams_data(run_dir, stage)
-    lam_config, lam, _ = frozen_lam(run_dir, stage.data or lam_data)
+    lam_config, lam, _ = frozen_lam(run_dir, lam_data, fallback=stage.data)
     check_optim(stage.optim)
     claim_run_folder(run_dir, "bc", stage, ignore=DECODER_ONLY)
     policy = policy_model(stage, lam)
-    data = lam_config.data.path
+    data = stage.data or lam_config.data.path
     windows = WindowDataset(data, "train", window_spec(lam_config, labelled_only=False), seed=stage.seed, shuffle_buffer=stage.shuffle_buffer)
     batches = iter(make_loader(windows, stage.batch_size))
 
@@ -165,9 +171,9 @@ def check_labelled(data: str, labelled: int) -> None:
 
 def labelled_latents(run_dir: Path, stage: StageConfig, lam_data: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Latent-policy outputs and actions of the first ``stage.labelled`` labelled train transitions."""
-    lam_config, lam, _ = frozen_lam(run_dir, stage.data or lam_data)
+    lam_config, lam, _ = frozen_lam(run_dir, lam_data, fallback=stage.data)
     policy = frozen_policy(run_dir, lam)
-    data = lam_config.data.path
+    data = stage.data or lam_config.data.path
     check_labelled(data, stage.labelled)
     windows = WindowDataset(data, "train", window_spec(lam_config, labelled_only=True), seed=stage.seed, shuffle_buffer=stage.shuffle_buffer, epochs=1)
     latents, actions, count = [], [], 0
@@ -214,9 +220,9 @@ def train_action_bc(run_dir: Path, stage: StageConfig, show_progress: bool = Tru
     labelled train transition (all of the dataset's labels). Its online return normalises the LAM policies'."""
     run_dir = Path(run_dir)
     stage = as_lams_data(run_dir, stage)
-    lam_config, lam, info = frozen_lam(run_dir, stage.data or lam_data)
+    lam_config, lam, info = frozen_lam(run_dir, lam_data, fallback=stage.data)
     check_optim(stage.optim)
-    data = lam_config.data.path
+    data = stage.data or lam_config.data.path
     windows = WindowDataset(data, "train", window_spec(lam_config, labelled_only=True), seed=stage.seed, shuffle_buffer=stage.shuffle_buffer)
     claim_run_folder(run_dir, "bc-actions", stage, ignore=DECODER_ONLY)
     policy = policy_model(stage, lam, latent_dim=info["features"]["action"]["shape"][0])
@@ -280,7 +286,7 @@ def train_all(lam: LAMTrainConfig, run_dir: Path, stage: StageConfig, reference:
     run_dir = Path(run_dir)
     lam = with_absolute_data(lam)
     validate_all(lam, stage, reference)
-    for name in stale_stages(run_dir, lam, as_lams_data(run_dir, stage) if (run_dir / CONFIG).exists() else stage, reference):
+    for name in stale_stages(run_dir, lam, as_lams_data(run_dir, stage), reference):
         echo(f"{name}: settings changed since the last run in {run_dir}; training it again")
         for path in stage_files(run_dir, name):
             path.unlink(missing_ok=True)
