@@ -32,7 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from masklam.atomic import atomic_file, atomic_write_bytes, atomic_write_json
+from masklam.atomic import atomic_file, atomic_write_bytes, atomic_write_json, remove_stale_temp_files
 from masklam.data.dataset import INFO, Dataset, open_dataset, read_json
 from masklam.data.export import PARQUET
 from masklam.data.schema import SPLITS
@@ -182,6 +182,7 @@ def build_stage(dataset_path: Path, stage: Path, config: PublishConfig, show_pro
     for split in dataset.info["splits"]:
         dataset.shards(split)  # an incomplete dataset stops here, before anything is written
     atomic_write_json(stage / STAGE_MARKER, {"dataset": str(dataset.root)})
+    remove_stale_temp_files(stage)  # an interrupted build's
     files: list[str] = []
     zipped = dataset.info["backend"] == "zarr" and config.zarr_layout == "zip"
     shard_dirs: set[Path] = set()
