@@ -130,13 +130,14 @@ def claim_run_folder(run_dir: Path, stage: str, config: Any, rank: int = 0, igno
     run_dir = Path(run_dir)
     saved = run_dir / f"{stage}-config.json"
     settings = to_dict(config)
-    previous = None
+    previous, same = None, False
     if saved.exists():
         try:
             previous = json.loads(saved.read_text())
         except (OSError, ValueError):
             pass
-        if previous is None or not same_settings(previous, settings, run_dir, ignore):
+        same = isinstance(previous, dict) and same_settings(previous, settings, run_dir, ignore)
+        if not same:
             if (run_dir / f"{stage}.pt").exists():
                 raise UsageError(f"{run_dir} holds a {stage} run with another config: use another --out, or the same settings to resume it")
             if rank == 0:
@@ -145,7 +146,7 @@ def claim_run_folder(run_dir: Path, stage: str, config: Any, rank: int = 0, igno
         remove_stale_temp_files(run_dir, same_host=int(os.environ.get("WORLD_SIZE", "1")) == 1)
         locations = {key: os.path.relpath(absolute_location(value), run_dir.resolve()) for key, value in data_settings(settings).items()}
         record = {**settings, **({LOCATIONS: locations} if locations else {})}
-        if isinstance(previous, dict):  # settings this stage ignores keep their recorded values
+        if same:  # settings this stage ignores keep their recorded values
             record.update({key: previous[key] for key in ignore if key in previous})
         if record != previous:  # unchanged: left as it is
             atomic_write_json(saved, record)
