@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -40,3 +43,69 @@ def dumps_json(obj: Any) -> bytes:
 
 def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_bytes(path, dumps_json(obj))
+
+
+# --- temp files of interrupted writers -----------------------------------------------------------------------
+# The names masklam's writers give their temp files and folders, and only those: atomic_file's
+# ".NAME.PID-THREAD.tmp", the Zarr backend's staging folders ".tmp-PID-XXXX" (".tmp-XXXX" before they carried
+# the pid), publish's ".NAME.PID.link" and collect's ".write-test-PID". Group "pid" is the writer's process.
+TEMP_NAME = re.compile(r"^\.(?:.+\.(?P<pid>\d+)-\d+\.tmp|tmp-(?:(?P<staging_pid>\d+)-)?[A-Za-z0-9_]+|.+\.(?P<link_pid>\d+)\.link|write-test-(?P<test_pid>\d+))$")
+STALE_AFTER_SECONDS = 3600.0  # a temp file untouched this long belongs to no live writer, whoever made it
+
+
+def is_temp_name(name: str) -> bool:
+    """Whether ``name`` is one masklam gives a temp file or folder while it writes (never a finished file)."""
+    return TEMP_NAME.match(name) is not None
+
+
+def _writer_pid(name: str) -> int | None:
+    match = TEMP_NAME.match(name)
+    if match is None:
+        return None
+    pid = next((g for g in match.group("pid", "staging_pid", "link_pid", "test_pid") if g is not None), None)
+    return int(pid) if pid is not None else None
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+def remove_stale_temp_files(root: Path, same_host: bool = True) -> list[Path]:
+    """Delete the temp files and folders that interrupted masklam writers left under ``root``; returns them.
+
+    A temp name is stale when the process in its name is gone (``same_host``: every writer of ``root`` runs on
+    this machine, so the pid means something here) or when it has not been touched for an hour (writers on
+    other machines, names without a pid). Nothing but masklam's own temp names is ever deleted.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    removed, now = [], time.time()
+    for folder, dirs, names in os.walk(root):
+        for name in [*names, *dirs]:
+            if not is_temp_name(name):
+                continue
+            path = Path(folder) / name
+            pid = _writer_pid(name)
+            try:
+                if pid is not None and same_host:
+                    stale = pid != os.getpid() and not _process_alive(pid)
+                else:
+                    stale = now - path.lstat().st_mtime > STALE_AFTER_SECONDS
+                if not stale:
+                    continue
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink()
+            except FileNotFoundError:  # its writer finished (renamed it) or another run removed it meanwhile
+                continue
+            removed.append(path)
+        dirs[:] = [d for d in dirs if not is_temp_name(d)]
+    return removed

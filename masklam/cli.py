@@ -10,7 +10,7 @@ from typing import Optional
 
 import typer
 
-from masklam.errors import UsageError
+from masklam.errors import UsageError, network_error
 
 app = typer.Typer(
     help="masklam: latent action learning from video full of distractors.",
@@ -20,8 +20,12 @@ app = typer.Typer(
 )
 
 
+INTERRUPTED = 130  # the shell's code for a command stopped by Ctrl-C (128 + SIGINT)
+
+
 def fails_cleanly(command):
-    """Print a user's mistake as one line on stderr and exit 2, instead of a traceback."""
+    """Print a user's mistake, a server out of reach, or Ctrl-C as one line on stderr (exit 2, or 130 for
+    Ctrl-C), instead of a traceback. Every command is resumable: re-running it goes on where it stopped."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
@@ -29,6 +33,15 @@ def fails_cleanly(command):
             return command(*args, **kwargs)
         except UsageError as error:
             typer.echo(f"error: {error}", err=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            typer.echo("error: interrupted (Ctrl-C); re-run the same command to resume", err=True)
+            raise typer.Exit(INTERRUPTED) from None
+        except Exception as error:
+            unreachable = network_error(error)
+            if unreachable is None:
+                raise
+            typer.echo(f"error: {unreachable}", err=True)
             raise typer.Exit(2) from None
 
     return wrapper
@@ -359,16 +372,12 @@ def train_all_command(
     progress: bool = typer.Option(True),
 ) -> None:
     """LAM pretraining, latent behaviour cloning, the action decoder (and the BC-on-actions reference), in one run folder."""
-    from masklam.train.lam import load_trainer, train_lam
-    from masklam.train.stages import stage_config, train_action_bc, train_bc, train_decoder
+    from masklam.train.lam import load_trainer
+    from masklam.train.stages import stage_config, train_all
 
     config = load_trainer(trainer, overrides, data, mask_source)
     stage = stage_config(stage_overrides, preset=config.preset, labelled=labelled)
-    train_lam(config, out, show_progress=progress)
-    train_bc(out, stage, show_progress=progress)
-    result = train_decoder(out, stage, show_progress=progress)
-    if reference:
-        train_action_bc(out, stage, show_progress=progress)
+    result = train_all(config, out, stage, reference, show_progress=progress, echo=typer.echo)
     typer.echo(f"trained {config.method}: LAM, latent policy and action decoder ({result['labelled_transitions']} labelled transitions) in {out}")
 
 
@@ -377,6 +386,7 @@ def train_all_command(
 def evaluate(
     run: Path = typer.Argument(..., help="a run folder with a LAM, a latent policy and an action decoder"),
     episodes: int = typer.Option(10, help="evaluation episodes (held-out seeds, the test split's background videos)"),
+    data: Optional[str] = typer.Option(None, "--data", help="the LAM's dataset, when it has moved since training (default: where the run folder says)"),
     seed: int = typer.Option(0),
     steps: Optional[int] = typer.Option(None, help="steps per episode (default: the dataset's episode length)"),
     as_json: bool = typer.Option(False, "--json"),
@@ -385,7 +395,7 @@ def evaluate(
     """Online rollouts of the decoded latent policy in the dataset's distracting environment."""
     from masklam.eval.rollout import evaluate_run, render_evaluation
 
-    result = evaluate_run(run, episodes, seed, steps, show_progress=progress)
+    result = evaluate_run(run, episodes, seed, steps, show_progress=progress, data=data)
     typer.echo(json.dumps(result, indent=1) if as_json else render_evaluation(result))
 
 

@@ -12,6 +12,7 @@ import dataclasses
 import json
 import multiprocessing
 import os
+import pickle
 import queue
 import shlex
 import shutil
@@ -24,7 +25,7 @@ import numpy as np
 from tqdm import tqdm
 
 import masklam
-from masklam.atomic import atomic_write_json
+from masklam.atomic import atomic_write_json, remove_stale_temp_files
 from masklam.data.dataset import INFO, check_backend, get_backend, index_path, read_json, write_index
 from masklam.data.schema import (
     ORACLE,
@@ -38,6 +39,7 @@ from masklam.data.schema import (
 from masklam.envs.policies import NoisyPolicy, file_sha256, make_policy, policy_checkpoint
 from masklam.envs.spec import EnvSpec
 from masklam.errors import UsageError
+from masklam.processes import no_interrupts_while_starting, worker_initializer
 from masklam.ranks import rank_and_world_size
 
 if TYPE_CHECKING:  # the simulator (MuJoCo) loads only when a collection runs: recipes and reports read these settings
@@ -368,6 +370,7 @@ def collect(config: CollectConfig, root: Path, workers: int = 1, overwrite: bool
     if config.test_episodes:
         validator.env("test")
     prepare_output(root, config, overwrite)
+    remove_stale_temp_files(root, same_host=world_size == 1)  # an interrupted run's; ranks elsewhere: by age
     summary = EnvSummary.of(train_env)
 
     plans = plan_shards(config)
@@ -393,8 +396,12 @@ def _write_in_pool(config: CollectConfig, root: Path, todo: list[ShardPlan], wor
 
     context = multiprocessing.get_context("spawn")  # a GL context does not survive fork
     progress_queue = context.Queue()
-    with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=context, initializer=_init_worker, initargs=(config, root, progress_queue)) as pool:
-        pending = {pool.submit(_worker_write, plan) for plan in todo}
+    # Workers die with this process (a killed collect leaves none writing shards behind it); see masklam.processes.
+    initargs = (os.getpid(), f"{__name__}:_init_worker", pickle.dumps((config, root)), progress_queue)
+    pool = ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=context, initializer=worker_initializer, initargs=initargs)
+    try:
+        with no_interrupts_while_starting():  # workers are started by submit; Ctrl-C is for this process alone
+            pending = {pool.submit(_worker_write, plan) for plan in todo}
         while pending:
             done, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
             for future in done:
@@ -404,6 +411,12 @@ def _write_in_pool(config: CollectConfig, root: Path, todo: list[ShardPlan], wor
                     bar.update(progress_queue.get_nowait())
             except queue.Empty:
                 pass
+    except BaseException:  # Ctrl-C or a worker's error: stop the others now (a re-run resumes), without their tracebacks
+        for process in list(pool._processes.values()):  # the executor has no public way to stop running work
+            process.terminate()
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
 
 
 @dataclass(frozen=True)

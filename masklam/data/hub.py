@@ -32,7 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from masklam.atomic import atomic_file, atomic_write_bytes, atomic_write_json
+from masklam.atomic import atomic_file, atomic_write_bytes, atomic_write_json, remove_stale_temp_files
 from masklam.data.dataset import INFO, Dataset, open_dataset, read_json
 from masklam.data.export import PARQUET
 from masklam.data.schema import SPLITS
@@ -182,6 +182,7 @@ def build_stage(dataset_path: Path, stage: Path, config: PublishConfig, show_pro
     for split in dataset.info["splits"]:
         dataset.shards(split)  # an incomplete dataset stops here, before anything is written
     atomic_write_json(stage / STAGE_MARKER, {"dataset": str(dataset.root)})
+    remove_stale_temp_files(stage)  # an interrupted build's
     files: list[str] = []
     zipped = dataset.info["backend"] == "zarr" and config.zarr_layout == "zip"
     shard_dirs: set[Path] = set()
@@ -231,6 +232,9 @@ def hub_error(action: str, repo_id: str, error: Exception) -> UsageError:
     if status == 404:
         return UsageError(f"the Hub has no dataset {repo_id} (or no such revision) to {action}: check the name")
     first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    if status is None:  # no answer at all: no network, or a wrong HF_ENDPOINT
+        return UsageError(f"could not reach the Hub to {action} {repo_id} ({first_line}): check the network and HF_ENDPOINT, "
+                          "then re-run the same command to resume")
     return UsageError(f"could not {action} {repo_id} on the Hub: {first_line}; re-run the same command to resume")
 
 
@@ -293,7 +297,28 @@ def pull(repo_id: str, out: Path, revision: str = "main", show_progress: bool = 
     origin = read_json(record, "delete it, or pull into another --out") if record.exists() else None
     if (origin or {}).get("repo_id", repo_id) != repo_id or (origin is None and out.is_dir() and any(out.iterdir())):
         raise UsageError(f"{out} holds something else than a pull of {repo_id}: choose another --out")
+    created = not out.exists()
     atomic_write_json(record, {"repo_id": repo_id, "revision": revision})  # first: a later run resumes here
+    try:
+        return _pull_into(huggingface_hub, repo_id, out, revision, show_progress)
+    except BaseException:
+        if created:
+            remove_if_nothing_came(out)
+        raise
+
+
+def remove_if_nothing_came(out: Path) -> None:
+    """Delete a folder this pull made when no file of the dataset came down (an offline run, a wrong name): only
+    pull.json and huggingface_hub's bookkeeping are in it. One holding downloads is kept, to resume."""
+    cache = out / ".cache"
+    others = [p for p in out.iterdir() if p not in (out / PULL_RECORD, cache)] if out.is_dir() else [None]
+    downloaded = cache.is_dir() and any(p.is_file() and p.name.endswith(".incomplete") for p in cache.rglob("*"))
+    if not others and not downloaded:
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def _pull_into(huggingface_hub, repo_id: str, out: Path, revision: str, show_progress: bool) -> Path:
+    record = out / PULL_RECORD
     if not show_progress:
         huggingface_hub.utils.disable_progress_bars()
     api = huggingface_hub.HfApi()

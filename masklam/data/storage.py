@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from upath import UPath
 
-from masklam.atomic import dumps_json
+from masklam.atomic import dumps_json, is_temp_name
 from masklam.data.schema import MASK_SOURCE_RE, ORACLE, Feature, Record, RecordMeta
 from masklam.errors import UsageError
 
@@ -125,7 +125,11 @@ def tree_bytes(path: Path) -> int:
     """Bytes of the files under ``path`` (or of ``path`` itself); 0 when it does not exist."""
     if path.is_file():
         return path.stat().st_size
-    return sum((Path(folder) / name).stat().st_size for folder, _, names in os.walk(path) for name in names)
+    total = 0
+    for folder, dirs, names in os.walk(path):
+        dirs[:] = [d for d in dirs if not is_temp_name(d)]  # an interrupted writer's leftovers are not the dataset
+        total += sum((Path(folder) / name).stat().st_size for name in names if not is_temp_name(name))
+    return total
 
 
 def writer_command(source: str = ORACLE) -> str:

@@ -209,7 +209,7 @@ class ZarrBackend:
         """A path in a fresh folder ROOT/.tmp-XXXX (one per writer, so parallel writers never share one),
         removed afterwards with whatever is left in it."""
         root.mkdir(parents=True, exist_ok=True)
-        folder = Path(tempfile.mkdtemp(prefix=STAGING, dir=root))
+        folder = Path(tempfile.mkdtemp(prefix=f"{STAGING}{os.getpid()}-", dir=root))  # the pid: a later run can tell a dead writer's
         try:
             yield folder / "node"
         finally:

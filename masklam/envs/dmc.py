@@ -6,9 +6,10 @@ import numpy as np
 from dm_control import suite
 
 from masklam.envs.sim import SimStep, geoms_of_bodies
+from masklam.envs.suites import SUITE_STEPS
 from masklam.errors import UsageError
 
-DMC_STEPS = 1000
+DMC_STEPS = SUITE_STEPS["dmc"]
 
 # How far a body of each domain is up: the physics' measure, its value lying at the lowest, and the height its
 # tasks call standing (dm_control's _STAND_HEIGHT). hopper's measure is torso above foot, so it goes negative

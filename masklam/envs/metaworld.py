@@ -9,9 +9,10 @@ import mujoco
 import numpy as np
 
 from masklam.envs.sim import SimStep, geoms_of_bodies
+from masklam.envs.suites import SUITE_STEPS
 from masklam.errors import UsageError
 
-METAWORLD_STEPS = 500
+METAWORLD_STEPS = SUITE_STEPS["metaworld"]
 
 
 @functools.cache

@@ -38,6 +38,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from masklam.errors import UsageError
+
 # Ridge strengths tried: the penalty per train window on standardised latents, i.e. the fit minimises
 # mean squared error + ridge * ||w||^2 (sklearn's alpha = ridge * windows). Half-decade steps from plain
 # least squares to enough to shrink any standardised latent of up to ~10^4 dimensions to the mean.
@@ -212,8 +214,10 @@ def probe_run(run_dir, data: str, windows: int = 20000, batch_size: int = 64, sh
     from masklam.train.loader import WindowDataset, action_variance, make_loader
     from masklam.train.stages import frozen_lam, window_spec
 
+    if windows < 1:
+        raise UsageError(f"--windows {windows}: the probes need at least 1 train window")
     run_dir = Path(run_dir)
-    config, model, _ = frozen_lam(run_dir)
+    config, model, _ = frozen_lam(run_dir, fallback=data)  # --data gives the model's shapes if the run's data moved
     info = open_dataset(data).info
     # Distractor states to probe: those that mean the same in every episode. Not the background's: its frame
     # index counts frames within a clip (the same index is another picture in another clip), and the clip's

@@ -28,9 +28,10 @@ from masklam.train.stages import frozen_lam, frozen_policy, frozen_stage_policy
 EVAL_SEED_KEY = 11  # evaluation episodes draw seeds no dataset episode uses
 
 
-def load_decoded_policy(run_dir: Path):
-    """The run's frozen LAM, latent policy and action decoder, and the LAM's config and dataset info."""
-    lam_config, lam, info = frozen_lam(run_dir)
+def load_decoded_policy(run_dir: Path, data: str | None = None):
+    """The run's frozen LAM, latent policy and action decoder, and the LAM's config and dataset info
+    (``data``: where the LAM's dataset is, when not where the run folder says)."""
+    lam_config, lam, info = frozen_lam(run_dir, data)
     policy = frozen_policy(run_dir, lam)
     if not (run_dir / "decoder.pt").exists():
         raise UsageError(f"{run_dir} has no action decoder (decoder.pt): run `masklam train decoder {run_dir}` first")
@@ -61,13 +62,13 @@ def rollout_returns(env: DistractingEnv, act, stack: int, episodes: int, seed: i
     return np.array(returns), successes
 
 
-def evaluate_run(run_dir: Path, episodes: int = 10, seed: int = 0, steps: int | None = None, show_progress: bool = True) -> dict[str, Any]:
+def evaluate_run(run_dir: Path, episodes: int = 10, seed: int = 0, steps: int | None = None, show_progress: bool = True, data: str | None = None) -> dict[str, Any]:
     run_dir = Path(run_dir)
     if episodes < 1:
         raise UsageError("--episodes must be at least 1")
-    lam_config, lam, info = frozen_lam(run_dir)
+    lam_config, lam, info = frozen_lam(run_dir, data)
     require_simulator(info, lam_config.data.path, "evaluate (online rollouts)")  # before asking for the other stages
-    lam_config, lam, policy, decoder, info = load_decoded_policy(run_dir)
+    lam_config, lam, policy, decoder, info = load_decoded_policy(run_dir, data)
     reference_policy = frozen_stage_policy(run_dir, "bc-actions", lam, latent_dim=info["features"]["action"]["shape"][0])
     spec = EnvSpec.from_json(info["env"])
     stack = lam_config.data.stack

@@ -91,8 +91,10 @@ class Recipe:
         if not self.seeds or not self.labels or any(b < 0 for b in self.labels) or not self.masks:
             raise UsageError("recipe seeds, labels and masks need at least one entry each; label budgets are >= 0")
         for name, settings in self.datasets().items():
-            settings.config()  # validates the environment, distractors, label counts, ...
+            config = settings.config()  # validates the environment, distractors, label counts, ...
             check_folder_name(name, "variant name", "a dataset folder")
+            if self.simulated:
+                self.check_labels(name, config)
         strangers = sorted(set(self.train.lam_per_method) - set(self.methods))
         if strangers:
             raise UsageError(f"train.lam_per_method has settings for {strangers}, not in the recipe's methods {self.methods}")
@@ -110,6 +112,21 @@ class Recipe:
     def simulated(self) -> bool:
         """Whether the data comes from a simulator ([collect]); else it is ingested and nothing can be evaluated online."""
         return self.collect is not None
+
+    def check_labels(self, variant: str, config) -> None:
+        """Every run's decoder (and laom-labels, and the BC-on-actions reference) trains on labelled transitions:
+        refuse, before anything runs, a dataset that will have none or fewer than a label budget asks for."""
+        from masklam.data.collect import labelled_train_episodes
+
+        episodes = len(labelled_train_episodes(config))
+        if episodes == 0:
+            raise UsageError(f"variant {variant!r} has no labelled train episodes, and every run's action decoder trains on "
+                             "labelled transitions: set collect.labelled_episodes (or label_fraction) above 0")
+        most = episodes * (config.env.episode_steps or suite_steps(config.env.env_id))  # episodes never end early
+        over = [budget for budget in self.labels if budget > most]
+        if over:
+            raise UsageError(f"labels {over}: variant {variant!r} will have at most {most} labelled train transitions "
+                             f"({episodes} labelled episodes): lower the budgets or collect more labelled episodes")
 
     def datasets(self) -> dict[str, CollectSettings | IngestConfig]:
         """Variant name -> its collect (or ingest) settings."""
@@ -146,6 +163,13 @@ class Recipe:
         """Every combination of the sweep's values ([{}] without a sweep)."""
         keys = sorted(self.sweep)
         return [dict(zip(keys, values)) for values in itertools.product(*(self.sweep[k] for k in keys))]
+
+
+def suite_steps(env_id: str) -> int:
+    """A suite's own episode length (collect's --steps 0)."""
+    from masklam.envs.suites import SUITE_STEPS
+
+    return SUITE_STEPS["metaworld" if env_id.startswith("metaworld:") else "dmc"]
 
 
 def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:

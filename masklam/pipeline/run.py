@@ -29,9 +29,15 @@ class Step:
     settings: dict[str, Any]
     outputs: list[Path]
     work: Callable[[], None] = field(repr=False)
+    reset: list[Path] = field(default_factory=list)  # deleted first when the step ran before with other settings
 
-    def fingerprint(self) -> str:
-        return hashlib.sha256(json.dumps(self.settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    def fingerprint(self, root: Path | None = None) -> str:
+        """A hash of the settings, with the run folder's own path written as $RUN: a moved or copied run folder
+        finds its steps done."""
+        text = json.dumps(self.settings, sort_keys=True, default=str)
+        if root is not None:
+            text = text.replace(json.dumps(str(root))[1:-1], "$RUN")
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def plan(recipe: Recipe, root: Path, workers: int = 1, show_progress: bool = True) -> list[Step]:
@@ -44,6 +50,7 @@ def plan(recipe: Recipe, root: Path, workers: int = 1, show_progress: bool = Tru
     from masklam.segment.run import segment_dataset
     from masklam.segment.transforms import derive_source
     from masklam.train.lam import load_trainer, train_lam
+    from masklam.train.loop import stage_files
     from masklam.train.stages import stage_config, train_action_bc, train_bc, train_decoder
 
     steps: list[Step] = []
@@ -67,39 +74,58 @@ def plan(recipe: Recipe, root: Path, workers: int = 1, show_progress: bool = Tru
                               lambda t=transform, n=name, s=source, data=data: derive_source(data, s, t, n, show_progress=show_progress)))
 
     e = recipe.evaluate
+    checked: set[str] = set()
     for run in grid(recipe):
         data, folder = str(root / "data" / run.variant), run.folder(root)
         lam = load_trainer(recipe.trainer(run.method), [*recipe.lam_overrides(run.method), *overrides_of(dict(run.sweep)), f"seed={run.seed}"], data, run.mask)
         stage = stage_config(recipe.train.stages, "train.stages", preset=lam.preset, seed=run.seed)
+        check_settings(lam, stage, datasets[run.variant].size, checked)
         name = f"{run.variant} {run.label} seed{run.seed}"
         steps += [
-            Step(f"train lam {name}", to_dict(lam), [folder / "lam.pt"], lambda lam=lam, f=folder: train_lam(lam, f, show_progress)),
+            Step(f"train lam {name}", to_dict(lam), [folder / "lam.pt"], lambda lam=lam, f=folder: train_lam(lam, f, show_progress), stage_files(folder, "lam")),
             Step(f"probe {name}", {"lam": to_dict(lam), "windows": e.probe_windows, "probe": PROBE_VERSION}, [folder / "probe.json"],
                  lambda f=folder, d=data: probe_run(f, d, e.probe_windows, show_progress=show_progress)),
-            Step(f"train bc {name}", {"lam": to_dict(lam), "stage": to_dict(stage)}, [folder / "bc.pt"], lambda f=folder, s=stage: train_bc(f, s, show_progress)),
+            Step(f"train bc {name}", {"lam": to_dict(lam), "stage": to_dict(stage)}, [folder / "bc.pt"], lambda f=folder, s=stage, d=data: train_bc(f, s, show_progress, lam_data=d),
+                 stage_files(folder, "bc")),
         ]
         if recipe.train.reference and recipe.simulated:  # the reference only normalises online returns
             steps.append(Step(f"train bc-actions {name}", {"lam": to_dict(lam), "stage": to_dict(stage)}, [folder / "bc-actions.pt"],
-                              lambda f=folder, s=stage: train_action_bc(f, s, show_progress)))
+                              lambda f=folder, s=stage, d=data: train_action_bc(f, s, show_progress, lam_data=d), stage_files(folder, "bc-actions")))
         for budget in recipe.labels:
             target = budget_folder(recipe, folder, budget)
             decoder = replace(stage, labelled=budget)
             where = f"{name} labels={budget}" if len(recipe.labels) > 1 else name
 
-            def decode(f=folder, t=target, s=decoder):
+            def decode(f=folder, t=target, s=decoder, d=data):
                 link_shared(f, t)
-                train_decoder(t, s, show_progress)
+                train_decoder(t, s, show_progress, lam_data=d)
 
-            steps.append(Step(f"train decoder {where}", {"lam": to_dict(lam), "stage": to_dict(decoder), "reference": recipe.train.reference}, [target / "decoder.pt"], decode))
+            steps.append(Step(f"train decoder {where}", {"lam": to_dict(lam), "stage": to_dict(decoder), "reference": recipe.train.reference}, [target / "decoder.pt"], decode,
+                              stage_files(target, "decoder")))
             if recipe.simulated:  # ingested data has no simulator to evaluate in
                 steps.append(Step(f"evaluate {where}", {"lam": to_dict(lam), "stage": to_dict(decoder), "evaluate": asdict(e)}, [target / "evaluate.json"],
-                                  lambda t=target: evaluate_run(t, e.episodes, e.seed, e.steps, show_progress=show_progress)))
+                                  lambda t=target, d=data: evaluate_run(t, e.episodes, e.seed, e.steps, show_progress=show_progress, data=d)))
     return steps
 
 
-def is_done(step: Step, ledger: dict[str, Any]) -> bool:
+def check_settings(lam, stage, image_size: int, checked: set[str]) -> None:
+    """Settings every run's stages will refuse, refused before the first step: optimiser and model settings
+    (the model is built once per distinct setting, at the recipe's image size)."""
+    from masklam.train.lam import build_model
+    from masklam.train.loop import check_optim
+
+    check_optim(lam.optim)
+    check_optim(stage.optim)
+    key = json.dumps([lam.method, lam.preset, lam.data.stack, lam.model, image_size], sort_keys=True, default=str)
+    if key not in checked:
+        build_model(lam, {"env": {"render": {"size": image_size}}, "features": {"action": {"shape": [1]}}})
+        checked.add(key)
+
+
+def is_done(step: Step, ledger: dict[str, Any], root: Path) -> bool:
     entry = ledger.get(step.id)
-    return entry is not None and entry["settings"] == step.fingerprint() and all(p.exists() for p in step.outputs)
+    # The fingerprint without the run folder's path; ledgers written before it was left out hold the absolute one.
+    return entry is not None and entry["settings"] in (step.fingerprint(root), step.fingerprint()) and all(p.exists() for p in step.outputs)
 
 
 def run_recipe(recipe: Recipe, root: Path, workers: int = 1, dry_run: bool = False, show_progress: bool = True, echo: Callable[[str], None] = print) -> list[Step]:
@@ -109,7 +135,7 @@ def run_recipe(recipe: Recipe, root: Path, workers: int = 1, dry_run: bool = Fal
     root = Path(root).resolve()  # one spelling of every path in the steps' settings, whatever the cwd or --out
     steps = plan(recipe, root, workers, show_progress)
     ledger = read_ledger(root)
-    done = [is_done(step, ledger) for step in steps]
+    done = [is_done(step, ledger, root) for step in steps]
     todo = [step for step, finished in zip(steps, done) if not finished]
     if dry_run:
         for number, (step, finished) in enumerate(zip(steps, done), 1):
@@ -120,9 +146,14 @@ def run_recipe(recipe: Recipe, root: Path, workers: int = 1, dry_run: bool = Fal
     atomic_write_json(root / "recipe.json", recipe_json(recipe))
     for number, step in enumerate(todo, 1):
         echo(f"[{number}/{len(todo)}] {step.id}")
+        if step.id in ledger and step.reset:  # done before with other settings: its stage starts over
+            del ledger[step.id]  # first: interrupted from here on, the new settings' checkpoint resumes
+            atomic_write_json(root / LEDGER, ledger)
+            for path in step.reset:
+                path.unlink(missing_ok=True)
         began = time.perf_counter()
         step.work()
-        ledger[step.id] = {"settings": step.fingerprint(), "seconds": round(time.perf_counter() - began, 1)}
+        ledger[step.id] = {"settings": step.fingerprint(root), "seconds": round(time.perf_counter() - began, 1)}
         atomic_write_json(root / LEDGER, ledger)
     write_report([root], root / "report", echo=echo)
     return todo

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from masklam.atomic import atomic_write_json
+from masklam.atomic import atomic_write_json, remove_stale_temp_files
 from masklam.data.dataset import INFO, Dataset, open_dataset
 from masklam.data.schema import MASK_SOURCE_RE, ORACLE, Record
 from masklam.errors import UsageError
@@ -80,6 +80,7 @@ def write_mask_source(
     root: Path = dataset.root
     rank, world_size = rank_and_world_size(rank, world_size)
     claim_source(root, name, description, name in dataset.info.get("mask_sources", {}), overwrite)
+    remove_stale_temp_files(root, same_host=world_size == 1)  # an interrupted run's (ranks elsewhere: by age)
 
     every = [(split, shard) for split in dataset.info["splits"] for shard in dataset.shards(split)]
     mine = every[rank::world_size]

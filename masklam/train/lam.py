@@ -9,6 +9,7 @@ step and continues bit-identical to an uninterrupted run.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import json
 import os
@@ -29,7 +30,7 @@ from masklam.models.lam import LAOMLabels
 from masklam.models.presets import METHODS, PRESETS, LAMConfig, build_lam, lam_config
 from masklam.threads import leave_for_workers
 from masklam.train.loader import WindowDataset, WindowSpec, action_variance, make_loader
-from masklam.train.loop import OptimConfig, claim_run_folder, fit
+from masklam.train.loop import OptimConfig, absolute_location, check_optim, claim_run_folder, fit
 from masklam.train.presets import trainer_file
 
 CHECKPOINT = "lam.pt"
@@ -160,15 +161,22 @@ def window_batches(config: LAMTrainConfig, rank: int, world_size: int) -> Iterat
 
 
 # --- training -------------------------------------------------------------------------------
+def with_absolute_data(config: LAMTrainConfig) -> LAMTrainConfig:
+    """The config with a local dataset path made absolute: the run folder then names it whatever the cwd."""
+    return dataclasses.replace(config, data=dataclasses.replace(config.data, path=absolute_location(config.data.path)))
+
+
 def train_lam(config: LAMTrainConfig, run_dir: Path, show_progress: bool = True) -> dict[str, Any]:
     run_dir = Path(run_dir)
     if config.device.startswith("cuda") and not torch.cuda.is_available():
         raise UsageError(f"device = {config.device!r} but torch sees no CUDA GPU here: --set device=cpu")
-    rank, world_size = setup_distributed(config.device)
-    leave_for_workers(config.data.workers)  # loader processes decode beside the training threads
+    config = with_absolute_data(config)
     info = open_dataset(config.data.path).info
     torch.manual_seed(config.seed)
     model = build_model(config, info).to(config.device)
+    check_optim(config.optim)
+    rank, world_size = setup_distributed(config.device)
+    leave_for_workers(config.data.workers)  # loader processes decode beside the training threads
     batches = window_batches(config, rank, world_size)  # bad settings fail here, before the run folder is claimed
     if isinstance(model, LAOMLabels):  # logged beside the action loss: does the head beat the mean action?
         model.action_variance = float(np.mean(action_variance(config.data.path)))

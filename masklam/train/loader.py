@@ -33,7 +33,9 @@ FSSPEC_S3_<OPTION> (e.g. FSSPEC_S3_ENDPOINT_URL), read when fsspec is imported. 
 
 from __future__ import annotations
 
+import functools
 import itertools
+import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -198,7 +200,15 @@ def make_loader(dataset: WindowDataset, batch_size: int, num_workers: int = 0) -
         num_workers=num_workers,
         persistent_workers=num_workers > 0,  # workers keep their epoch counter (and open files) between passes
         pin_memory=torch.cuda.is_available(),
+        # torch's workers notice a dead parent only between batches; this ends them with it at once
+        worker_init_fn=functools.partial(_die_with, os.getpid()) if num_workers > 0 else None,
     )
+
+
+def _die_with(parent_pid: int, worker_id: int) -> None:
+    from masklam.processes import die_with_parent
+
+    die_with_parent(parent_pid)
 
 
 def action_variance(source: str | Path, split: str = "train") -> np.ndarray:

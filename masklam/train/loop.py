@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from masklam.atomic import atomic_file, atomic_write_json
+from masklam.atomic import atomic_file, atomic_write_bytes, atomic_write_json, remove_stale_temp_files
 from masklam.configs import require, to_dict
 from masklam.errors import UsageError
 
@@ -39,13 +40,138 @@ class OptimConfig:
         require(0 < self.grad_clip <= math.inf, "grad_clip", self.grad_clip, "the gradient norm bound must be > 0 (inf: no clipping)")
 
 
-def claim_run_folder(run_dir: Path, stage: str, config: Any, rank: int = 0) -> None:
-    """Record a stage's settings; refuse a folder whose stage was run with other settings."""
+# Settings that name a dataset: compared by the folder they resolve to, and stored with where they are from the
+# run folder too, so that a run folder moved or copied together with its dataset still finds it.
+DATA_KEYS = ("data.path", "data")
+LOCATIONS = "_locations"  # key of a saved config: dataset setting -> its path relative to the run folder
+
+
+def is_local(location: str) -> bool:
+    return "://" not in location or location.startswith("file://")
+
+
+def absolute_location(location: str) -> str:
+    """A local dataset path as an absolute one (``file://`` dropped); a URL as it is."""
+    if not location or not is_local(location):
+        return location
+    return str(Path(location.removeprefix("file://")).expanduser().resolve())
+
+
+def _get(config: dict[str, Any], key: str) -> Any:
+    node: Any = config
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def data_settings(config: dict[str, Any]) -> dict[str, str]:
+    """The config's dataset settings that name a local folder: dotted key -> path."""
+    values = {key: _get(config, key) for key in DATA_KEYS}
+    return {key: value for key, value in values.items() if isinstance(value, str) and value and is_local(value)}
+
+
+def read_run_config(run_dir: Path, stage: str) -> dict[str, Any]:
+    """A stage's saved settings, as its dataclass takes them (without the stored dataset locations)."""
+    saved = json.loads((Path(run_dir) / f"{stage}-config.json").read_text())
+    saved.pop(LOCATIONS, None)
+    return saved
+
+
+def stored_location(run_dir: Path, stage: str, key: str = "data.path") -> tuple[str, str | None]:
+    """The dataset a stage's config names: (the path as saved, the path relative to the run folder or None)."""
+    saved = json.loads((Path(run_dir) / f"{stage}-config.json").read_text())
+    return _get(saved, key) or "", saved.get(LOCATIONS, {}).get(key)
+
+
+def find_dataset(run_dir: Path, stored: str, relative: str | None, what: str = "the dataset this run trained on") -> str:
+    """Where a run folder's dataset is now: beside the run folder as it was (a folder moved or copied with its
+    data), else where it was when the run was claimed. A UsageError that says to pass --data when neither is."""
+    if not stored or not is_local(stored):
+        return stored
+    if relative is not None:
+        beside = (Path(run_dir) / relative).resolve()
+        if beside.is_dir():
+            return str(beside)
+    if Path(stored.removeprefix("file://")).is_dir():
+        return stored
+    raise UsageError(f"{what}, {stored}, is not there any more (moved or deleted?): pass --data with where it is now")
+
+
+def same_settings(saved: dict[str, Any], new: dict[str, Any], run_dir: Path, ignore: tuple[str, ...]) -> bool:
+    """Equal settings, datasets compared by the folder they name (absolute, or the same place beside the run)."""
+    saved, new = json.loads(json.dumps(saved)), json.loads(json.dumps(new))
+    locations = saved.pop(LOCATIONS, {})
+    for key in ignore:
+        saved.pop(key, None)
+        new.pop(key, None)
+    for key in DATA_KEYS:
+        old_value, new_value = _get(saved, key), _get(new, key)
+        if not (isinstance(old_value, str) and isinstance(new_value, str)) or old_value == new_value:
+            continue
+        same = absolute_location(old_value) == absolute_location(new_value)
+        if not same and key in locations and is_local(new_value):
+            same = str((Path(run_dir) / locations[key]).resolve()) == absolute_location(new_value)
+        if same:
+            _set(new, key, old_value)
+    return saved == new
+
+
+def _set(config: dict[str, Any], key: str, value: Any) -> None:
+    *parents, last = key.split(".")
+    for part in parents:
+        config = config[part]
+    config[last] = value
+
+
+def stage_files(run_dir: Path, stage: str) -> list[Path]:
+    """What a stage writes into its run folder."""
+    return [run_dir / f"{stage}{suffix}" for suffix in (".pt", "-config.json", "-metrics.jsonl")]
+
+
+def claim_run_folder(run_dir: Path, stage: str, config: Any, rank: int = 0, ignore: tuple[str, ...] = ()) -> None:
+    """Record a stage's settings; refuse a folder whose stage was run with other settings (``ignore``: top-level
+    settings that do not change this stage). A stage that never saved a checkpoint holds no work: its folder is
+    taken over by the new settings. Temp files of interrupted writers in the folder are removed."""
+    run_dir = Path(run_dir)
     saved = run_dir / f"{stage}-config.json"
-    if saved.exists() and json.loads(saved.read_text()) != to_dict(config):
-        raise UsageError(f"{run_dir} holds a {stage} run with another config: use another --out, or the same settings to resume it")
+    settings = to_dict(config)
+    previous, same = None, False
+    if saved.exists():
+        try:
+            previous = json.loads(saved.read_text())
+        except (OSError, ValueError):
+            pass
+        same = isinstance(previous, dict) and same_settings(previous, settings, run_dir, ignore)
+        if not same:
+            if (run_dir / f"{stage}.pt").exists():
+                raise UsageError(f"{run_dir} holds a {stage} run with another config: use another --out, or the same settings to resume it")
+            if rank == 0:
+                (run_dir / f"{stage}-metrics.jsonl").unlink(missing_ok=True)
     if rank == 0:
-        atomic_write_json(saved, to_dict(config))
+        remove_stale_temp_files(run_dir, same_host=int(os.environ.get("WORLD_SIZE", "1")) == 1)
+        locations = {key: os.path.relpath(absolute_location(value), run_dir.resolve()) for key, value in data_settings(settings).items()}
+        record = {**settings, **({LOCATIONS: locations} if locations else {})}
+        if same:  # settings this stage ignores keep their recorded values
+            record.update({key: previous[key] for key in ignore if key in previous})
+        if record != previous:  # unchanged: left as it is
+            atomic_write_json(saved, record)
+
+
+def truncate_log(path: Path, step: int) -> None:
+    """Keep the rows of a JSONL metrics log up to ``step`` (a resumed run logs the steps after it again)."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:  # a row cut short by a kill
+            continue
+        if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= step:
+            kept.append(line)
+    atomic_write_bytes(path, "".join(f"{line}\n" for line in kept).encode())
 
 
 def save_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, step: int, loss: float | None = None) -> None:
@@ -105,7 +231,16 @@ def train_step(
 
 
 def make_optimizer(model: torch.nn.Module, optim: OptimConfig) -> torch.optim.Optimizer:
-    return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=optim.lr, weight_decay=optim.weight_decay)
+    """The stage's optimiser; settings torch refuses (a negative learning rate, ...) are a UsageError."""
+    try:
+        return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=optim.lr, weight_decay=optim.weight_decay)
+    except ValueError as error:
+        raise UsageError(f"optim settings rejected ({error}): fix optim.lr / optim.weight_decay") from None
+
+
+def check_optim(optim: OptimConfig) -> None:
+    """Validate optimiser settings before a run folder is claimed: build the optimiser over a stand-in parameter."""
+    make_optimizer(torch.nn.Linear(1, 1), optim)  # OptimConfig checks its own ranges; this catches what torch refuses
 
 
 def fit(
@@ -135,6 +270,7 @@ def fit(
     if rank == 0:
         from torch.utils.tensorboard import SummaryWriter
 
+        truncate_log(run_dir / f"{stage}-metrics.jsonl", start)  # each step once, however often it was resumed
         log = open(run_dir / f"{stage}-metrics.jsonl", "a")
         writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=start)
     bar = tqdm(total=optim.steps, initial=start, unit="step", desc=f"train {stage}", disable=rank != 0 or not show_progress or None)

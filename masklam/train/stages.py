@@ -11,6 +11,7 @@ Both write into the LAM's run folder: bc.pt / decoder.pt, their configs and metr
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,14 +19,27 @@ from typing import Any
 
 import torch
 
-from masklam.configs import apply_overrides, build
+from masklam.configs import apply_overrides, build, to_dict
 from masklam.data.dataset import open_dataset
 from masklam.errors import UsageError
 from masklam.models.lam import ActionDecoder, ActionDecoderConfig, LatentPolicy
 from masklam.models.presets import PRESETS, policy_config
-from masklam.train.lam import CHECKPOINT, CONFIG, LAMTrainConfig, build_model
+from masklam.train.lam import CHECKPOINT, CONFIG, LAMTrainConfig, build_model, train_lam, window_batches, with_absolute_data
 from masklam.train.loader import WindowDataset, WindowSpec, make_loader
-from masklam.train.loop import OptimConfig, claim_run_folder, fit, load_checkpoint
+from masklam.train.loop import (
+    OptimConfig,
+    absolute_location,
+    check_optim,
+    claim_run_folder,
+    find_dataset,
+    fit,
+    is_local,
+    load_checkpoint,
+    read_run_config,
+    same_settings,
+    stage_files,
+    stored_location,
+)
 
 
 @dataclass(frozen=True)
@@ -47,21 +61,50 @@ class StageConfig:
             raise UsageError("labelled and seed must be >= 0 and batch_size >= 1")
 
 
+DECODER_ONLY = ("labelled",)  # stage settings that change the decoder alone: bc and bc-actions ignore them
+
+
 def stage_config(overrides: list[str] = (), where: str = "stage", **settings: Any) -> StageConfig:
     """Settings (None = the default) with ``--stage-set`` style overrides on top."""
     return build(StageConfig, apply_overrides({k: v for k, v in settings.items() if v is not None}, list(overrides)), where)
 
 
-def frozen_lam(run_dir: Path) -> tuple[LAMTrainConfig, torch.nn.Module, dict[str, Any]]:
-    """The trained LAM of a run folder, in eval mode, with its dataset's info."""
+def lam_dataset(run_dir: Path, data: str | None = None, fallback: str | None = None) -> str:
+    """Where the dataset of a run folder's LAM is: ``data`` when given, else where the run folder says, else
+    ``fallback`` (a dataset of the same shapes the caller reads: --data of probe and the later stages)."""
+    if data:
+        return absolute_location(data)
+    try:
+        return find_dataset(run_dir, *stored_location(run_dir, "lam"))
+    except UsageError:
+        if fallback:
+            return absolute_location(fallback)
+        raise
+
+
+def frozen_lam(run_dir: Path, data: str | None = None, fallback: str | None = None) -> tuple[LAMTrainConfig, torch.nn.Module, dict[str, Any]]:
+    """The trained LAM of a run folder, in eval mode, with its dataset's info. The config's data.path is where
+    the dataset is now (see lam_dataset: ``data`` says where it has moved)."""
     if not (run_dir / CHECKPOINT).exists() or not (run_dir / CONFIG).exists():
         raise UsageError(f"{run_dir} has no trained LAM ({CHECKPOINT}, {CONFIG}): run `masklam train lam --out {run_dir}` first")
-    config = build(LAMTrainConfig, json.loads((run_dir / CONFIG).read_text()), "lam-config")
+    config = build(LAMTrainConfig, read_run_config(run_dir, "lam"), "lam-config")
+    config = dataclasses.replace(config, data=dataclasses.replace(config.data, path=lam_dataset(run_dir, data, fallback)))
     info = open_dataset(config.data.path).info
     model = build_model(config, info)
     load_checkpoint(run_dir / CHECKPOINT, model)
     model.eval().requires_grad_(False)
     return config, model, info
+
+
+def as_lams_data(run_dir: Path, stage: StageConfig) -> StageConfig:
+    """``stage`` with its dataset left empty when it is the LAM's own (wherever it is now), as a run folder
+    records it: passing --data for a moved dataset then resumes the stage rather than being another config."""
+    if not stage.data or not is_local(stage.data) or not (run_dir / CONFIG).exists():
+        return stage
+    stored, relative = stored_location(run_dir, "lam")
+    here = absolute_location(stage.data)
+    beside = str((run_dir / relative).resolve()) if relative is not None else None
+    return dataclasses.replace(stage, data="") if here in (absolute_location(stored), beside) else dataclasses.replace(stage, data=here)
 
 
 def policy_model(stage: StageConfig, lam: torch.nn.Module, latent_dim: int | None = None) -> LatentPolicy:
@@ -75,7 +118,7 @@ def frozen_stage_policy(run_dir: Path, stage: str, lam: torch.nn.Module, latent_
     """A trained stage's policy network (``bc``, ``bc-actions``), frozen; None if that stage was not run."""
     if not (run_dir / f"{stage}.pt").exists():
         return None
-    config = build(StageConfig, json.loads((run_dir / f"{stage}-config.json").read_text()), f"{stage}-config")
+    config = build(StageConfig, read_run_config(run_dir, stage), f"{stage}-config")
     policy = policy_model(config, lam, latent_dim)
     load_checkpoint(run_dir / f"{stage}.pt", policy)
     return policy.eval().requires_grad_(False)
@@ -87,10 +130,13 @@ def window_spec(lam_config: LAMTrainConfig, labelled_only: bool, fields: tuple[s
     return WindowSpec(stack=lam_config.data.stack, future_max=1, mask_source=masks, labelled_only=labelled_only, fields=fields)
 
 
-def train_bc(run_dir: Path, stage: StageConfig, show_progress: bool = True) -> dict[str, Any]:
+def train_bc(run_dir: Path, stage: StageConfig, show_progress: bool = True, lam_data: str | None = None) -> dict[str, Any]:
+    """``lam_data``: where the LAM's dataset is now, when the caller knows (not a setting: not recorded)."""
     run_dir = Path(run_dir)
-    lam_config, lam, _ = frozen_lam(run_dir)
-    claim_run_folder(run_dir, "bc", stage)
+    stage = as_lams_data(run_dir, stage)
+    lam_config, lam, _ = frozen_lam(run_dir, lam_data, fallback=stage.data)
+    check_optim(stage.optim)
+    claim_run_folder(run_dir, "bc", stage, ignore=DECODER_ONLY)
     policy = policy_model(stage, lam)
     data = stage.data or lam_config.data.path
     windows = WindowDataset(data, "train", window_spec(lam_config, labelled_only=False), seed=stage.seed, shuffle_buffer=stage.shuffle_buffer)
@@ -109,11 +155,26 @@ def frozen_policy(run_dir: Path, lam: torch.nn.Module) -> LatentPolicy:
     return policy
 
 
-def labelled_latents(run_dir: Path, stage: StageConfig) -> tuple[torch.Tensor, torch.Tensor]:
+def labelled_transitions(data: str) -> int:
+    """Labelled train transitions of a dataset, from its index (every record's frames but its last)."""
+    return sum(meta.frames - 1 for meta in open_dataset(data).index("train") if meta.labelled)
+
+
+def check_labelled(data: str, labelled: int) -> None:
+    """The decoder's label budget against the dataset: it needs labelled transitions, at least ``labelled``."""
+    available = labelled_transitions(data)
+    if available == 0:
+        raise UsageError(f"{data} has no labelled train transitions, which the action decoder trains on: collect with --labelled-episodes > 0")
+    if labelled > available:
+        raise UsageError(f"--labelled {labelled}: the dataset has only {available} labelled train transitions (pass at most {available}, or 0 for all)")
+
+
+def labelled_latents(run_dir: Path, stage: StageConfig, lam_data: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Latent-policy outputs and actions of the first ``stage.labelled`` labelled train transitions."""
-    lam_config, lam, _ = frozen_lam(run_dir)
+    lam_config, lam, _ = frozen_lam(run_dir, lam_data, fallback=stage.data)
     policy = frozen_policy(run_dir, lam)
     data = stage.data or lam_config.data.path
+    check_labelled(data, stage.labelled)
     windows = WindowDataset(data, "train", window_spec(lam_config, labelled_only=True), seed=stage.seed, shuffle_buffer=stage.shuffle_buffer, epochs=1)
     latents, actions, count = [], [], 0
     with torch.no_grad():
@@ -131,9 +192,11 @@ def labelled_latents(run_dir: Path, stage: StageConfig) -> tuple[torch.Tensor, t
     return latents_t, actions_t
 
 
-def train_decoder(run_dir: Path, stage: StageConfig, show_progress: bool = True) -> dict[str, Any]:
+def train_decoder(run_dir: Path, stage: StageConfig, show_progress: bool = True, lam_data: str | None = None) -> dict[str, Any]:
     run_dir = Path(run_dir)
-    latents, actions = labelled_latents(run_dir, stage)
+    stage = as_lams_data(run_dir, stage)
+    check_optim(stage.optim)
+    latents, actions = labelled_latents(run_dir, stage, lam_data)
     claim_run_folder(run_dir, "decoder", stage)
     torch.manual_seed(stage.seed)
     decoder = ActionDecoder(ActionDecoderConfig(latent_dim=latents.shape[1]), actions.shape[1])
@@ -152,15 +215,17 @@ def train_decoder(run_dir: Path, stage: StageConfig, show_progress: bool = True)
     return {**result, "labelled_transitions": len(latents)}
 
 
-def train_action_bc(run_dir: Path, stage: StageConfig, show_progress: bool = True) -> dict[str, Any]:
+def train_action_bc(run_dir: Path, stage: StageConfig, show_progress: bool = True, lam_data: str | None = None) -> dict[str, Any]:
     """The reference policy: the same network, from the frame stack straight to the true actions, on every
     labelled train transition (all of the dataset's labels). Its online return normalises the LAM policies'."""
     run_dir = Path(run_dir)
-    lam_config, lam, info = frozen_lam(run_dir)
-    claim_run_folder(run_dir, "bc-actions", stage)
-    policy = policy_model(stage, lam, latent_dim=info["features"]["action"]["shape"][0])
+    stage = as_lams_data(run_dir, stage)
+    lam_config, lam, info = frozen_lam(run_dir, lam_data, fallback=stage.data)
+    check_optim(stage.optim)
     data = stage.data or lam_config.data.path
     windows = WindowDataset(data, "train", window_spec(lam_config, labelled_only=True), seed=stage.seed, shuffle_buffer=stage.shuffle_buffer)
+    claim_run_folder(run_dir, "bc-actions", stage, ignore=DECODER_ONLY)
+    policy = policy_model(stage, lam, latent_dim=info["features"]["action"]["shape"][0])
     batches = iter(make_loader(windows, stage.batch_size))
 
     def forward(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -168,3 +233,66 @@ def train_action_bc(run_dir: Path, stage: StageConfig, show_progress: bool = Tru
 
     return fit("bc-actions", run_dir, policy, forward, batches, stage.optim, stage.log_every, stage.checkpoint_every, batch_size=stage.batch_size, show_progress=show_progress)
 
+
+
+# --- every stage in one run folder (`masklam train all`) --------------------------------------------------------
+# Which stages each one's output feeds: a stage that reruns makes those after it rerun too.
+DOWNSTREAM = {"lam": ("bc", "decoder", "bc-actions"), "bc": ("decoder",), "decoder": (), "bc-actions": ()}
+
+
+def validate_all(lam: LAMTrainConfig, stage: StageConfig, reference: bool) -> None:
+    """Check every stage's settings against the dataset before the first one runs: a late stage's mistake
+    must not cost the LAM's training first."""
+    torch.manual_seed(lam.seed)
+    build_model(lam, open_dataset(lam.data.path).info)  # model settings the method's config refuses
+    check_optim(lam.optim)
+    no_workers = dataclasses.replace(lam, data=dataclasses.replace(lam.data, workers=0))  # no loader process starts
+    window_batches(no_workers, 0, 1)  # the mask source, laom-labels' labelled episodes (nothing is read yet)
+    check_optim(stage.optim)
+    data = absolute_location(stage.data) if stage.data else lam.data.path
+    if stage.data:
+        open_dataset(data)
+    check_labelled(data, stage.labelled)  # the decoder's budget (and the reference's labels)
+
+
+def stale_stages(run_dir: Path, lam: LAMTrainConfig, stage: StageConfig, reference: bool) -> list[str]:
+    """Stages whose saved settings differ from these (and the stages after them), to train again.
+    A LAM with another config is refused (retraining it is a new run: another --out)."""
+    def changed(name: str, config: Any, ignore: tuple[str, ...] = ()) -> bool:
+        saved = run_dir / f"{name}-config.json"
+        if not saved.exists():
+            return False
+        try:
+            previous = json.loads(saved.read_text())
+        except (OSError, ValueError):
+            return True
+        return not same_settings(previous, to_dict(config), run_dir, ignore)
+
+    if changed("lam", lam) and (run_dir / CHECKPOINT).exists():
+        raise UsageError(f"{run_dir} holds a lam run with another config: use another --out, or the same LAM settings to resume it "
+                         "(settings of the later stages may change: those stages are trained again)")
+    planned = {"bc": changed("bc", stage, DECODER_ONLY), "decoder": changed("decoder", stage), "bc-actions": reference and changed("bc-actions", stage, DECODER_ONLY)}
+    stale = {name for name, differs in planned.items() if differs}
+    for name in list(stale):
+        stale.update(DOWNSTREAM[name])
+    return [name for name in ("bc", "decoder", "bc-actions") if name in stale]
+
+
+def train_all(lam: LAMTrainConfig, run_dir: Path, stage: StageConfig, reference: bool = True, show_progress: bool = True,
+              echo=print) -> dict[str, Any]:
+    """The LAM, latent BC, the action decoder and (``reference``) BC on true actions, in one run folder. Every
+    stage's settings are checked first; a stage whose settings changed since an earlier run is trained again,
+    with the stages after it, and the others resume (a finished one is left as it is)."""
+    run_dir = Path(run_dir)
+    lam = with_absolute_data(lam)
+    validate_all(lam, stage, reference)
+    for name in stale_stages(run_dir, lam, as_lams_data(run_dir, stage), reference):
+        echo(f"{name}: settings changed since the last run in {run_dir}; training it again")
+        for path in stage_files(run_dir, name):
+            path.unlink(missing_ok=True)
+    train_lam(lam, run_dir, show_progress=show_progress)
+    train_bc(run_dir, stage, show_progress=show_progress)
+    result = train_decoder(run_dir, stage, show_progress=show_progress)
+    if reference:
+        train_action_bc(run_dir, stage, show_progress=show_progress)
+    return result
