@@ -259,6 +259,7 @@ class ZarrBackend:
         shard: int,
         mask_sources: Sequence[str] = (ORACLE,),
         fields: Sequence[str] | None = None,
+        require_checksums: bool = False,  # every chunk carries a crc32c (a zarr codec): always checked
     ) -> Iterator[Record]:
         files, group, metas, ends = self._open(root, split, shard)
         path = files.path
@@ -268,6 +269,9 @@ class ZarrBackend:
                 raise missing_masks_error(path / "data" / "mask" / source, source, stored_sources)
         try:
             names = [name for name in files.nodes("data") if name != "mask"]
+            missing = sorted(set(fields or ()) - set(names))
+            if missing:
+                raise ValueError(f"the array data/{missing[0]} is missing")
             steps = {name: group[f"data/{name}"] for name in names if fields is None or name in fields}
             masks = {source: group[f"data/mask/{source}"] for source in mask_sources}
             for array in [*steps.values(), *masks.values()]:
@@ -284,6 +288,13 @@ class ZarrBackend:
             except READ_ERRORS as e:
                 raise corrupt_error(path, f"record {meta.key}: {e!r}") from e
             yield Record(meta, drop_unlabelled_action(record_steps, meta), record_masks)
+
+    def location(self, root: DataPath, split: str, shard: int) -> DataPath:
+        files = self._files(root, split, shard)
+        return self.shard_path(root, split, shard) if files is None else files.path
+
+    def layout_problems(self, root: DataPath, split: str, shard: int) -> list[str]:
+        return []  # masks are arrays beside the frames', in one order by construction
 
     def has_shard(self, root: DataPath, split: str, shard: int) -> bool:
         """Whether the shard's folder is complete on disk (a zipped shard is read, never written)."""
