@@ -48,6 +48,9 @@ class Backend(Protocol):
     def location(self, root: Path, split: str, shard: int) -> Path:
         """The shard's file or folder, for messages."""
 
+    def mask_location(self, root: Path, split: str, shard: int, source: str) -> Path:
+        """Where the shard's masks of ``source`` are, for messages."""
+
     def layout_problems(self, root: Path, split: str, shard: int) -> list[str]:
         """Problems of the shard's layout that masklam reads through but other readers would not (for verify)."""
 

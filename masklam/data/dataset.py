@@ -134,7 +134,8 @@ class Dataset:
             found.append(record.key)
             if found != expected[: len(found)]:
                 break
-            check_record(record, metas[len(found) - 1], self.info, fields, location)
+            check_record(record, metas[len(found) - 1], self.info, fields, location,
+                         lambda source: str(self.backend.mask_location(self.root, split, shard, source)))
             yield record
         if found != expected:
             raise UsageError(

@@ -9,7 +9,7 @@ a comparison of dtype and shape, one ``max`` over each mask and ``isfinite`` ove
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -215,7 +215,8 @@ def check_index(index: Any, path: DataPath, split: str, shard: int) -> list[Reco
     return metas
 
 
-def check_record(record: Record, expected: RecordMeta, info: dict[str, Any], fields: Sequence[str], path: str) -> None:
+def check_record(record: Record, expected: RecordMeta, info: dict[str, Any], fields: Sequence[str], path: str,
+                 mask_path: Callable[[str], str]) -> None:
     """A record read from a shard against its index entry and info.json's features and image size."""
     meta = record.meta
     hint = f"the shard is damaged; {writer_command()} to rewrite it"
@@ -239,8 +240,8 @@ def check_record(record: Record, expected: RecordMeta, info: dict[str, Any], fie
     height, width = info["features"]["rgb"]["shape"][:2]  # a mask per frame, the frame's size
     for source, mask in record.masks.items():
         if mask.dtype != np.uint8 or mask.shape != (meta.frames, height, width):
-            raise UsageError(f"{path}: the '{source}' mask of record {meta.key} is {mask.dtype}{list(mask.shape)}, "
+            raise UsageError(f"{mask_path(source)}: the '{source}' mask of record {meta.key} is {mask.dtype}{list(mask.shape)}, "
                              f"expected uint8{[meta.frames, height, width]}; {writer_command(source)} to rewrite it")
         if mask.size and mask.max() > 1:
-            raise UsageError(f"{path}: the '{source}' mask of record {meta.key} holds values above 1 (masks are 0/1); "
+            raise UsageError(f"{mask_path(source)}: the '{source}' mask of record {meta.key} holds values above 1 (masks are 0/1); "
                              f"{writer_command(source)} to rewrite it")

@@ -68,6 +68,7 @@ def verify_split(dataset: Dataset, split: str, verdict: Verdict) -> None:
             every_index = False
             continue
         verdict.counts["shards"] += 1
+        found = len(verdict.problems)
         try:
             records, frames = drain(dataset._shard_records(split, shard, (), None))
             verdict.counts["records"] += records
@@ -78,11 +79,10 @@ def verify_split(dataset: Dataset, split: str, verdict: Verdict) -> None:
             try:
                 drain(dataset._shard_records(split, shard, (source,), ()))
             except UsageError as error:
-                verdict.problems.append(str(error))
-        try:
+                if str(error) not in verdict.problems:  # the frames' damage, met again reading the masks
+                    verdict.problems.append(str(error))
+        if len(verdict.problems) == found:  # a shard that reads well may still be laid out against the format
             verdict.problems += dataset.backend.layout_problems(dataset.root, split, shard)
-        except UsageError as error:
-            verdict.problems.append(str(error))
     if every_index:
         counted = split_counts(metas)
         for key, value in counted.items():

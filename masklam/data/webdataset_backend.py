@@ -228,6 +228,9 @@ class WebDatasetBackend:
     def location(self, root: DataPath, split: str, shard: int) -> DataPath:
         return self.frames_path(root, split, shard)
 
+    def mask_location(self, root: DataPath, split: str, shard: int, source: str) -> DataPath:
+        return self.masks_path(root, split, shard, source)
+
     def _read_metas(self, root: DataPath, split: str, shard: int) -> list[RecordMeta]:
         """The shard's record metadata in order, reading only the meta.json members (checked when they have checksums)."""
         path = self.frames_path(root, split, shard)
@@ -242,7 +245,7 @@ class WebDatasetBackend:
     def record_order(self, root: DataPath, split: str, shard: int, source: str | None = None) -> list[str]:
         """The keys of the frames tar (or of a mask source's tar) in the order stored."""
         path = self.frames_path(root, split, shard) if source is None else self.masks_path(root, split, shard, source)
-        small = {META_FIELD} if source is None else {MASK_FIELD}
+        small = {CHECKSUM_FIELD, META_FIELD if source is None else MASK_FIELD}
         return [sample["__key__"] for sample in read_samples(path, source or ORACLE, small)]
 
     def layout_problems(self, root: DataPath, split: str, shard: int) -> list[str]:
