@@ -260,6 +260,10 @@ class ShardWriter:
             labelled = plan.split == "test" or episode in self.labelled
             steps, masks, facts = rollout_episode(env, policy, seed, progress)
             actions = steps["action"][:-1].astype(np.float64)
+            if not np.isfinite(actions).all():  # labelled or not: the action statistics take every transition
+                frame = int(np.argmax(~np.isfinite(actions).all(axis=1)))
+                raise UsageError(f"refusing to write shard {plan.shard} of split {plan.split!r}: the policy's action at frame "
+                                 f"{frame} of episode {episode} is NaN or infinite: check the policy ({self.config.policy})")
             action_sum, action_sq, action_count = action_sum + actions.sum(0), action_sq + (actions**2).sum(0), action_count + len(actions)
             records += split_into_records(plan.split, episode, seed, labelled, steps, masks, facts, self.config.chunk_steps)
         # New frames: masks that segmentation added to an earlier version of this shard are gone (write_shard

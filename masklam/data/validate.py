@@ -26,7 +26,7 @@ INFO_FIELDS = (
 SPLIT_COUNTS = ("shards", "episodes", "records", "frames", "labelled_episodes")
 RECORD_FIELDS = {field.name for field in RecordMeta.__dataclass_fields__.values()}
 # How info.json says which checksums its shards carry (absent: written before masklam had them).
-CHECKSUMS = {"webdataset": "crc32", "zarr": "crc32c"}
+CHECKSUMS = {"webdataset": "crc32c", "zarr": "crc32c"}
 
 
 def is_int(value: Any) -> bool:
