@@ -74,8 +74,8 @@ def main() -> None:
             trainer = trainer_config(root, method, "small", "data.workers=0")
             rates: dict[bool, list[float]] = {False: [], True: []}
             spent = elapsed = 0.0
-            for _ in range(args.repeats):
-                for on in (False, True):
+            for repeat in range(args.repeats):
+                for on in (False, True) if repeat % 2 == 0 else (True, False):  # balanced: load drifts on a shared machine
                     checks(on)
                     SPENT[0], start = 0.0, time.perf_counter()
                     rates[on].append(loader_rate(trainer, args.batches))
