@@ -15,7 +15,6 @@ import os
 import queue
 import re
 import shlex
-import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
