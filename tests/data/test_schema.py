@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
-from masklam.atomic import dumps_json
+from masklam.atomic import dumps_json, json_line
 from masklam.data.collect import finite_or_none
 from masklam.errors import UsageError
 
@@ -29,3 +31,5 @@ def test_masklam_json_is_strict():
     with pytest.raises(ValueError):
         dumps_json({"mean_return": float("nan")})
     assert finite_or_none(float("nan")) is None and finite_or_none(np.float64(2.5)) == 2.5
+    line = json_line({"step": 3, "loss": np.float64("nan"), "parts": [1.5, float("-inf")]})
+    assert json.loads(line) == {"step": 3, "loss": None, "parts": [1.5, None]} and "NaN" not in line
