@@ -342,10 +342,11 @@ MASKLAM_FILES = re.compile("|".join([
 def foreign_files(root: Path) -> list[str]:
     """Files under ``root`` that masklam did not write (by the dataset layout, relative paths), sorted."""
     found = []
-    for folder, _, names in os.walk(root):
+    for folder, subfolders, names in os.walk(root):
+        found += [(Path(folder) / name).relative_to(root).as_posix() for name in subfolders if (Path(folder) / name).is_symlink()]
         for name in names:
             relative = (Path(folder) / name).relative_to(root).as_posix()
-            if not MASKLAM_FILES.fullmatch(relative):
+            if not MASKLAM_FILES.fullmatch(relative) or (Path(folder) / name).is_symlink():
                 found.append(relative)
     return sorted(found)
 
