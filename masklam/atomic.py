@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -34,6 +35,22 @@ def atomic_file(path: Path) -> Iterator[BinaryIO]:
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     with atomic_file(path) as f:
         f.write(data)
+
+
+def nan_to_null(obj: Any) -> Any:
+    """``obj`` with every NaN or infinite float as None: JSON has no NaN, and a value that is not a number is missing."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {key: nan_to_null(value) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [nan_to_null(value) for value in obj]
+    return obj
+
+
+def json_line(obj: Any) -> str:
+    """One line of a JSONL log: strict JSON, a metric that is not a number written as null."""
+    return json.dumps(nan_to_null(obj), allow_nan=False)
 
 
 def dumps_json(obj: Any) -> bytes:

@@ -184,6 +184,20 @@ def info(path: Path = typer.Argument(..., help="dataset folder"), as_json: bool 
 
 @app.command()
 @fails_cleanly
+def verify(path: str = typer.Argument(..., help="dataset folder or URL")) -> None:
+    """Read a whole dataset and check it: schema, counts, every shard and mask source, checksums; one line per problem."""
+    from masklam.data.verify import verify_dataset
+
+    verdict = verify_dataset(path)
+    for problem in verdict.problems:
+        typer.echo(problem)
+    if verdict.problems:
+        raise UsageError(verdict.summary())
+    typer.echo(verdict.summary())
+
+
+@app.command()
+@fails_cleanly
 def view(
     path: Path = typer.Argument(..., help="dataset folder"),
     out: Path = typer.Option(..., "--out", help="FILE.png (a grid) or FILE.gif (an animation)"),

@@ -39,8 +39,20 @@ class Backend(Protocol):
         shard: int,
         mask_sources: Sequence[str] = (ORACLE,),
         fields: Sequence[str] | None = None,
+        require_checksums: bool = False,
     ) -> Iterator[Record]:
-        """Yield the shard's records in the order written; ``fields`` limits which step arrays are decoded."""
+        """Yield the shard's records in the order written; ``fields`` limits which step arrays are decoded (a field
+        asked for that the shard lacks is damage). Stored checksums are verified as the records are read; with
+        ``require_checksums`` a record without them is damage too."""
+
+    def location(self, root: Path, split: str, shard: int) -> Path:
+        """The shard's file or folder, for messages."""
+
+    def mask_location(self, root: Path, split: str, shard: int, source: str) -> Path:
+        """Where the shard's masks of ``source`` are, for messages."""
+
+    def layout_problems(self, root: Path, split: str, shard: int) -> list[str]:
+        """Problems of the shard's layout that masklam reads through but other readers would not (for verify)."""
 
     def has_shard(self, root: Path, split: str, shard: int) -> bool:
         """Whether the shard's frames are complete on disk."""

@@ -14,8 +14,8 @@ import multiprocessing
 import os
 import pickle
 import queue
+import re
 import shlex
-import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +27,7 @@ from tqdm import tqdm
 import masklam
 from masklam.atomic import atomic_write_json, remove_stale_temp_files
 from masklam.data.dataset import INFO, check_backend, get_backend, index_path, read_json, write_index
+from masklam.data.validate import CHECKSUMS
 from masklam.data.schema import (
     ORACLE,
     SCHEMA_VERSION,
@@ -35,6 +36,7 @@ from masklam.data.schema import (
     Record,
     RecordMeta,
     record_key,
+    shard_name,
 )
 from masklam.envs.policies import NoisyPolicy, file_sha256, make_policy, policy_checkpoint
 from masklam.envs.spec import EnvSpec
@@ -259,8 +261,16 @@ class ShardWriter:
             labelled = plan.split == "test" or episode in self.labelled
             steps, masks, facts = rollout_episode(env, policy, seed, progress)
             actions = steps["action"][:-1].astype(np.float64)
+            if not np.isfinite(actions).all():  # labelled or not: the action statistics take every transition
+                frame = int(np.argmax(~np.isfinite(actions).all(axis=1)))
+                raise UsageError(f"refusing to write shard {plan.shard} of split {plan.split!r}: the policy's action at frame "
+                                 f"{frame} of episode {episode} is NaN or infinite: check the policy ({self.config.policy})")
             action_sum, action_sq, action_count = action_sum + actions.sum(0), action_sq + (actions**2).sum(0), action_count + len(actions)
             records += split_into_records(plan.split, episode, seed, labelled, steps, masks, facts, self.config.chunk_steps)
+        # New frames: masks that segmentation added to an earlier version of this shard are gone (write_shard
+        # deletes them), so their shard is no longer done for those sources; re-running their command redoes it.
+        for marker in self.root.glob(f"segment/*/{plan.split}/{shard_name(plan.shard)}.json"):
+            marker.unlink()
         self.backend.write_shard(self.root, plan.split, plan.shard, records, dataset_features(env, records[0].steps["state"].shape[1]))
         # Sums of every transition's true action (labelled or not) give the split's Var(a).
         stats = {"action_count": action_count, "action_sum": np.asarray(action_sum).tolist(), "action_sq_sum": np.asarray(action_sq).tolist()}
@@ -316,6 +326,54 @@ def _worker_write(plan: ShardPlan) -> None:
 
 
 # --- the command ----------------------------------------------------------------------------
+# What masklam writes in a dataset folder (relative POSIX paths): `--overwrite` deletes these and nothing else.
+SHARD = r"shard-\d{6}"
+SOURCE = r"[a-z0-9][a-z0-9_]*"
+SPLIT = "(?:" + "|".join(SPLITS) + ")"
+MASKLAM_FILES = re.compile("|".join([
+    re.escape(CONFIG_FILE), re.escape(INFO),
+    rf"index/{SPLIT}/{SHARD}\.json",
+    rf"{SPLIT}/{SHARD}\.tar",  # webdataset
+    rf"masks/{SOURCE}/{SPLIT}/{SHARD}\.tar",
+    rf"data\.zarr/zarr\.json|data\.zarr/{SPLIT}/zarr\.json|data\.zarr/{SPLIT}/{SHARD}(?:\.zip|/.+)",  # zarr
+    rf"segment/{SOURCE}/(?:config\.json|distill\.json|student\.pt|{SPLIT}/{SHARD}\.json)",  # masklam segment
+    rf"compare/compare-{SOURCE}-vs-{SOURCE}(?:\.json|-worst\.png)",  # masklam masks compare
+    r"(?:.*/)?\.[^/]+\.\d+-\d+\.tmp|\.tmp-[^/]+(?:/.+)?|\.write-test-\d+",  # an interrupted writer's leftovers
+]))
+
+
+def foreign_files(root: Path) -> list[str]:
+    """Files under ``root`` that masklam did not write (by the dataset layout, relative paths), sorted."""
+    found = []
+    for folder, subfolders, names in os.walk(root):
+        found += [(Path(folder) / name).relative_to(root).as_posix() for name in subfolders if (Path(folder) / name).is_symlink()]
+        for name in names:
+            relative = (Path(folder) / name).relative_to(root).as_posix()
+            if not MASKLAM_FILES.fullmatch(relative) or (Path(folder) / name).is_symlink():
+                found.append(relative)
+    return sorted(found)
+
+
+def remove_dataset(root: Path) -> None:
+    """Delete a masklam dataset's files, and the folders they leave empty; refuse (deleting nothing) if the folder
+    holds anything masklam did not write, or was not made by `masklam collect` at all."""
+    foreign = foreign_files(root)
+    if foreign or _read_identity(root) is None:
+        named = foreign[0] if foreign else f"no {CONFIG_FILE}: it is not a masklam dataset"
+        more = f" and {len(foreign) - 1} more" if len(foreign) > 1 else ""
+        raise UsageError(f"--overwrite refused: {root} holds files masklam did not write ({named}{more}); nothing was "
+                         "deleted: move them away, or choose another --out")
+    for folder, subfolders, names in os.walk(root, topdown=False):
+        for name in names:
+            (Path(folder) / name).unlink()
+        for name in subfolders:
+            path = Path(folder) / name
+            if path.is_symlink():
+                path.unlink()
+            else:
+                path.rmdir()  # empty now: every file in it was masklam's
+
+
 def prepare_output(root: Path, config: CollectConfig, overwrite: bool) -> None:
     """Refuse a folder made by another command; resume one made by this one; never damage on error."""
     identity = config.identity()
@@ -327,8 +385,7 @@ def prepare_output(root: Path, config: CollectConfig, overwrite: bool) -> None:
             if not overwrite:
                 differs = _describe_difference(existing, identity)
                 raise UsageError(f"output {root} is not empty and was not made by this command ({differs}): use another --out, or --overwrite to replace it")
-            for child in root.iterdir():
-                shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+            remove_dataset(root)
     try:
         root.mkdir(parents=True, exist_ok=True)
         probe = root / f".write-test-{os.getpid()}"
@@ -338,6 +395,24 @@ def prepare_output(root: Path, config: CollectConfig, overwrite: bool) -> None:
         raise UsageError(f"cannot write to output {root} ({error.strerror}): choose a writable --out folder") from None
     if _read_identity(root) != identity:
         atomic_write_json(root / CONFIG_FILE, {"config": identity, "command": _command_line(), "masklam_version": masklam.__version__})
+
+
+def is_finished(root: Path, config: CollectConfig) -> bool:
+    """Whether ``root`` holds this config's dataset, complete and readable: then re-running collect changes nothing
+    (info.json keeps the mask sources and anything else added since)."""
+    from masklam.data.dataset import open_dataset
+
+    if not (root / INFO).is_file() or _read_identity(root) != config.identity():
+        return False
+    try:
+        dataset = open_dataset(root)
+        for split in dataset.info["splits"]:
+            dataset.shards(split)  # as many index files as info.json says
+        backend = get_backend(config.backend)
+        return all(backend.has_shard(root, plan.split, plan.shard) and index_path(root, plan.split, plan.shard).is_file()
+                   for plan in plan_shards(config))
+    except UsageError:
+        return False  # damaged: write what is missing, and info.json again
 
 
 def _read_identity(root: Path) -> dict | None:
@@ -364,13 +439,15 @@ def collect(config: CollectConfig, root: Path, workers: int = 1, overwrite: bool
     rank, world_size = rank_and_world_size(rank, world_size, slurm_array=True)
     if workers < 1:
         raise UsageError(f"--workers {workers}: use 1 or more worker processes")
+    remove_stale_temp_files(root, same_host=world_size == 1)  # an interrupted writer's (masklam's own names only)
+    if is_finished(root, config):
+        return True
     # Build one env and the policy before touching the output: bad envs, videos or checkpoints fail here.
     validator = ShardWriter(config, root)
     train_env, _ = validator.env("train")
     if config.test_episodes:
         validator.env("test")
     prepare_output(root, config, overwrite)
-    remove_stale_temp_files(root, same_host=world_size == 1)  # an interrupted run's; ranks elsewhere: by age
     summary = EnvSummary.of(train_env)
 
     plans = plan_shards(config)
@@ -449,7 +526,7 @@ def write_info(root: Path, config: CollectConfig, plans: list[ShardPlan], env: E
             "records": len(records),
             "frames": sum(r.episode_frames for r in episodes.values()),
             "labelled_episodes": sum(r.labelled for r in episodes.values()),
-            "mean_return": float(np.mean([r.episode_return for r in episodes.values()])) if episodes else None,
+            "mean_return": finite_or_none(np.mean([r.episode_return for r in episodes.values()])) if episodes else None,
         }
         coverage += [f["mask_coverage"] for f in shard_files]
         if split == "train":
@@ -475,10 +552,34 @@ def write_info(root: Path, config: CollectConfig, plans: list[ShardPlan], env: E
             "var_mean": float(np.round(np.mean(var), 8)),
             "note": "over every train transition's true action, labelled or not; the probe's Var(a) is the mean of var",
         },
-        "mask_sources": {ORACLE: {"kind": "oracle", "description": "simulator segmentation of the agent's geoms", "coverage": float(np.round(np.mean(coverage), 6))}},
+        "mask_sources": {ORACLE: {"kind": "oracle", "description": "simulator segmentation of the agent's geoms", "coverage": finite_or_none(np.round(np.mean(coverage), 6))}},
         "splits": splits,
         "collect": {key: made_by[key] for key in ("config", "command")},
+        "checksums": CHECKSUMS[config.backend],
     }
+    info["mask_sources"].update(kept_mask_sources(root, config, plans))
     atomic_write_json(root / INFO, info)
     return info
+
+
+def finite_or_none(value: float) -> float | None:
+    """JSON has no NaN: a statistic of nothing (or of NaN) is null."""
+    value = float(value)
+    return value if np.isfinite(value) else None
+
+
+def kept_mask_sources(root: Path, config: CollectConfig, plans: list[ShardPlan]) -> dict[str, Any]:
+    """The mask sources an earlier info.json registered (segment, masks transform) whose masks every shard still
+    holds: writing info.json again (a resumed or repaired collect) keeps them registered."""
+    try:
+        earlier = json.loads((root / INFO).read_text())["mask_sources"]
+        if not isinstance(earlier, dict):
+            return {}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+    backend = get_backend(config.backend)
+    return {
+        source: entry for source, entry in earlier.items()
+        if source != ORACLE and all(source in backend.mask_sources(root, p.split, p.shard) for p in plans)
+    }
 

@@ -13,8 +13,9 @@ import numpy as np
 
 from masklam.data.backend import Backend
 from masklam.atomic import atomic_write_json
-from masklam.data.schema import ORACLE, SCHEMA_VERSION, Record, RecordMeta, shard_name
+from masklam.data.schema import ORACLE, Record, RecordMeta, shard_name
 from masklam.data.storage import DataPath, as_data_path, tree_bytes, writer_command
+from masklam.data.validate import check_index, check_info, check_record
 from masklam.errors import UsageError
 
 INFO = "info.json"
@@ -125,10 +126,7 @@ class Dataset:
     def shard_index(self, split: str, shard: int) -> list[RecordMeta]:
         path = index_path(self.root, split, shard)
         index = read_json(path, f"the dataset is incomplete; {writer_command()} to finish it")
-        try:
-            return [RecordMeta.from_json(meta) for meta in index["records"]]
-        except (KeyError, TypeError) as e:
-            raise UsageError(f"{path} is corrupt ({e!r}): {writer_command()} to rewrite it") from None
+        return check_index(index, path, split, shard)
 
     def index(self, split: str) -> list[RecordMeta]:
         return [meta for shard in self.shards(split) for meta in self.shard_index(split, shard)]
@@ -150,16 +148,28 @@ class Dataset:
         for shard in self.shards(split) if shards is None else shards:
             yield from self._shard_records(split, shard, mask_sources, fields)
 
+    @property
+    def has_checksums(self) -> bool:
+        """Whether every shard carries checksums (datasets written before masklam had them do not)."""
+        return "checksums" in self.info
+
     def _shard_records(
         self, split: str, shard: int, mask_sources: Sequence[str], fields: Sequence[str] | None
     ) -> Iterator[Record]:
-        """A shard's records, checked against its index: a shard cut short shows as missing records."""
-        expected = [meta.key for meta in self.shard_index(split, shard)]
+        """A shard's records, checked against its index (a shard cut short shows as missing records) and against
+        the schema: every asked-for array present with its dtype and shape, 0/1 masks, finite labelled actions."""
+        metas = self.shard_index(split, shard)
+        expected = [meta.key for meta in metas]
+        fields = list(self.info["features"]) if fields is None else list(fields)
+        location = str(self.backend.location(self.root, split, shard))
         found = []
-        for record in self.backend.read_shard(self.root, split, shard, mask_sources, fields):
+        records = self.backend.read_shard(self.root, split, shard, mask_sources, fields, require_checksums=self.has_checksums)
+        for record in records:
             found.append(record.key)
             if found != expected[: len(found)]:
                 break
+            check_record(record, metas[len(found) - 1], self.info, fields, location,
+                         lambda source: str(self.backend.mask_location(self.root, split, shard, source)))
             yield record
         if found != expected:
             raise UsageError(
@@ -215,13 +225,4 @@ def open_dataset(path: str | Path) -> Dataset:
         root / INFO,
         f"{root} is not a finished masklam dataset; {writer_command()} that made it (see {root / 'collect.json'})",
     )
-    version = info.get("schema_version") if isinstance(info, dict) else None
-    if version != SCHEMA_VERSION:
-        raise UsageError(
-            f"{root / INFO} has schema_version {version!r}, this masklam reads {SCHEMA_VERSION}: "
-            "use the masklam version that wrote it, or re-collect the dataset with this one"
-        )
-    for key in ("backend", "splits", "features"):
-        if key not in info:
-            raise UsageError(f"{root / INFO} lacks {key!r}: it is corrupt; {writer_command()} to rewrite it")
-    return Dataset(root, info, get_backend(info["backend"]))
+    return Dataset(root, check_info(info, root / INFO, sorted(BACKENDS)), get_backend(info["backend"]))

@@ -76,11 +76,28 @@ def check_records(records: list[Record], split: str, features: dict[str, Feature
                     f"record {meta.key}: {name} is {array.dtype}{list(array.shape)}, "
                     f"expected {feature.dtype}{list(shape)}"
                 )
+        if "action" in record.steps:
+            frame = non_finite_action(meta, record.steps["action"])
+            if frame is not None:  # a label that is not a number: the policy (or whatever made the data) is broken
+                raise UsageError(action_error(meta, frame, "refusing to write the shard") + ": check the policy")
         if sorted(record.masks) != sources:
             raise ValueError(f"record {meta.key} carries masks {sorted(record.masks)}, the first record {sources}")
     for source in sources:
         check_masks(source, {record.key: record.masks[source] for record in records}, [r.meta for r in records])
     return sources
+
+
+def non_finite_action(meta: RecordMeta, action: np.ndarray) -> int | None:
+    """The first frame of a labelled record whose action is NaN or inf (the episode's final frame has none)."""
+    ends_episode = meta.start + meta.frames == meta.episode_frames
+    labelled = action[:-1] if ends_episode else action
+    bad = ~np.isfinite(labelled.reshape(len(labelled), -1)).all(axis=1)
+    return int(np.argmax(bad)) if bad.any() else None
+
+
+def action_error(meta: RecordMeta, frame: int, where: str) -> str:
+    return (f"{where}: the labelled action of episode {meta.episode} of split {meta.split!r} (record {meta.key}) "
+            f"is NaN or infinite at frame {meta.start + frame}")
 
 
 def check_masks(source: str, masks: dict[str, np.ndarray], metas: list[RecordMeta]) -> None:
@@ -135,7 +152,7 @@ def tree_bytes(path: Path) -> int:
 def writer_command(source: str = ORACLE) -> str:
     """The command that writes frames and oracle masks (collect), or another mask source."""
     if source == ORACLE:
-        return "re-run the same `masklam collect` command"
+        return "re-run the same `masklam collect` (or `masklam ingest`) command"
     return f"re-run the command that added the '{source}' masks"
 
 

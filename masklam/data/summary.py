@@ -40,7 +40,7 @@ def summarize(dataset: Dataset) -> dict[str, Any]:
         "fps": info["fps"],
         "splits": splits,
         "mask_sources": {name: source.get("coverage") for name, source in info["mask_sources"].items()},
-        "action_var_mean": info["action_stats"]["var_mean"],
+        "action_var_mean": info.get("action_stats", {}).get("var_mean"),
         "bytes_on_disk": dataset.bytes_on_disk(),
     }
 
@@ -63,7 +63,7 @@ def render_summary(summary: dict[str, Any]) -> str:
         f"distractors {', '.join(active) or 'none'}" + (f"  (videos: {distractors['videos']})" if distractors["background"] else ""),
         f"backend     {summary['backend']}, {_human_bytes(summary['bytes_on_disk'])} on disk",
         "masks       " + ", ".join(f"{name} (coverage {cov:.1%})" if cov is not None else name for name, cov in summary["mask_sources"].items()),
-        f"Var(a)      {summary['action_var_mean']:.4f} (mean per-dimension action variance, train)",
+        f"Var(a)      {summary['action_var_mean']:.4f} (mean per-dimension action variance, train)" if summary["action_var_mean"] is not None else "Var(a)      - (info.json has no action_stats)",
         "",
         f"{'split':<6} {'episodes':>8} {'labelled':>8} {'frames':>9}  return mean ± std [min, max]",
     ]

@@ -259,6 +259,7 @@ class ZarrBackend:
         shard: int,
         mask_sources: Sequence[str] = (ORACLE,),
         fields: Sequence[str] | None = None,
+        require_checksums: bool = False,  # every chunk carries a crc32c (a zarr codec): always checked
     ) -> Iterator[Record]:
         files, group, metas, ends = self._open(root, split, shard)
         path = files.path
@@ -268,6 +269,9 @@ class ZarrBackend:
                 raise missing_masks_error(path / "data" / "mask" / source, source, stored_sources)
         try:
             names = [name for name in files.nodes("data") if name != "mask"]
+            missing = sorted(set(fields or ()) - set(names))
+            if missing:
+                raise ValueError(f"the array data/{missing[0]} is missing")
             steps = {name: group[f"data/{name}"] for name in names if fields is None or name in fields}
             masks = {source: group[f"data/mask/{source}"] for source in mask_sources}
             for array in [*steps.values(), *masks.values()]:
@@ -278,12 +282,27 @@ class ZarrBackend:
             raise corrupt_error(path, repr(e)) from e
         for meta, end in zip(metas, ends):
             start = end - meta.frames
-            try:
-                record_steps = {name: array[start:end] for name, array in steps.items()}
-                record_masks = {source: array[start:end] for source, array in masks.items()}
-            except READ_ERRORS as e:
-                raise corrupt_error(path, f"record {meta.key}: {e!r}") from e
+            record_steps = {name: self._read(path, array, start, end, meta) for name, array in steps.items()}
+            record_masks = {source: self._read(path, array, start, end, meta) for source, array in masks.items()}
             yield Record(meta, drop_unlabelled_action(record_steps, meta), record_masks)
+
+    @staticmethod
+    def _read(path: DataPath, array: zarr.Array, start: int, end: int, meta: RecordMeta) -> np.ndarray:
+        try:
+            return array[start:end]
+        except READ_ERRORS as e:
+            problem = "a chunk fails its crc32c checksum (its bytes changed)" if "checksum" in str(e) else repr(e)
+            raise corrupt_error(path, f"{array.path} of record {meta.key}: {problem}") from e
+
+    def location(self, root: DataPath, split: str, shard: int) -> DataPath:
+        files = self._files(root, split, shard)
+        return self.shard_path(root, split, shard) if files is None else files.path
+
+    def mask_location(self, root: DataPath, split: str, shard: int, source: str) -> DataPath:
+        return self.location(root, split, shard) / "data" / "mask" / source
+
+    def layout_problems(self, root: DataPath, split: str, shard: int) -> list[str]:
+        return []  # masks are arrays beside the frames', in one order by construction
 
     def has_shard(self, root: DataPath, split: str, shard: int) -> bool:
         """Whether the shard's folder is complete on disk (a zipped shard is read, never written)."""

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from colorednoise import powerlaw_psd_gaussian
 from tqdm import tqdm
 
-from masklam.atomic import atomic_file, atomic_write_bytes
+from masklam.atomic import atomic_file, atomic_write_bytes, json_line
 from masklam.envs.dmc import DMCSimulator
 from masklam.envs.policies import mlp_actor, save_policy_checkpoint
 from masklam.envs.spec import parse_env_id
@@ -391,7 +391,7 @@ def train(config: SACConfig, run_dir: Path, show_progress: bool = True) -> dict[
     bar = tqdm(total=config.total_steps, initial=progress["step"], unit="step", desc=f"expert {config.env_id}", disable=not show_progress or None)
 
     def record(metrics: dict[str, Any]) -> None:
-        log.write(json.dumps({"step": progress["step"], **metrics}) + "\n")
+        log.write(json_line({"step": progress["step"], **metrics}) + "\n")
         log.flush()
         for name, value in metrics.items():
             writer.add_scalar(name, value, progress["step"])

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from masklam.atomic import atomic_file, atomic_write_bytes, atomic_write_json, remove_stale_temp_files
+from masklam.atomic import atomic_file, atomic_write_bytes, atomic_write_json, json_line, remove_stale_temp_files
 from masklam.configs import require, to_dict
 from masklam.errors import UsageError
 
@@ -285,7 +285,7 @@ def fit(
         if rank == 0 and step % log_every == 0:
             row = {"step": step, "loss": loss.item(), **{k: float(v.detach()) for k, v in out.items() if v.dim() == 0 and k != "loss"}}
             row["samples_per_second"] = (step - start) * batch_size * world_size / (time.perf_counter() - began)
-            log.write(json.dumps(row) + "\n")
+            log.write(json_line(row) + "\n")
             log.flush()
             for name, value in row.items():
                 writer.add_scalar(f"{stage}/{name}", value, step)

@@ -45,15 +45,22 @@ def dataset(tmp_path, backend, features, make_episode) -> tuple[Path, dict[str, 
             "episodes": len(episodes[split]),
             "records": sum(map(len, shard_records)),
             "frames": sum(r.meta.frames for records in shard_records for r in records),
+            "labelled_episodes": sum(whole.meta.labelled for whole in episodes[split].values()),
         }
     atomic_write_json(
         tmp_path / "info.json",
         {
             "schema_version": SCHEMA_VERSION,
+            "masklam_version": "test",
             "backend": backend.name,
+            "env": {"env_id": "synthetic", "render": {"size": 6}, "distractors": {}, "episode_steps": 10},
+            "fps": 10.0,
             "splits": splits,
             "features": {name: feature.to_json() for name, feature in features.items()},
+            "state_names": [],
+            "action_bounds": {"low": [-1.0, -1.0], "high": [1.0, 1.0]},
             "mask_sources": {ORACLE: {}},
+            "collect": {},
         },
     )
     return tmp_path, episodes
@@ -122,7 +129,7 @@ def test_missing_index_or_unknown_split_is_a_usage_error(dataset):
         (lambda root: (root / "info.json").unlink(), "info.json is missing.*masklam collect"),
         (lambda root: (root / "info.json").write_text("{"), "info.json is unreadable"),
         (lambda root: (root / "info.json").write_text('{"schema_version": 99}'), "schema_version 99.*reads 1"),
-        (lambda root: (root / "info.json").write_text('{"schema_version": 1}'), "lacks 'backend'"),
+        (lambda root: (root / "info.json").write_text('{"schema_version": 1}'), "masklam_version is missing"),
     ],
     ids=["no info", "corrupt info", "newer schema", "no backend"],
 )

@@ -74,12 +74,23 @@ def write_dataset(
         records = [r for spec in episodes for r in episode_records(*spec, chunk_frames, size)]
         BACKENDS[backend].write_shard(root, "train", shard, records, features(size))
         write_index(root, "train", shard, [r.meta for r in records], {})
+    episodes = [spec for shard in layout for spec in shard]
+    counts = {"episodes": len(episodes), "records": len(episodes), "frames": sum(frames for _, frames, _ in episodes),
+              "labelled_episodes": sum(labelled for *_, labelled in episodes)}
+    if chunk_frames:  # records are chunks sharing their boundary frame
+        counts["records"] = sum(len(range(0, max(frames - 1, 1), chunk_frames - 1)) for _, frames, _ in episodes)
     info = {
         "schema_version": SCHEMA_VERSION,
+        "masklam_version": "test",
         "backend": backend,
-        "splits": {"train": {"shards": len(layout)}},
+        "env": {"env_id": "synthetic", "render": {"size": size}, "distractors": {}, "episode_steps": 0},
+        "fps": 10.0,
+        "splits": {"train": {"shards": len(layout), **counts}},
         "features": {name: f.to_json() for name, f in features(size).items()},
+        "state_names": ["episode", "frame"],
+        "action_bounds": {"low": [-10.0, -100.0], "high": [100.0, 0.0]},
         "mask_sources": {ORACLE: {}},
+        "collect": {},
     }
     atomic_write_json(root / "info.json", info | ({"action_stats": stats} if stats else {}))
     return root

@@ -1,0 +1,112 @@
+"""`collect --overwrite` deletes only what masklam wrote, and re-running a finished collect changes nothing
+(mask sources added since stay registered)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from masklam.cli import app
+from masklam.data.dataset import open_dataset
+
+runner = CliRunner()
+COLLECT = ["collect", "--env", "dmc:cheetah-run", "--steps", "6", "--size", "16", "--episodes", "2", "--test-episodes", "1",
+           "--episodes-per-shard", "1", "--no-progress"]
+
+
+def cli(*args: str):
+    return runner.invoke(app, list(args))
+
+
+def snapshot(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module", params=["webdataset", "zarr"])
+def with_sources(request, tmp_path_factory) -> tuple[Path, list[str]]:
+    """A finished dataset with a derived mask source and a segmented one (the oracle 'model': no weights needed)."""
+    root = tmp_path_factory.mktemp(f"sources-{request.param}") / "data"
+    command = [*COLLECT, "--backend", request.param, "--out", str(root)]
+    assert cli(*command).exit_code == 0
+    assert cli("masks", "transform", str(root), "--erode", "2", "--no-progress").exit_code == 0
+    result = cli("segment", str(root), "--model", "oracle", "--name", "oracle_copy", "--no-progress")
+    assert result.exit_code == 0, result.stderr
+    assert sorted(open_dataset(root).info["mask_sources"]) == ["oracle", "oracle_copy", "oracle_erode2"]
+    return root, command
+
+
+def test_rerunning_a_finished_collect_changes_nothing(with_sources):
+    root, command = with_sources
+    before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in root.rglob("*") if p.is_file()}
+    result = cli(*command)
+    assert result.exit_code == 0, result.stderr
+    assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in root.rglob("*") if p.is_file()} == before
+    result = cli("train", "lam", "--data", str(root), "--out", str(root.parent / "run"), "--trainer", "masklam-tiny",
+                 "--mask-source", "oracle_erode2", "--set", "optim.steps=1", "--no-progress")
+    assert result.exit_code == 0, result.stderr
+
+
+def test_a_rewritten_shard_unregisters_only_the_sources_it_lost(with_sources, tmp_path):
+    """A deleted shard is written again by the same collect: the sources added to the old shard are gone from it,
+    so they leave info.json (and their shard is to do again); re-running their command brings them back."""
+    root = tmp_path / "data"
+    shutil.copytree(with_sources[0], root)
+    command = [arg if arg != str(with_sources[0]) else str(root) for arg in with_sources[1]]
+    backend = open_dataset(root).info["backend"]
+    (root / "index/train/shard-000000.json").unlink()
+    shutil.rmtree(root / "data.zarr/train/shard-000000") if backend == "zarr" else (root / "train/shard-000000.tar").unlink()
+    assert cli(*command).exit_code == 0
+    assert sorted(open_dataset(root).info["mask_sources"]) == ["oracle"]
+    assert cli("verify", str(root)).exit_code == 0
+    assert cli("masks", "transform", str(root), "--erode", "2", "--no-progress").exit_code == 0
+    assert sorted(open_dataset(root).info["mask_sources"]) == ["oracle", "oracle_erode2"]
+    assert cli("verify", str(root)).exit_code == 0
+
+
+def user_files(folder: Path) -> None:
+    (folder / "sub").mkdir(parents=True, exist_ok=True)
+    (folder / "notes.txt").write_text("my notes")
+    (folder / "sub" / "keep.txt").write_text("keep me")
+
+
+def test_overwrite_refuses_a_folder_that_is_not_a_dataset(tmp_path):
+    out = tmp_path / "mine"
+    user_files(out)
+    before = snapshot(out)
+    result = cli(*COLLECT, "--out", str(out), "--overwrite")
+    assert result.exit_code == 2
+    assert len(result.stderr.strip().splitlines()) == 1 and "notes.txt" in result.stderr and "nothing was deleted" in result.stderr
+    assert snapshot(out) == before
+
+
+@pytest.mark.parametrize("where", ["beside", "inside"])
+def test_overwrite_refuses_a_dataset_holding_user_files(with_sources, tmp_path, where):
+    out = tmp_path / "data"
+    shutil.copytree(with_sources[0], out)
+    if where == "beside":
+        user_files(out)
+    else:
+        (out / "index" / "sub").mkdir()
+        (out / "index" / "sub" / "keep.txt").write_text("keep me")
+    before = snapshot(out)
+    result = cli(*COLLECT, "--seed", "1", "--out", str(out), "--overwrite")  # another config
+    assert result.exit_code == 2
+    foreign = "notes.txt" if where == "beside" else "index/sub/keep.txt"
+    assert len(result.stderr.strip().splitlines()) == 1 and foreign in result.stderr, result.stderr
+    assert snapshot(out) == before
+
+
+def test_overwrite_replaces_a_dataset_made_by_masklam(with_sources, tmp_path):
+    out = tmp_path / "data"
+    shutil.copytree(with_sources[0], out)
+    (out / ".info.json.123-456.tmp").write_bytes(b"left by a killed writer")
+    result = cli(*COLLECT, "--seed", "1", "--out", str(out), "--overwrite")
+    assert result.exit_code == 0, result.stderr
+    info = open_dataset(out).info
+    assert info["collect"]["config"]["seed"] == 1 and sorted(info["mask_sources"]) == ["oracle"]
+    assert not (out / "segment").exists() and not (out / ".info.json.123-456.tmp").exists()
+    assert json.loads((out / "collect.json").read_text())["config"]["seed"] == 1
