@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -45,16 +43,12 @@ steps = 10
 """
 
 
-def masklam(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "masklam.cli", *args], capture_output=True, text=True, timeout=600)
-
-
 @pytest.fixture(scope="module")
-def finished(tmp_path_factory) -> tuple[Path, Path]:
+def finished(masklam_cli, tmp_path_factory) -> tuple[Path, Path]:
     folder = tmp_path_factory.mktemp("pipeline")
     recipe, root = folder / "tiny.toml", folder / "run"
     recipe.write_text(TINY)
-    done = masklam("run", str(recipe), "--out", str(root), "--no-progress")
+    done = masklam_cli("run", str(recipe), "--out", str(root), "--no-progress")
     assert done.returncode == 0, done.stderr
     return recipe, root
 
@@ -116,11 +110,11 @@ def test_a_second_run_skips_finished_steps_and_a_change_reruns_only_what_it_touc
         os.chdir(here)
 
 
-def test_report_command_and_dry_run(finished, tmp_path):
+def test_report_command_and_dry_run(masklam_cli, finished, tmp_path):
     recipe, root = finished
-    done = masklam("report", str(root), "--out", str(tmp_path / "report"))
+    done = masklam_cli("report", str(root), "--out", str(tmp_path / "report"))
     assert done.returncode == 0 and "| lapo | 1 |" in done.stdout, done.stderr
-    done = masklam("run", str(recipe), "--out", str(tmp_path / "fresh"), "--dry-run")
+    done = masklam_cli("run", str(recipe), "--out", str(tmp_path / "fresh"), "--dry-run")
     assert done.returncode == 0 and "[todo] collect low" in done.stdout and not (tmp_path / "fresh").exists()
 
 
@@ -132,8 +126,8 @@ def test_report_command_and_dry_run(finished, tmp_path):
     (["run", "quickstart", "--set", "train.preset=\"huge\"", "--dry-run"], "no trainer preset"),
     (["report", "{tmp}", "--out", "{tmp}/report"], "not a `masklam run` folder"),
 ])
-def test_bad_recipes_are_one_line_errors(tmp_path, args, message):
-    done = masklam(*[a.replace("{tmp}", str(tmp_path)) for a in args])
+def test_bad_recipes_are_one_line_errors(masklam_cli, tmp_path, args, message):
+    done = masklam_cli(*[a.replace("{tmp}", str(tmp_path)) for a in args])
     assert done.returncode == 2 and message in done.stderr and len(done.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "report").exists()
 
