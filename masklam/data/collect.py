@@ -26,15 +26,7 @@ from tqdm import tqdm
 import masklam
 from masklam.atomic import atomic_write_json
 from masklam.data.dataset import INFO, get_backend, index_path, read_json, write_index
-from masklam.data.schema import (
-    ORACLE,
-    SCHEMA_VERSION,
-    SPLITS,
-    Feature,
-    Record,
-    RecordMeta,
-    record_key,
-)
+from masklam.data.schema import ORACLE, SCHEMA_VERSION, SPLITS, Feature, Record, RecordMeta, record_key
 from masklam.envs.env import DistractingEnv, Observation
 from masklam.envs.policies import NoisyPolicy, file_sha256, make_policy
 from masklam.envs.spec import EnvSpec
@@ -95,8 +87,8 @@ class CollectConfig(CollectOptions):
         if self.policy == "random" or (self.policy in ("expert", "scripted") and self.env.env_id.startswith("metaworld:")):
             return None
         if self.policy == "expert":
-            from masklam.experts.evaluate import SHIPPED
             from masklam.envs.spec import parse_env_id
+            from masklam.experts.evaluate import SHIPPED
 
             return SHIPPED / f"{parse_env_id(self.env.env_id).task}.pt"
         return Path(self.policy)

@@ -17,9 +17,7 @@ from typing import Any
 
 import torch.nn as nn
 
-from masklam.models.lam import (
-    LAOM, LAOMConfig, LAOMLabels, LAOMLabelsConfig, LatentPolicyConfig, PixelLAM, PixelLAMConfig,
-)
+from masklam.models.lam import LAOM, LAOMConfig, LAOMLabels, LAOMLabelsConfig, LatentPolicyConfig, PixelLAM, PixelLAMConfig
 
 LAMConfig = PixelLAMConfig | LAOMConfig
 
