@@ -117,6 +117,7 @@ def cheetah_low(masklam_cli, tmp_path_factory) -> Path:
     return root
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["lapo", "masklam", "laom", "laom-labels"])
 def test_train_all_then_probe_and_evaluate(masklam_cli, cheetah_low, tmp_path, method):
     """The whole loop from the command line, at smoke scale, for each method: train all, probe, evaluate."""

@@ -100,6 +100,7 @@ def test_test_split_uses_held_out_seeds_and_videos(dataset_dir):
     assert all(pools["test"].names[v] not in pools["train"].names for v in test_videos)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_same_command_gives_byte_identical_data_with_any_worker_count(tmp_path, backend):
     config = tiny_config(backend, episodes=3, test_episodes=1)
@@ -195,6 +196,7 @@ def test_resume_after_a_killed_collect_completes_identically(masklam_cli, tmp_pa
     assert files_of(killed) == files_of(tmp_path / "straight")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_metaworld_expert_collects_successful_episodes(tmp_path, backend):
     env = EnvSpec("metaworld:push-v3", RenderSpec(size=32), distractor_preset("low"), episode_steps=150)

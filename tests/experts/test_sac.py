@@ -286,6 +286,7 @@ def documented_returns() -> dict[str, float]:
 SHIPPED_TASKS = sorted(p.stem for p in SHIPPED.glob("*.pt"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("task", SHIPPED_TASKS)
 def test_shipped_expert_matches_its_documented_return(task):
     documented = documented_returns()[task]

@@ -61,6 +61,7 @@ def test_the_grid_crosses_methods_masks_and_seeds(tmp_path):
     assert len(runs) == 6
 
 
+@pytest.mark.slow
 def test_a_run_writes_every_output_under_one_folder(finished):
     _, root = finished
     runs = root / "runs" / "low"
@@ -77,6 +78,7 @@ def test_a_run_writes_every_output_under_one_folder(finished):
     assert masked["data"]["mask_source"] == "oracle_dilate1"
 
 
+@pytest.mark.slow
 def test_the_report_has_a_row_per_run_and_its_plots(finished):
     _, root = finished
     results = json.loads((root / "report" / "results.json").read_text())
@@ -90,6 +92,7 @@ def test_the_report_has_a_row_per_run_and_its_plots(finished):
         assert (root / "report" / plot).read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.slow
 def test_a_second_run_skips_finished_steps_and_a_change_reruns_only_what_it_touches(finished):
     recipe, root = finished
     ledger = (root / "steps.json").read_text()
@@ -110,6 +113,7 @@ def test_a_second_run_skips_finished_steps_and_a_change_reruns_only_what_it_touc
         os.chdir(here)
 
 
+@pytest.mark.slow
 def test_report_command_and_dry_run(masklam_cli, finished, tmp_path):
     recipe, root = finished
     done = masklam_cli("report", str(root), "--out", str(tmp_path / "report"))

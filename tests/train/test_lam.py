@@ -39,6 +39,7 @@ def losses(run: Path, stage: str = "lam") -> list[float]:
     return [json.loads(line)["loss"] for line in (run / f"{stage}-metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["lapo", "masklam", "laom", "laom-labels"])
 def test_each_method_learns_on_a_tiny_dataset(tiny_data, tmp_path, method):
     train_lam(tiny_config(tiny_data, method, "optim.steps=60", "optim.lr=1e-3"), tmp_path, show_progress=False)
@@ -152,6 +153,7 @@ def test_probe_of_a_trained_run(tiny_data, tmp_path):
     assert json.loads((tmp_path / "probe.json").read_text()) == result
 
 
+@pytest.mark.slow
 def test_bc_then_decoder_on_a_label_budget(tiny_data, tmp_path):
     from masklam.train.loop import OptimConfig
     from masklam.train.stages import StageConfig, labelled_latents, train_bc, train_decoder
@@ -190,6 +192,7 @@ def test_laom_labels_without_labelled_episodes_is_refused(tmp_path):
     train_lam(tiny_config(tmp_path / "data", "laom", "optim.steps=2"), tmp_path / "run", show_progress=False)
 
 
+@pytest.mark.slow
 def test_bf16_autocast_trains(tiny_data, tmp_path):
     # The switch is meant for GPUs; CPU autocast runs the same code path.
     train_lam(tiny_config(tiny_data, "masklam", "optim.steps=30", "optim.lr=1e-3", "bf16=true"), tmp_path, show_progress=False)
