@@ -77,6 +77,7 @@ def test_info_and_view_on_missing_dataset_fail_cleanly(masklam_cli, tmp_path):
         assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
+@pytest.mark.slow
 def test_the_console_script_fails_cleanly_in_a_fresh_process(tmp_path):
     """The real entry point: nothing but the error line reaches a real process's stderr (no warnings, no traceback)."""
     result = masklam_process("collect", *ENV, "--env", "dmc:cheetah-fly", "--out", str(tmp_path / "out"))
@@ -160,6 +161,7 @@ def test_bad_train_input_fails_cleanly(masklam_cli, cheetah_low, tmp_path, case)
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_the_core_never_imports_ultralytics():
     code = "import sys, masklam.cli, masklam.segment.run, masklam.segment.sam; assert 'ultralytics' not in sys.modules"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0

@@ -229,6 +229,7 @@ def test_pull_streams_and_loads_back_from_the_hub(datasets_by_backend, staged, t
         assert loaded.stdout.split()[0] == str(frames) and "mask_oracle_dilate1" in loaded.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "args, token, message",
     [
@@ -255,6 +256,7 @@ def test_bad_publish_and_pull_input_is_a_one_line_error(args, token, message, da
     assert (tmp_path / "notes.txt").read_text() == "a user's file"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend, layout", [("webdataset", "zip"), ("zarr", "dir")])
 def test_every_layout_publishes_and_pulls_back(backend, layout, datasets_by_backend, tmp_path):
     data = datasets_by_backend[backend]

@@ -220,6 +220,7 @@ def test_a_run_folder_with_other_settings_is_refused(tmp_path):
 TINY = dict(episode_steps=100, learning_starts=100, hidden=32, batch_size=32, checkpoint_every=100, eval_every=100_000, eval_episodes=1)
 
 
+@pytest.mark.slow
 def test_a_run_started_from_another_goes_on_as_if_it_had_not_stopped(tmp_path):
     # The seed only shapes a fresh start: a run started from seed 1's state goes on as seed 1 would.
     train(SACConfig("dmc:cartpole-swingup", total_steps=200, seed=1, **TINY), tmp_path / "source", show_progress=False)
@@ -232,6 +233,7 @@ def test_a_run_started_from_another_goes_on_as_if_it_had_not_stopped(tmp_path):
     assert forked["config"]["init_from"] == str(tmp_path / "source")
 
 
+@pytest.mark.slow
 def test_a_run_started_from_another_takes_its_own_settings(tmp_path):
     train(SACConfig("dmc:cartpole-swingup", total_steps=200, **TINY), tmp_path / "source", show_progress=False)
     source = tmp_path / "source" / "train_state.pt"  # the file works as well as its folder
@@ -286,7 +288,6 @@ def documented_returns() -> dict[str, float]:
 SHIPPED_TASKS = sorted(p.stem for p in SHIPPED.glob("*.pt"))
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("task", SHIPPED_TASKS)
 def test_shipped_expert_matches_its_documented_return(task):
     documented = documented_returns()[task]

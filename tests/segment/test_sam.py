@@ -56,6 +56,7 @@ def segment_args(data: Path, checkpoint: Path, *extra: str) -> list[str]:
     return ["segment", str(data), "--model", "sam_vit_h", "--checkpoint", str(checkpoint), "--prompt", "oracle-box", "--batch-size", "4", "--no-progress", *extra]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["webdataset", "zarr"])
 def test_segment_end_to_end_shard_parallel_and_resumable(masklam_cli, dataset_factory, small_checkpoint, backend):
     data = dataset_factory(backend)

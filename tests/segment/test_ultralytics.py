@@ -61,6 +61,7 @@ def test_segment_with_an_ultralytics_model(dataset_factory, mobile_sam):
         assert masks.shape == record.masks["oracle"].shape and set(np.unique(masks)) <= {0, 1}
 
 
+@pytest.mark.slow
 def test_fastsam_runs_the_prompt_chain(dataset_factory, tmp_path):
     from ultralytics import YOLO
 
@@ -73,6 +74,7 @@ def test_fastsam_runs_the_prompt_chain(dataset_factory, tmp_path):
     assert record.masks["ultralytics_fastsam_s"].shape == (3, 32, 32)
 
 
+@pytest.mark.slow
 def test_sam2_follows_the_prompt_chain(sam2_t):
     from masklam.segment.prompts import Prompt
     from masklam.segment.ultralytics_backend import UltralyticsSegmenter
