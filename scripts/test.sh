@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install masklam with its test tools, lint, then run the test suite (the README's test command).
-# Extra arguments go to pytest, e.g. `bash scripts/test.sh -m "not slow"` (the fast inner loop, under 2 minutes).
+# Extra arguments go to pytest, e.g. `bash scripts/test.sh -m "not slow"` (the fast inner loop).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # The sam and ultralytics extras pin torch 2.14.1 + torchvision 0.29.1 (both need torchvision); name them too.
