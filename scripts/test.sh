@@ -1,12 +1,18 @@
 #!/usr/bin/env bash
-# Install masklam with its test tools, then run the test suite (the README's test command).
+# Install masklam with its test tools, lint, then run the test suite (the README's test command).
+# Extra arguments go to pytest, e.g. `bash scripts/test.sh -m "not slow"` (the fast inner loop).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # The sam and ultralytics extras pin torch 2.14.1 + torchvision 0.29.1 (both need torchvision); name them too.
 python3 -m pip install --quiet --disable-pip-version-check -e ".[test,hub,sam,ultralytics]" torch==2.14.1 torchvision==0.29.1
 export MUJOCO_GL="${MUJOCO_GL:-egl}"
+lint=0
+python3 -m ruff check . || lint=$?  # reported, and fails the run, after the tests
 status=0
-python3 -m pytest -q "$@" || status=$?
+# --durations=25: the slowest tests stay visible in every log.
+python3 -m pytest -q --durations=25 "$@" || status=$?
 # pytest exits 5 when it collected no tests (e.g. a -k filter that matches nothing): say so, do not fail.
-if [ "$status" -eq 5 ]; then echo "0 passed, 0 failed: pytest collected no tests"; exit 0; fi
-exit "$status"
+if [ "$status" -eq 5 ]; then echo "0 passed, 0 failed: pytest collected no tests"; status=0; fi
+if [ "$lint" -ne 0 ]; then echo "ruff check failed (see above): ruff check --fix . mends import order and other safe fixes"; fi
+[ "$status" -ne 0 ] && exit "$status"
+exit "$lint"

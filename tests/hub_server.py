@@ -118,7 +118,7 @@ class FakeHub:
             repo["branches"].setdefault(revision, repo["branches"]["main"])
             big = self.lfs_threshold is not None
             ops = [(p, self._put_blob(d), big and len(d) >= self.lfs_threshold) for p, d in files.items()]
-            return self._commit(repo, revision, message, lambda tree: tree.update({p: [s, l] for p, s, l in ops}))
+            return self._commit(repo, revision, message, lambda tree: tree.update({p: [s, lfs] for p, s, lfs in ops}))
 
     # ------------------------------------------------------------------ storage
     def _put_blob(self, data: bytes) -> str:

@@ -1,4 +1,7 @@
-"""The command line: bad input is one line on stderr, exit code 2, and nothing written."""
+"""The command line: bad input is one line on stderr, exit code 2, and nothing written.
+
+Commands run in-process (``masklam_cli``, Typer's CliRunner: the same parsing and commands as the console script);
+one test per kind of failure also runs the real console entry point in a fresh interpreter."""
 
 from __future__ import annotations
 
@@ -12,7 +15,8 @@ import pytest
 ENV = ["--env", "dmc:cheetah-run", "--size", "32", "--steps", "5", "--episodes", "1", "--test-episodes", "1", "--no-progress"]
 
 
-def masklam(*args: str) -> subprocess.CompletedProcess:
+def masklam_process(*args: str) -> subprocess.CompletedProcess:
+    """The console entry point in a fresh interpreter: what a user's shell runs."""
     return subprocess.run([sys.executable, "-m", "masklam.cli", *args], capture_output=True, text=True, timeout=300)
 
 
@@ -49,7 +53,7 @@ BAD_INPUTS = {
 
 
 @pytest.mark.parametrize("case", list(BAD_INPUTS))
-def test_bad_collect_input_fails_cleanly(tmp_path, case):
+def test_bad_collect_input_fails_cleanly(masklam_cli, tmp_path, case):
     (tmp_path / "empty").mkdir()
     davis(tmp_path / "davis", "bear\n", None)
     davis(tmp_path / "davis2", "bear\n", "zebra\n")
@@ -60,29 +64,39 @@ def test_bad_collect_input_fails_cleanly(tmp_path, case):
     out = tmp_path / "out"
     args = ["collect", *ENV, "--out", str(out), *extra]
     before = sorted(p.name for p in tmp_path.iterdir())
-    result = masklam(*args)
+    result = masklam_cli(*args)
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written
 
 
-def test_info_and_view_on_missing_dataset_fail_cleanly(tmp_path):
+def test_info_and_view_on_missing_dataset_fail_cleanly(masklam_cli, tmp_path):
     for args in (["info", str(tmp_path / "nothing")], ["view", str(tmp_path / "nothing"), "--out", str(tmp_path / "v.png")]):
-        result = masklam(*args)
+        result = masklam_cli(*args)
         assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
+@pytest.mark.slow
+def test_the_console_script_fails_cleanly_in_a_fresh_process(tmp_path):
+    """The real entry point: nothing but the error line reaches a real process's stderr (no warnings, no traceback)."""
+    result = masklam_process("collect", *ENV, "--env", "dmc:cheetah-fly", "--out", str(tmp_path / "out"))
+    assert result.returncode == 2 and result.stdout == "", result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: unknown env"), result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("backend", ["webdataset", "zarr"])
-def test_collect_info_view(tmp_path, backend):
+def test_collect_info_view(masklam_cli, tmp_path, backend):
     out = tmp_path / "data"
-    result = masklam("collect", *ENV, "--distractors", "hard", "--backend", backend, "--out", str(out))
+    result = masklam_cli("collect", *ENV, "--distractors", "hard", "--backend", backend, "--out", str(out))
     assert result.returncode == 0, result.stderr
-    info = masklam("info", str(out))
+    info = masklam_cli("info", str(out))
     assert info.returncode == 0 and "dmc:cheetah-run" in info.stdout and "oracle" in info.stdout and "train" in info.stdout
     assert "background, camera 0.1, colour 0.1" in info.stdout
     for name in ("grid.png", "anim.gif"):
-        shown = masklam("view", str(out), "--out", str(tmp_path / name), "--episodes", "1", "--frames", "3")
+        shown = masklam_cli("view", str(out), "--out", str(tmp_path / name), "--episodes", "1", "--frames", "3")
         assert shown.returncode == 0, shown.stderr
         from PIL import Image
 
@@ -91,34 +105,35 @@ def test_collect_info_view(tmp_path, backend):
                 assert picture.size == (3 * 128, 2 * 128)  # 3 frames, frame above overlay, upscaled to 128 px cells
             else:
                 assert picture.size == (128, 2 * 128) and picture.n_frames == 6  # every frame of a 5-step episode
-    bad = masklam("view", str(out), "--out", str(tmp_path / "v.png"), "--mask-source", "sam_vit_h")
+    bad = masklam_cli("view", str(out), "--out", str(tmp_path / "v.png"), "--mask-source", "sam_vit_h")
     assert bad.returncode == 2 and "oracle" in bad.stderr
 
 
 @pytest.fixture(scope="module")
-def cheetah_low(tmp_path_factory) -> Path:
+def cheetah_low(masklam_cli, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("cli-train") / "cheetah-low"
     args = ["--env", "dmc:cheetah-run", "--distractors", "low", "--size", "32", "--steps", "20", "--episodes", "4"]
-    done = masklam("collect", *args, "--test-episodes", "1", "--labelled-episodes", "2", "--episodes-per-shard", "2", "--out", str(root), "--no-progress")
+    done = masklam_cli("collect", *args, "--test-episodes", "1", "--labelled-episodes", "2", "--episodes-per-shard", "2", "--out", str(root), "--no-progress")
     assert done.returncode == 0, done.stderr
     return root
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["lapo", "masklam", "laom", "laom-labels"])
-def test_train_all_then_probe_and_evaluate(cheetah_low, tmp_path, method):
-    """Issue 4's end-to-end path, at smoke scale, for each method."""
+def test_train_all_then_probe_and_evaluate(masklam_cli, cheetah_low, tmp_path, method):
+    """The whole loop from the command line, at smoke scale, for each method: train all, probe, evaluate."""
     run = tmp_path / method
     steps = ["--set", "optim.steps=6", "--stage-set", "optim.steps=6", "--stage-set", "batch_size=8"]
-    done = masklam("train", "all", "--data", str(cheetah_low), "--out", str(run), "--trainer", f"{method}-tiny", "--labelled", "30", *steps, "--no-progress")
+    done = masklam_cli("train", "all", "--data", str(cheetah_low), "--out", str(run), "--trainer", f"{method}-tiny", "--labelled", "30", *steps, "--no-progress")
     assert done.returncode == 0, done.stderr
     assert f"trained {method}" in done.stdout and "30 labelled transitions" in done.stdout
     assert {"lam.pt", "bc.pt", "decoder.pt", "bc-actions.pt"} <= {p.name for p in run.iterdir()}
 
-    done = masklam("probe", str(run), "--data", str(cheetah_low), "--windows", "40", "--no-progress")
+    done = masklam_cli("probe", str(run), "--data", str(cheetah_low), "--windows", "40", "--no-progress")
     assert done.returncode == 0, done.stderr
     assert "NMSE" in done.stdout and (run / "probe.json").exists()
 
-    done = masklam("evaluate", str(run), "--episodes", "2", "--steps", "8", "--json", "--no-progress")
+    done = masklam_cli("evaluate", str(run), "--episodes", "2", "--steps", "8", "--json", "--no-progress")
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
     assert result["episodes"] == 2 and len(result["returns"]) == 2
@@ -138,37 +153,38 @@ TRAIN_BAD_INPUTS = {
 
 
 @pytest.mark.parametrize("case", list(TRAIN_BAD_INPUTS))
-def test_bad_train_input_fails_cleanly(cheetah_low, tmp_path, case):
+def test_bad_train_input_fails_cleanly(masklam_cli, cheetah_low, tmp_path, case):
     args, expected = TRAIN_BAD_INPUTS[case]
-    done = masklam(*(a.format(tmp=tmp_path, data=cheetah_low) for a in args), "--no-progress")
+    done = masklam_cli(*(a.format(tmp=tmp_path, data=cheetah_low) for a in args), "--no-progress")
     assert done.returncode == 2, (done.stdout, done.stderr)
     assert len(done.stderr.strip().splitlines()) == 1 and expected in done.stderr, done.stderr
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_the_core_never_imports_ultralytics():
     code = "import sys, masklam.cli, masklam.segment.run, masklam.segment.sam; assert 'ultralytics' not in sys.modules"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
 
-def test_masks_transform_and_compare(cheetah_low, tmp_path):
+def test_masks_transform_and_compare(masklam_cli, cheetah_low, tmp_path):
     import shutil
 
     data = tmp_path / "data"
     shutil.copytree(cheetah_low, data)
-    done = masklam("masks", "transform", str(data), "--from", "oracle", "--dilate", "1", "--no-progress")
+    done = masklam_cli("masks", "transform", str(data), "--from", "oracle", "--dilate", "1", "--no-progress")
     assert done.returncode == 0 and "oracle_dilate1" in done.stdout, done.stderr
-    done = masklam("masks", "compare", str(data), "--ref", "oracle", "--pred", "oracle_dilate1", "--json")
+    done = masklam_cli("masks", "compare", str(data), "--ref", "oracle", "--pred", "oracle_dilate1", "--json")
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
     assert result["overall"]["recall"] == 1.0 and result["overall"]["precision"] < 1.0
     assert (data / "compare" / "compare-oracle_dilate1-vs-oracle-worst.png").exists()
     # training reads the derived source by name
-    done = masklam("train", "lam", "--data", str(data), "--out", str(tmp_path / "run"), "--trainer", "masklam-tiny",
+    done = masklam_cli("train", "lam", "--data", str(data), "--out", str(tmp_path / "run"), "--trainer", "masklam-tiny",
                    "--mask-source", "oracle_dilate1", "--set", "optim.steps=2", "--no-progress")
     assert done.returncode == 0, done.stderr
     assert json.loads((tmp_path / "run" / "lam-config.json").read_text())["data"]["mask_source"] == "oracle_dilate1"
-    done = masklam("masks", "compare", str(data), "--pred", "sam_vit_h")
+    done = masklam_cli("masks", "compare", str(data), "--pred", "sam_vit_h")
     assert done.returncode == 2 and "no 'sam_vit_h' masks" in done.stderr and len(done.stderr.strip().splitlines()) == 1
-    done = masklam("segment", str(data), "--model", "sam_vit_h", "--no-progress")
+    done = masklam_cli("segment", str(data), "--model", "sam_vit_h", "--no-progress")
     assert done.returncode == 2 and "no prompt" in done.stderr

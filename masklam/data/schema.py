@@ -33,7 +33,6 @@ from typing import Any
 
 import numpy as np
 
-
 SCHEMA_VERSION = 1
 SPLITS = ("train", "test")
 ORACLE = "oracle"

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from masklam.data.dataset import Dataset
 from masklam.atomic import atomic_write_bytes
+from masklam.data.dataset import Dataset
 from masklam.errors import UsageError
 
 MASK_COLOUR = np.array([0, 255, 255], dtype=np.float32)  # cyan: rare in photographs and in the scenes

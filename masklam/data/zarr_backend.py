@@ -36,15 +36,7 @@ from fsspec.implementations.dirfs import DirFileSystem
 from zarr.storage import FsspecStore, LocalStore
 
 from masklam.atomic import atomic_write_bytes
-from masklam.data.schema import (
-    ORACLE,
-    SCHEMA_VERSION,
-    Feature,
-    Record,
-    RecordMeta,
-    shard_name,
-)
-from masklam.errors import UsageError
+from masklam.data.schema import ORACLE, SCHEMA_VERSION, Feature, Record, RecordMeta, shard_name
 from masklam.data.storage import (
     DataPath,
     check_masks,
@@ -56,6 +48,7 @@ from masklam.data.storage import (
     step_or_nan,
     tree_bytes,
 )
+from masklam.errors import UsageError
 
 STORE = "data.zarr"
 STAGING = ".tmp-"  # in the dataset folder: same filesystem, so a rename moves a finished folder into place

@@ -3,8 +3,20 @@
 from masklam.models.augment import AugmentConfig, augment
 from masklam.models.impala import ImpalaDecoder, ImpalaEncoder
 from masklam.models.lam import (
-    IDM, LAOM, ActionDecoder, ActionDecoderConfig, LAOMConfig, LAOMLabels, LAOMLabelsConfig, LatentPolicy,
-    LatentPolicyConfig, PixelFDM, PixelLAM, PixelLAMConfig, masked_mse, preprocess,
+    IDM,
+    LAOM,
+    ActionDecoder,
+    ActionDecoderConfig,
+    LAOMConfig,
+    LAOMLabels,
+    LAOMLabelsConfig,
+    LatentPolicy,
+    LatentPolicyConfig,
+    PixelFDM,
+    PixelLAM,
+    PixelLAMConfig,
+    masked_mse,
+    preprocess,
 )
 from masklam.models.presets import METHODS, PRESETS, build_lam, lam_config, policy_config
 from masklam.models.vq import VectorQuantizer

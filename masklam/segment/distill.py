@@ -33,7 +33,7 @@ from masklam.data.dataset import open_dataset
 from masklam.data.schema import ORACLE, Record
 from masklam.errors import UsageError
 from masklam.segment.compare import ratio
-from masklam.segment.writer import MaskFunction, SEGMENT_DIR
+from masklam.segment.writer import SEGMENT_DIR, MaskFunction
 
 
 @dataclass(frozen=True)

@@ -13,9 +13,8 @@ by the model's memory.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import tempfile
+from pathlib import Path
 
 import numpy as np
 

@@ -161,7 +161,7 @@ class WindowDataset(IterableDataset):
         for epoch in itertools.count(first) if self.epochs is None else range(first, first + self.epochs):
             self._next_epoch = epoch + 1
             count = 0
-            for count, window in enumerate(self._epoch_windows(dataset, epoch, worker_id, workers), 1):
+            for count, window in enumerate(self._epoch_windows(dataset, epoch, worker_id, workers), 1):  # noqa: B007 (read after the loop)
                 yield window
             if count == 0 and self.epochs is None:  # streaming forever would spin without yielding
                 raise UsageError(

@@ -100,6 +100,7 @@ def test_test_split_uses_held_out_seeds_and_videos(dataset_dir):
     assert all(pools["test"].names[v] not in pools["train"].names for v in test_videos)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_same_command_gives_byte_identical_data_with_any_worker_count(tmp_path, backend):
     config = tiny_config(backend, episodes=3, test_episodes=1)
@@ -168,15 +169,18 @@ def test_foreign_folder_is_refused(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
 
 
-def collect_command(out: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "masklam.cli", "collect", "--env", "dmc:cheetah-run", "--distractors", "low", "--size", "32", "--steps", "40",
-            "--episodes", "6", "--test-episodes", "0", "--episodes-per-shard", "1", "--seed", "5", "--out", str(out), "--no-progress", *extra]
+def collect_args(out: Path) -> list[str]:
+    return ["collect", "--env", "dmc:cheetah-run", "--distractors", "low", "--size", "32", "--steps", "40",
+            "--episodes", "6", "--test-episodes", "0", "--episodes-per-shard", "1", "--seed", "5", "--out", str(out), "--no-progress"]
 
 
-def test_resume_after_a_killed_collect_completes_identically(tmp_path):
+@pytest.mark.slow
+def test_resume_after_a_killed_collect_completes_identically(masklam_cli, tmp_path):
+    # The killed collect is a real process killed with SIGKILL; resuming it and the uninterrupted collect go
+    # through the same command in this process (no second and third interpreter to start).
     env = dict(os.environ, MUJOCO_GL="egl")
     killed = tmp_path / "killed"
-    process = subprocess.Popen(collect_command(killed), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    process = subprocess.Popen([sys.executable, "-m", "masklam.cli", *collect_args(killed)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     index = killed / "index" / "train"
     deadline = time.time() + 120
     while time.time() < deadline and not (index.is_dir() and len(list(index.glob("*.json"))) >= 2):
@@ -186,11 +190,13 @@ def test_resume_after_a_killed_collect_completes_identically(tmp_path):
     finished = len(list(index.glob("*.json")))
     assert 2 <= finished < 6, "the kill should land mid-run"
     assert not (killed / "info.json").exists()
-    subprocess.run(collect_command(killed), env=env, check=True, capture_output=True)
-    subprocess.run(collect_command(tmp_path / "straight"), env=env, check=True, capture_output=True)
+    for out in (killed, tmp_path / "straight"):
+        done = masklam_cli(*collect_args(out))
+        assert done.returncode == 0, done.stderr
     assert files_of(killed) == files_of(tmp_path / "straight")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_metaworld_expert_collects_successful_episodes(tmp_path, backend):
     env = EnvSpec("metaworld:push-v3", RenderSpec(size=32), distractor_preset("low"), episode_steps=150)

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from masklam.atomic import atomic_write_json
 from masklam.data.backend import Backend
 from masklam.data.dataset import get_backend, index_path, open_dataset, write_index
-from masklam.atomic import atomic_write_json
 from masklam.data.schema import ORACLE, SCHEMA_VERSION, Record
 from masklam.errors import UsageError
 

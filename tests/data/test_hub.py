@@ -148,6 +148,7 @@ def run_cli(args: list[str], hub: FakeHub, home: Path, token: str | None = TOKEN
 # huggingface_hub sends large files through Xet storage when hf_xet is installed, which the stand-in does not
 # speak: "lfs" turns Xet off (files of 64 KiB and more go by LFS), "pipeline" keeps it on with every file sent
 # inline, through huggingface_hub's resumable multi-commit upload.
+@pytest.mark.slow
 @pytest.mark.parametrize("transfer", ["lfs", "pipeline"])
 def test_publish_uploads_the_stage_and_never_leaks_the_token(transfer, datasets_by_backend, tmp_path):
     data = shutil.copytree(datasets_by_backend["webdataset"], tmp_path / "tiny")
@@ -187,6 +188,7 @@ def test_publish_uploads_the_stage_and_never_leaks_the_token(transfer, datasets_
         assert not any(path.startswith("masks/oracle_dilate1/") for path in hub.files("me/tiny", "dev"))
 
 
+@pytest.mark.slow
 def test_pull_streams_and_loads_back_from_the_hub(datasets_by_backend, staged, tmp_path):
     data, stage = datasets_by_backend["zarr"], staged["zarr"]
     home = tmp_path / "hf-home"
@@ -227,6 +229,7 @@ def test_pull_streams_and_loads_back_from_the_hub(datasets_by_backend, staged, t
         assert loaded.stdout.split()[0] == str(frames) and "mask_oracle_dilate1" in loaded.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "args, token, message",
     [
@@ -253,6 +256,7 @@ def test_bad_publish_and_pull_input_is_a_one_line_error(args, token, message, da
     assert (tmp_path / "notes.txt").read_text() == "a user's file"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend, layout", [("webdataset", "zip"), ("zarr", "dir")])
 def test_every_layout_publishes_and_pulls_back(backend, layout, datasets_by_backend, tmp_path):
     data = datasets_by_backend[backend]

@@ -191,7 +191,10 @@ LISTED_DMC = ["cheetah-run", "walker-run", "walker-walk", "hopper-hop", "humanoi
 MT10 = ["reach", "push", "pick-place", "door-open", "drawer-open", "drawer-close", "button-press-topdown", "peg-insert-side", "window-open", "window-close"]
 
 
-@pytest.mark.parametrize("env_id", [f"dmc:{t}" for t in LISTED_DMC] + [f"metaworld:{t}-v3" for t in MT10])
+# Meta-World scenes render slower: push stays in the fast tier, the other nine are slow.
+@pytest.mark.parametrize("env_id", [f"dmc:{t}" for t in LISTED_DMC] + [
+    pytest.param(f"metaworld:{t}-v3", marks=() if t == "push" else pytest.mark.slow) for t in MT10
+])
 def test_every_listed_task_renders_its_agent(env_id):
     from masklam.envs.policies import make_policy
 

@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+
 @pytest.fixture(autouse=True)
 def one_thread():
     # Two long training jobs share the machine's cores.

@@ -3,9 +3,7 @@
 import pytest
 import torch
 
-from masklam.models import (
-    METHODS, ActionDecoder, ActionDecoderConfig, LatentPolicy, build_lam, lam_config, policy_config,
-)
+from masklam.models import METHODS, ActionDecoder, ActionDecoderConfig, LatentPolicy, build_lam, lam_config, policy_config
 
 STEPS = 30
 

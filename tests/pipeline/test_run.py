@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -45,16 +43,12 @@ steps = 10
 """
 
 
-def masklam(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "masklam.cli", *args], capture_output=True, text=True, timeout=600)
-
-
 @pytest.fixture(scope="module")
-def finished(tmp_path_factory) -> tuple[Path, Path]:
+def finished(masklam_cli, tmp_path_factory) -> tuple[Path, Path]:
     folder = tmp_path_factory.mktemp("pipeline")
     recipe, root = folder / "tiny.toml", folder / "run"
     recipe.write_text(TINY)
-    done = masklam("run", str(recipe), "--out", str(root), "--no-progress")
+    done = masklam_cli("run", str(recipe), "--out", str(root), "--no-progress")
     assert done.returncode == 0, done.stderr
     return recipe, root
 
@@ -67,6 +61,7 @@ def test_the_grid_crosses_methods_masks_and_seeds(tmp_path):
     assert len(runs) == 6
 
 
+@pytest.mark.slow
 def test_a_run_writes_every_output_under_one_folder(finished):
     _, root = finished
     runs = root / "runs" / "low"
@@ -83,6 +78,7 @@ def test_a_run_writes_every_output_under_one_folder(finished):
     assert masked["data"]["mask_source"] == "oracle_dilate1"
 
 
+@pytest.mark.slow
 def test_the_report_has_a_row_per_run_and_its_plots(finished):
     _, root = finished
     results = json.loads((root / "report" / "results.json").read_text())
@@ -96,6 +92,7 @@ def test_the_report_has_a_row_per_run_and_its_plots(finished):
         assert (root / "report" / plot).read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.slow
 def test_a_second_run_skips_finished_steps_and_a_change_reruns_only_what_it_touches(finished):
     recipe, root = finished
     ledger = (root / "steps.json").read_text()
@@ -116,11 +113,12 @@ def test_a_second_run_skips_finished_steps_and_a_change_reruns_only_what_it_touc
         os.chdir(here)
 
 
-def test_report_command_and_dry_run(finished, tmp_path):
+@pytest.mark.slow
+def test_report_command_and_dry_run(masklam_cli, finished, tmp_path):
     recipe, root = finished
-    done = masklam("report", str(root), "--out", str(tmp_path / "report"))
+    done = masklam_cli("report", str(root), "--out", str(tmp_path / "report"))
     assert done.returncode == 0 and "| lapo | 1 |" in done.stdout, done.stderr
-    done = masklam("run", str(recipe), "--out", str(tmp_path / "fresh"), "--dry-run")
+    done = masklam_cli("run", str(recipe), "--out", str(tmp_path / "fresh"), "--dry-run")
     assert done.returncode == 0 and "[todo] collect low" in done.stdout and not (tmp_path / "fresh").exists()
 
 
@@ -132,8 +130,8 @@ def test_report_command_and_dry_run(finished, tmp_path):
     (["run", "quickstart", "--set", "train.preset=\"huge\"", "--dry-run"], "no trainer preset"),
     (["report", "{tmp}", "--out", "{tmp}/report"], "not a `masklam run` folder"),
 ])
-def test_bad_recipes_are_one_line_errors(tmp_path, args, message):
-    done = masklam(*[a.replace("{tmp}", str(tmp_path)) for a in args])
+def test_bad_recipes_are_one_line_errors(masklam_cli, tmp_path, args, message):
+    done = masklam_cli(*[a.replace("{tmp}", str(tmp_path)) for a in args])
     assert done.returncode == 2 and message in done.stderr and len(done.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "report").exists()
 

@@ -1,6 +1,4 @@
 import json
-import subprocess
-import sys
 
 import pytest
 
@@ -19,9 +17,9 @@ def distill_data(tmp_path_factory):
     return root
 
 
-def test_a_student_distilled_from_the_oracle_matches_it(distill_data):
-    args = ["segment", str(distill_data), "--model", "oracle", "--distill", "200", "--distill-steps", "300", "--no-progress"]
-    done = subprocess.run([sys.executable, "-m", "masklam.cli", *args], capture_output=True, text=True, timeout=600)
+@pytest.mark.slow
+def test_a_student_distilled_from_the_oracle_matches_it(masklam_cli, distill_data):
+    done = masklam_cli("segment", str(distill_data), "--model", "oracle", "--distill", "200", "--distill-steps", "300", "--no-progress")
     assert done.returncode == 0, done.stderr
     report = json.loads((distill_data / "segment" / "oracle_student" / "distill.json").read_text())
     assert report["student_iou_vs_teacher"] >= 0.8, report

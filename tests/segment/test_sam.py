@@ -1,8 +1,6 @@
 """SAM through the whole command, with small random-weight checkpoints of segment-anything's architecture
 saved to files and loaded by the same code as the official weights."""
 
-import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -54,22 +52,22 @@ def test_batched_encoding_matches_one_frame_at_a_time(small_checkpoint):
     assert (together != one_by_one).mean() < 0.01
 
 
-def segment_command(data: Path, checkpoint: Path, *extra: str) -> subprocess.CompletedProcess:
-    args = ["segment", str(data), "--model", "sam_vit_h", "--checkpoint", str(checkpoint), "--prompt", "oracle-box", "--batch-size", "4", "--no-progress", *extra]
-    return subprocess.run([sys.executable, "-m", "masklam.cli", *args], capture_output=True, text=True, timeout=300)
+def segment_args(data: Path, checkpoint: Path, *extra: str) -> list[str]:
+    return ["segment", str(data), "--model", "sam_vit_h", "--checkpoint", str(checkpoint), "--prompt", "oracle-box", "--batch-size", "4", "--no-progress", *extra]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["webdataset", "zarr"])
-def test_segment_end_to_end_shard_parallel_and_resumable(dataset_factory, small_checkpoint, backend):
+def test_segment_end_to_end_shard_parallel_and_resumable(masklam_cli, dataset_factory, small_checkpoint, backend):
     data = dataset_factory(backend)
     frames_before = {p: p.stat().st_mtime_ns for p in data.rglob("*") if p.is_file() and "mask" not in str(p) and p.name != "info.json"}
-    first = segment_command(data, small_checkpoint, "--rank", "0", "--world-size", "2")
+    first = masklam_cli(*segment_args(data, small_checkpoint, "--rank", "0", "--world-size", "2"))
     assert first.returncode == 0, first.stderr
     assert "2 of this rank's 2 shards written; waiting" in first.stdout
     assert "sam_vit_h" not in open_dataset(data).info["mask_sources"]  # not until every shard is done
-    second = segment_command(data, small_checkpoint, "--rank", "1", "--world-size", "2")
+    second = masklam_cli(*segment_args(data, small_checkpoint, "--rank", "1", "--world-size", "2"))
     assert second.returncode == 0 and "registered" in second.stdout, second.stderr
-    again = segment_command(data, small_checkpoint)
+    again = masklam_cli(*segment_args(data, small_checkpoint))
     assert "0 of this rank's 4 shards written" in again.stdout  # resumed: nothing left to do
 
     dataset = open_dataset(data)
@@ -93,7 +91,7 @@ def test_chunked_episodes_continue_their_prompt_chain(dataset_factory, small_che
     assert whole.masks["sam_vit_b"].shape[0] == whole.meta.episode_frames
 
 
-def test_missing_or_wrong_weights_say_what_to_do(tmp_path, monkeypatch, dataset_factory):
+def test_missing_or_wrong_weights_say_what_to_do(masklam_cli, tmp_path, monkeypatch, dataset_factory):
     monkeypatch.setenv("MASKLAM_SAM_CHECKPOINTS", str(tmp_path))
     with pytest.raises(UsageError, match=r"sam_vit_h_4b8939\.pth.*dl\.fbaipublicfiles\.com.*--checkpoint"):
         checkpoint_path("sam_vit_h", None)
@@ -105,7 +103,7 @@ def test_missing_or_wrong_weights_say_what_to_do(tmp_path, monkeypatch, dataset_
     with pytest.raises(UsageError, match="not a segment-anything SAM state dict"):
         load_sam(tmp_path / "other.pth")
     data = dataset_factory()
-    done = segment_command(data, tmp_path / "missing.pth")
+    done = masklam_cli(*segment_args(data, tmp_path / "missing.pth"))
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1 and "missing.pth" in done.stderr
     assert not (data / "segment").exists()
 

@@ -39,6 +39,7 @@ def losses(run: Path, stage: str = "lam") -> list[float]:
     return [json.loads(line)["loss"] for line in (run / f"{stage}-metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["lapo", "masklam", "laom", "laom-labels"])
 def test_each_method_learns_on_a_tiny_dataset(tiny_data, tmp_path, method):
     train_lam(tiny_config(tiny_data, method, "optim.steps=60", "optim.lr=1e-3"), tmp_path, show_progress=False)
@@ -47,15 +48,19 @@ def test_each_method_learns_on_a_tiny_dataset(tiny_data, tmp_path, method):
     assert (tmp_path / "lam.pt").exists() and list((tmp_path / "tensorboard").iterdir())
 
 
-def train_command(data: Path, out: Path) -> list[str]:
-    return [sys.executable, "-m", "masklam.cli", "train", "lam", "--data", str(data), "--out", str(out), "--trainer", "masklam-tiny",
+def train_args(data: Path, out: Path) -> list[str]:
+    return ["train", "lam", "--data", str(data), "--out", str(out), "--trainer", "masklam-tiny",
             "--set", "optim.steps=60", "--set", "checkpoint_every=10", "--set", "data.batch_size=8", "--no-progress"]
 
 
-def test_a_killed_run_resumes_exactly(tiny_data, tmp_path):
+@pytest.mark.slow
+def test_a_killed_run_resumes_exactly(masklam_cli, tiny_data, tmp_path):
+    # The killed run is a real process killed with SIGKILL; resuming it and the uninterrupted run go through
+    # the same command in this process (no second and third interpreter to start).
     env = dict(os.environ, MUJOCO_GL="egl")
     killed, straight = tmp_path / "killed", tmp_path / "straight"
-    process = subprocess.Popen(train_command(tiny_data, killed), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    command = [sys.executable, "-m", "masklam.cli", *train_args(tiny_data, killed)]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while time.time() < deadline and not (killed / "lam.pt").exists():
         time.sleep(0.05)
@@ -63,8 +68,9 @@ def test_a_killed_run_resumes_exactly(tiny_data, tmp_path):
     process.wait()
     step = torch.load(killed / "lam.pt", weights_only=False)["step"]
     assert 0 < step < 60, "the kill should land mid-run"
-    subprocess.run(train_command(tiny_data, killed), env=env, check=True, capture_output=True)
-    subprocess.run(train_command(tiny_data, straight), env=env, check=True, capture_output=True)
+    for run in (killed, straight):
+        done = masklam_cli(*train_args(tiny_data, run))
+        assert done.returncode == 0, done.stderr
     resumed, uninterrupted = torch.load(killed / "lam.pt", weights_only=False), torch.load(straight / "lam.pt", weights_only=False)
     assert resumed["step"] == uninterrupted["step"] == 60
     for name, tensor in uninterrupted["model"].items():
@@ -101,32 +107,40 @@ def gradients(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
 
 
-def ddp_worker(rank: int, method: str, init_file: str, out: str) -> None:
+DDP_METHODS = ("masklam", "lapo", "laom-labels")
+
+
+def ddp_worker(rank: int, init_file: str, out: str) -> None:
     import torch.distributed as dist
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
-    torch.manual_seed(0)
-    model = torch.nn.parallel.DistributedDataParallel(ddp_model(method))
     half = {k: v[2 * rank : 2 * rank + 2] for k, v in synthetic_batch().items()}
-    model(half)["loss"].backward()
+    grads = {}
+    for method in DDP_METHODS:  # one pair of processes for every method: starting them is the slow part
+        torch.manual_seed(0)
+        model = torch.nn.parallel.DistributedDataParallel(ddp_model(method))
+        model(half)["loss"].backward()
+        grads[method] = gradients(model.module)
+        del model
     if rank == 0:
-        torch.save(gradients(model.module), out)
-    del model
+        torch.save(grads, out)
     release_process_group()
 
 
-@pytest.mark.parametrize("method", ["masklam", "lapo", "laom-labels"])
-def test_two_process_ddp_gives_the_gradients_of_one_process(tmp_path, method):
-    torch.manual_seed(0)
-    single = ddp_model(method)
-    single(synthetic_batch())["loss"].backward()
-    torch.multiprocessing.spawn(ddp_worker, args=(method, str(tmp_path / "init"), str(tmp_path / "grads.pt")), nprocs=2)
+@pytest.mark.slow
+def test_two_process_ddp_gives_the_gradients_of_one_process(tmp_path):
+    torch.multiprocessing.spawn(ddp_worker, args=(str(tmp_path / "init"), str(tmp_path / "grads.pt")), nprocs=2)
     distributed = torch.load(tmp_path / "grads.pt")
-    expected = gradients(single)
-    assert distributed.keys() == expected.keys()
-    for name, grad in expected.items():
-        torch.testing.assert_close(distributed[name], grad, rtol=1e-4, atol=1e-6)
+    assert sorted(distributed) == sorted(DDP_METHODS)
+    for method in DDP_METHODS:
+        torch.manual_seed(0)
+        single = ddp_model(method)
+        single(synthetic_batch())["loss"].backward()
+        expected = gradients(single)
+        assert distributed[method].keys() == expected.keys(), method
+        for name, grad in expected.items():
+            torch.testing.assert_close(distributed[method][name], grad, rtol=1e-4, atol=1e-6, msg=lambda m, n=name, k=method: f"{k} {n}: {m}")
 
 
 def test_probe_of_a_trained_run(tiny_data, tmp_path):
@@ -142,6 +156,7 @@ def test_probe_of_a_trained_run(tiny_data, tmp_path):
     assert json.loads((tmp_path / "probe.json").read_text()) == result
 
 
+@pytest.mark.slow
 def test_bc_then_decoder_on_a_label_budget(tiny_data, tmp_path):
     from masklam.train.loop import OptimConfig
     from masklam.train.stages import StageConfig, labelled_latents, train_bc, train_decoder
@@ -180,6 +195,7 @@ def test_laom_labels_without_labelled_episodes_is_refused(tmp_path):
     train_lam(tiny_config(tmp_path / "data", "laom", "optim.steps=2"), tmp_path / "run", show_progress=False)
 
 
+@pytest.mark.slow
 def test_bf16_autocast_trains(tiny_data, tmp_path):
     # The switch is meant for GPUs; CPU autocast runs the same code path.
     train_lam(tiny_config(tiny_data, "masklam", "optim.steps=30", "optim.lr=1e-3", "bf16=true"), tmp_path, show_progress=False)

@@ -321,6 +321,7 @@ def assert_same_windows(got: list[dict], want: list[dict]) -> None:
             np.testing.assert_array_equal(a[name], b[name], strict=True)
 
 
+@pytest.mark.slow
 def test_reads_from_s3_and_file_urls(tmp_path, backend, s3_endpoint):
     import fsspec
 
