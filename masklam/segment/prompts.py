@@ -259,9 +259,10 @@ class PromptChain:
         prompt = first if previous is None else follow(previous, self.prompts.follow_points)
         return first if prompt.empty else prompt
 
-    def plausible(self, mask: np.ndarray, track: Track) -> bool:
-        """Whether a followed mask may be the agent still: not empty, no jump from the mask before (area, centroid),
-        no drift from the episode's first mask (area)."""
+    def plausible(self, mask: np.ndarray, track: Track, followed: bool = True) -> bool:
+        """Whether a mask may be the agent still: not empty, no drift from the episode's first mask (area) and, for a
+        followed mask, no jump from the mask before (area, centroid). A fresh prompt's mask is not held to the mask
+        before, which may be the one that drifted."""
         if not self.prompts.reprompt or track.previous is None or track.anchor is None:
             return True
         area, x, y = mask_stats(mask)
@@ -269,7 +270,7 @@ class PromptChain:
         if area == 0:
             return False
         size = max(mask.shape)
-        jump = before > 0 and (max(area / before, before / area) > JUMP_AREA or np.hypot(x - bx, y - by) > JUMP_CENTROID * size)
+        jump = followed and before > 0 and (max(area / before, before / area) > JUMP_AREA or np.hypot(x - bx, y - by) > JUMP_CENTROID * size)
         drift = max(area / track.anchor[0], track.anchor[0] / area) > DRIFT_AREA
         return not (jump or drift)
 
@@ -279,7 +280,7 @@ class PromptChain:
         if track.previous is not None and not self.plausible(mask, track):
             track.reprompts += 1
             mask = self.decode(feature[None], track.first, frame_size) if not track.first.empty else mask
-            if not self.plausible(mask, track):
+            if not self.plausible(mask, track, followed=False):
                 track.held += 1
                 mask = track.previous  # the agent rarely vanishes: keep the last good mask until a prompt finds it
         if track.anchor is None and mask.any():
