@@ -35,6 +35,7 @@ from masklam.atomic import atomic_file, atomic_write_bytes, atomic_write_json
 from masklam.data.collect import CollectConfig, collect
 from masklam.data.dataset import open_dataset
 from masklam.envs.spec import EnvSpec, RenderSpec, distractor_preset
+from masklam.errors import UsageError
 from masklam.segment.compare import worst_frames_picture
 from masklam.segment.prompts import Prompt, PromptSpec, Track, follow
 from masklam.segment.sam import SamSegmenter
@@ -64,7 +65,7 @@ def episode(task: str, preset: str, size: int, steps: int) -> tuple[np.ndarray, 
     try:
         collect(CollectConfig(env=env, episodes=1, test_episodes=0, policy="expert", seed=7), root, show_progress=False)
         policy = "expert"
-    except Exception:  # no expert for this task: a random policy still shows the agent
+    except UsageError:  # no expert for this task: a random policy still shows the agent
         collect(CollectConfig(env=env, episodes=1, test_episodes=0, seed=7), root, show_progress=False)
         policy = "random"
     record = next(open_dataset(root).records("train"))
@@ -162,12 +163,15 @@ def main() -> None:
     parser.add_argument("--doc", type=Path, help="a Markdown file whose table between the mask-quality markers is replaced")
     parser.add_argument("--pictures", type=Path, help="folder for the worst-frames pictures (default: --out)")
     parser.add_argument("--recompute", action="store_true", help="re-run the strategies of finished cells (from their saved encodings)")
+    parser.add_argument("--table-only", action="store_true", help="only write the table of the cells already finished")
     parser.add_argument("--checkpoint", help="MobileSAM weights (default: the fetched file)")
     args = parser.parse_args()
     torch.manual_seed(0)
-    model = load_mobile_sam(Path(args.checkpoint) if args.checkpoint else cached_weights("mobile_sam"))
     cells = []
-    for size in (int(s) for s in args.sizes.split(",")):
+    if args.table_only:
+        cells = [json.loads(p.read_text()) for p in sorted((args.out / "cells").glob("*.json"))]
+    model = None if args.table_only else load_mobile_sam(Path(args.checkpoint) if args.checkpoint else cached_weights("mobile_sam"))
+    for size in (int(s) for s in args.sizes.split(",")) if model is not None else ():
         for task in args.tasks.split(","):
             for preset in args.presets.split(","):
                 cell = run_cell(model, task, preset, size, args.frames, args.stride, args.out, args.recompute)
