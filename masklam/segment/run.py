@@ -119,7 +119,7 @@ def segment_dataset(config: SegmentConfig, rank: int | None = None, world_size: 
     make_masks, description, reads = mask_function(config)
     report = None
     if config.distill is not None:
-        make_masks, report = distill(config.data, config.source, make_masks, reads, config.distill, show_progress)
+        make_masks, report = distill(config.data, config.source, make_masks, reads, config.distill, show_progress, description)
         description, reads = {**description, "student": report}, ()
     result = write_mask_source(config.data, config.source, description, make_masks, reads, rank, world_size, overwrite, show_progress)
     return result if report is None else {**result, "distill": report}
