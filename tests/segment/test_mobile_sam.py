@@ -48,6 +48,7 @@ def tiny(root, steps: int = 2, size: int = 32):
     return root
 
 
+@pytest.mark.slow  # MobileSAM encodes every frame at 1024 px: ~4 s a frame on one core
 def test_mobile_sam_loads_from_checkpoint_and_masks_every_frame(random_mobile_sam, tmp_path):
     data = tiny(tmp_path / "data")  # MobileSAM encodes at 1024 px whatever the frame size: few frames
     config = SegmentConfig.from_options(str(data), "mobile_sam", prompt="auto", checkpoint=str(random_mobile_sam))
@@ -66,6 +67,7 @@ def test_auto_needs_a_model_masklam_decodes(dataset_factory):
         SegmentConfig(str(dataset_factory()), "ultralytics:mobile_sam.pt", parse_prompt([], None, "auto"))
 
 
+@pytest.mark.slow
 def test_the_official_weights_match_the_oracle(tmp_path):
     path = cache_dir() / KNOWN["mobile_sam"].filename
     if not path.is_file():
