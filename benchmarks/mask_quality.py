@@ -16,7 +16,8 @@ the chains drift), every frame is encoded once, and each strategy runs its promp
 
 IoU / precision / recall are counted over every pixel of every frame (as `masks compare` does); s/frame is the
 encoder's time per frame plus the strategy's own decoding time per frame, on this machine's load. Cells are
-resumable (one JSON per cell under --out); the worst frames of the two worst (cell, strategy) pairs are drawn.
+resumable (one JSON per cell under --out); the worst frames of the two worst cells (oracle-box prompt) and of the
+worst cell with no human (auto) are drawn.
 """
 
 from __future__ import annotations
@@ -138,8 +139,10 @@ def table(cells: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def worst_pictures(cells: list[dict], out: Path, pictures: Path | None) -> list[str]:
-    pairs = sorted(((c["strategies"][s]["iou"], c, s) for c in cells for s in STRATEGIES), key=lambda item: item[0])[:2]
+def worst_pictures(cells: list[dict], out: Path, pictures: Path | None, doc: Path | None) -> list[str]:
+    # The two worst cells with the best-informed prompt (where the model itself fails), and the worst with no human.
+    by = lambda s: sorted(((c["strategies"][s]["iou"], c, s) for c in cells), key=lambda item: item[0])  # noqa: E731
+    pairs = by("oracle-box")[:2] + by("auto")[:1]
     written = []
     for iou, c, s in pairs:
         stem = f"{c['task'].replace(':', '_')}-{c['preset']}-{c['size']}"
@@ -148,7 +151,8 @@ def worst_pictures(cells: list[dict], out: Path, pictures: Path | None) -> list[
         png = worst_frames_picture([(saved["rgb"][t], saved["oracle"][t], saved["pred"][t]) for t in sorted(order)])
         target = (pictures or out) / f"mask-quality-worst-{stem}-{s}.png"
         atomic_write_bytes(target, png)
-        written.append(f"{target} ({c['task']} {c['preset']} {c['size']} px, {s}: IoU {iou:.2f})")
+        where = os.path.relpath(target, doc.parent) if doc is not None else str(target)
+        written.append(f"\n\n![{c['task']} {c['preset']} {c['size']} px, {s}: IoU {iou:.2f}]({where})\n{c['task']} `{c['preset']}` {c['size']} px, {s}: IoU {iou:.2f}")
     return written
 
 
@@ -181,8 +185,8 @@ def main() -> None:
     order = {p: i for i, p in enumerate(PRESETS)}
     cells.sort(key=lambda c: (c["size"], TASKS.index(c["task"]) if c["task"] in TASKS else 99, order.get(c["preset"], 99)))
     text = table(cells)
-    pictures = worst_pictures(cells, args.out, args.pictures)
-    text += "\n\nWorst frames (frame / oracle / MobileSAM) of the two worst cells: " + "; ".join(pictures)
+    pictures = worst_pictures(cells, args.out, args.pictures, args.doc)
+    text += "\n\nWorst frames (rows: frame / oracle / MobileSAM) of the two worst cells with oracle-box and the worst with auto: " + "".join(pictures)
     (args.out / "table.md").write_text(text + "\n")
     print(text)
     if args.doc is not None:
