@@ -148,7 +148,7 @@ def worst_pictures(cells: list[dict], out: Path, pictures: Path | None, doc: Pat
         stem = f"{c['task'].replace(':', '_')}-{c['preset']}-{c['size']}"
         saved = np.load(out / "cells" / f"{stem}-{s}.npz")
         order = np.argsort(c["strategies"][s]["per_frame_iou"])[:6]
-        png = worst_frames_picture([(saved["rgb"][t], saved["oracle"][t], saved["pred"][t]) for t in sorted(order)])
+        png = worst_frames_picture([(saved["rgb"][t], saved["oracle"][t], saved["pred"][t]) for t in sorted(order)], scale=1)
         target = (pictures or out) / f"mask-quality-worst-{stem}-{s}.png"
         atomic_write_bytes(target, png)
         where = os.path.relpath(target, doc.parent) if doc is not None else str(target)
