@@ -17,12 +17,12 @@ import statistics
 import time
 from pathlib import Path
 
+from train import loader_rate, trainer_config  # benchmarks/train.py
+
 import masklam.data.dataset as dataset_module
 import masklam.data.webdataset_backend as webdataset_module
 from masklam.data.collect import CollectConfig, collect
 from masklam.envs.spec import EnvSpec, RenderSpec, distractor_preset
-
-from train import loader_rate, trainer_config  # benchmarks/train.py
 
 CHECKS = {"check_sample": webdataset_module.check_sample, "check_record": dataset_module.check_record}
 

@@ -27,17 +27,8 @@ from tqdm import tqdm
 import masklam
 from masklam.atomic import atomic_write_json, remove_stale_temp_files
 from masklam.data.dataset import INFO, check_backend, get_backend, index_path, read_json, write_index
+from masklam.data.schema import ORACLE, SCHEMA_VERSION, SPLITS, Feature, Record, RecordMeta, record_key, shard_name
 from masklam.data.validate import CHECKSUMS
-from masklam.data.schema import (
-    ORACLE,
-    SCHEMA_VERSION,
-    SPLITS,
-    Feature,
-    Record,
-    RecordMeta,
-    record_key,
-    shard_name,
-)
 from masklam.envs.policies import NoisyPolicy, file_sha256, make_policy, policy_checkpoint
 from masklam.envs.spec import EnvSpec
 from masklam.errors import UsageError

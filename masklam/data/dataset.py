@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from masklam.data.backend import Backend
 from masklam.atomic import atomic_write_json
+from masklam.data.backend import Backend
 from masklam.data.schema import ORACLE, Record, RecordMeta, shard_name
 from masklam.data.storage import DataPath, as_data_path, tree_bytes, writer_command
 from masklam.data.validate import check_index, check_info, check_record

@@ -31,14 +31,7 @@ import masklam
 from masklam.atomic import atomic_write_json
 from masklam.data.collect import CONFIG_FILE, prepare_output
 from masklam.data.dataset import INFO, get_backend, index_path, read_json, write_index
-from masklam.data.schema import (
-    SCHEMA_VERSION,
-    SPLITS,
-    Feature,
-    Record,
-    RecordMeta,
-    record_key,
-)
+from masklam.data.schema import SCHEMA_VERSION, SPLITS, Feature, Record, RecordMeta, record_key
 from masklam.errors import UsageError
 
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".avi", ".mov")
@@ -300,12 +293,7 @@ def _common_fps(rates: dict[str, float], config: IngestConfig, path: Path) -> fl
 
 
 def lerobot_source(path: Path, config: IngestConfig, hub: dict[str, Any] | None = None) -> Source:
-    from masklam.data.lerobot_format import (
-        LABELLED_KEY,
-        decode_png_struct,
-        decode_span,
-        open_lerobot,
-    )
+    from masklam.data.lerobot_format import LABELLED_KEY, decode_png_struct, decode_span, open_lerobot
 
     folder = open_lerobot(path, config.camera)
     clips = []

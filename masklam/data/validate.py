@@ -14,20 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from masklam.data.schema import (
-    MASK_SOURCE_RE,
-    SCHEMA_VERSION,
-    SPLITS,
-    Record,
-    RecordMeta,
-)
-from masklam.data.storage import (
-    RECORD_KEY_RE,
-    DataPath,
-    action_error,
-    non_finite_action,
-    writer_command,
-)
+from masklam.data.schema import MASK_SOURCE_RE, SCHEMA_VERSION, SPLITS, Record, RecordMeta
+from masklam.data.storage import RECORD_KEY_RE, DataPath, action_error, non_finite_action, writer_command
 from masklam.errors import UsageError
 
 # Fields every info.json has, in the order they are checked (the damaged-dataset tests remove each in turn).

@@ -210,7 +210,6 @@ def probe_run(run_dir, data: str, windows: int = 20000, batch_size: int = 64, sh
 
     from masklam.atomic import atomic_write_json
     from masklam.data.dataset import open_dataset
-    from masklam.errors import UsageError
     from masklam.train.loader import WindowDataset, action_variance, make_loader
     from masklam.train.stages import frozen_lam, window_spec
 

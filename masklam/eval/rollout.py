@@ -17,9 +17,9 @@ import torch
 from tqdm import tqdm
 
 from masklam.atomic import atomic_write_json
+from masklam.data.ingest import require_simulator
 from masklam.envs.env import DistractingEnv
 from masklam.envs.spec import EnvSpec
-from masklam.data.ingest import require_simulator
 from masklam.errors import UsageError
 from masklam.models.lam import ActionDecoder, ActionDecoderConfig
 from masklam.train.loop import load_checkpoint

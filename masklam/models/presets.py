@@ -17,11 +17,9 @@ from typing import Any
 
 import torch.nn as nn
 
-from masklam.methods import METHOD_OPTIONS
 from masklam.configs import build
-from masklam.models.lam import (
-    LAOM, LAOMConfig, LAOMLabels, LAOMLabelsConfig, LatentPolicyConfig, PixelLAM, PixelLAMConfig,
-)
+from masklam.methods import METHOD_OPTIONS
+from masklam.models.lam import LAOM, LAOMConfig, LAOMLabels, LAOMLabelsConfig, LatentPolicyConfig, PixelLAM, PixelLAMConfig
 
 LAMConfig = PixelLAMConfig | LAOMConfig
 

@@ -70,8 +70,8 @@ def transitions(info: dict[str, Any]) -> int | None:
 
 def collect_results(root: Path) -> dict[str, Any]:
     """Per dataset variant, per run label, per label budget: the seeds' probe and evaluation numbers."""
-    from masklam.pipeline.recipe import Recipe
     from masklam.pipeline.layout import budget_folder, grid, read_ledger
+    from masklam.pipeline.recipe import Recipe
 
     root = Path(root)
     if not (root / "recipe.json").exists():

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 
 import numpy as np
+
 from masklam.data.schema import Record
 from masklam.errors import UsageError
 

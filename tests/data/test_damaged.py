@@ -25,13 +25,7 @@ from masklam.cli import app
 from masklam.data.collect import CollectConfig, collect
 from masklam.data.dataset import open_dataset
 from masklam.data.validate import INFO_FIELDS
-from masklam.data.webdataset_backend import (
-    CHECKSUM_FIELD,
-    decode_npy,
-    encode_mask,
-    encode_npy,
-    with_checksums,
-)
+from masklam.data.webdataset_backend import CHECKSUM_FIELD, decode_npy, encode_mask, encode_npy, with_checksums
 from masklam.data.zarr_backend import MASKS_BLOSC, write_array
 from masklam.envs.spec import EnvSpec, RenderSpec, distractor_preset
 

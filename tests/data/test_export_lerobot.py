@@ -18,12 +18,7 @@ import pytest
 from masklam.data.collect import CollectConfig, collect
 from masklam.data.dataset import open_dataset
 from masklam.data.ingest import IngestConfig, ingest
-from masklam.data.lerobot_format import (
-    IMAGE_KEY,
-    LABELLED_KEY,
-    MASK_PREFIX,
-    export_lerobot,
-)
+from masklam.data.lerobot_format import IMAGE_KEY, LABELLED_KEY, MASK_PREFIX, export_lerobot
 from masklam.data.schema import ORACLE
 from masklam.envs.spec import EnvSpec, RenderSpec, distractor_preset
 from masklam.errors import UsageError
@@ -151,7 +146,7 @@ def test_lerobot_dataset_loads_the_export(collected, tmp_path):
     loaded = lerobot.LeRobotDataset("masklam/export", root=tmp_path / "lerobot")
     assert loaded.num_episodes == 3 and len(loaded) == 39 and loaded.fps == open_dataset(collected).info["fps"]
     episodes = masklam_episodes(collected)
-    for index, (episode, frame) in enumerate([(0, 0), (0, 12), (1, 5), (2, 7)]):
+    for episode, frame in [(0, 0), (0, 12), (1, 5), (2, 7)]:
         item = loaded[sum(e.meta.frames for e in episodes[:episode]) + frame]
         want = episodes[episode]
         assert int(item["episode_index"]) == episode and int(item["frame_index"]) == frame
@@ -175,7 +170,7 @@ def lerobot_written(root: Path) -> Path:
     rng = np.random.default_rng(0)
     for episode in range(3):
         x = 20
-        for t in range(8 + episode):
+        for _t in range(8 + episode):
             frame = np.full((48, 64, 3), 40, np.uint8)
             x = int(np.clip(x + rng.integers(-3, 4), 6, 58))
             frame[10:30, x - 6:x + 6] = (250, 200, 30)

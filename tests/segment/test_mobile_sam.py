@@ -3,6 +3,7 @@ quality (skipped, saying why, only where `masklam weights fetch mobile_sam` has 
 runs it)."""
 
 import importlib.util
+
 import numpy as np
 import pytest
 import torch
