@@ -37,6 +37,7 @@ def timed(check):
             return check(*args, **kwargs)
         finally:
             SPENT[0] += time.perf_counter() - start
+
     return run
 
 
@@ -67,8 +68,7 @@ def main() -> None:
     for backend in ("webdataset", "zarr"):
         root = args.out / f"data-{backend}"
         env = EnvSpec("dmc:cheetah-run", RenderSpec(size=64), distractor_preset("low"), episode_steps=args.steps)
-        config = CollectConfig(env=env, backend=backend, episodes=args.episodes, test_episodes=1,
-                               labelled_episodes=max(1, args.episodes // 4), seed=0)
+        config = CollectConfig(env=env, backend=backend, episodes=args.episodes, test_episodes=1, labelled_episodes=max(1, args.episodes // 4), seed=0)
         collect(config, root, workers=2, show_progress=False)
         for method in ("lapo", "masklam"):
             trainer = trainer_config(root, method, "small", "data.workers=0")

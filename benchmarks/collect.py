@@ -99,7 +99,9 @@ def main() -> None:
         collect_rate(args.env, args.size, 2 * workers, 1, "none", args.backend, workers)
         startup[workers] = time.perf_counter() - start
 
-    print(f"{args.env}, {args.size} px, {args.frames} frames, episodes of {args.episode_steps} steps; {os.cpu_count()} cores, {platform.processor() or platform.machine()}")
+    print(
+        f"{args.env}, {args.size} px, {args.frames} frames, episodes of {args.episode_steps} steps; {os.cpu_count()} cores, {platform.processor() or platform.machine()}"
+    )
     print()
     print("| run | workers | frames/s | × bare loop |")
     print("|---|---|---|---|")

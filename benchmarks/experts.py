@@ -63,8 +63,12 @@ def main() -> None:
     for threads in (1, 2):
         for adam in ("foreach", "fused"):
             rows.append((f"SAC updates, MLP 256x2, batch 256, {adam} Adam", threads, updates_per_second(args.env, args.updates, threads, 256, 256, adam)))
-        rows.append(("SAC updates, MLP 256x2, batch 256, fused Adam, 3-step returns", threads, updates_per_second(args.env, args.updates, threads, 256, 256, n_step=3)))
-        rows.append(("SAC updates, MLP 1024x2, batch 1024, fused Adam", threads, updates_per_second(args.env, max(50, args.updates // 20), threads, 1024, 1024)))
+        rows.append(
+            ("SAC updates, MLP 256x2, batch 256, fused Adam, 3-step returns", threads, updates_per_second(args.env, args.updates, threads, 256, 256, n_step=3))
+        )
+        rows.append(
+            ("SAC updates, MLP 1024x2, batch 1024, fused Adam", threads, updates_per_second(args.env, max(50, args.updates // 20), threads, 1024, 1024))
+        )
     print(f"{args.env}; {torch.get_num_threads()} torch threads available")
     print()
     print("| what | torch threads | per second | × env steps/s |")

@@ -37,7 +37,7 @@ def make_videos(folder: Path, count: int, frames: int, width: int, height: int) 
                 image[..., 1] = (yy * 2 + t) % 256
                 image[..., 2] = rng.integers(0, 64, (height, width), dtype=np.uint8)
                 x = int(width / 2 + width / 3 * np.sin(t / 15))
-                image[height // 3:height // 3 + 40, max(0, x - 20):x + 20] = 255
+                image[height // 3 : height // 3 + 40, max(0, x - 20) : x + 20] = 255
                 container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
             container.mux(stream.encode())
 

@@ -88,7 +88,12 @@ def counts(oracle: np.ndarray, pred: np.ndarray) -> dict:
     inter, union = (a & b).sum((1, 2)), (a | b).sum((1, 2))
     per_frame = np.where(union > 0, inter / np.maximum(union, 1), 1.0)
     i, u, p, r = int(inter.sum()), int(union.sum()), int(b.sum()), int(a.sum())
-    return {"iou": i / u if u else 1.0, "precision": i / p if p else 1.0, "recall": i / r if r else 1.0, "per_frame_iou": [round(float(v), 4) for v in per_frame]}
+    return {
+        "iou": i / u if u else 1.0,
+        "precision": i / p if p else 1.0,
+        "recall": i / r if r else 1.0,
+        "per_frame_iou": [round(float(v), 4) for v in per_frame],
+    }
 
 
 def run_cell(model, task: str, preset: str, size: int, frames_count: int, stride: int, out: Path, recompute: bool = False) -> dict:
@@ -110,7 +115,16 @@ def run_cell(model, task: str, preset: str, size: int, frames_count: int, stride
         encode_s = (time.perf_counter() - start) / len(rgb)
         with atomic_file(encoded) as f:
             torch.save({"rgb": rgb, "oracle": oracle, "policy": policy, "encode_s": encode_s, "features": [x.half() for x in features]}, f)
-    cell = {"task": task, "preset": preset, "size": size, "frames": len(rgb), "stride": stride, "policy": policy, "encode_s_per_frame": encode_s, "strategies": {}}
+    cell = {
+        "task": task,
+        "preset": preset,
+        "size": size,
+        "frames": len(rgb),
+        "stride": stride,
+        "policy": policy,
+        "encode_s_per_frame": encode_s,
+        "strategies": {},
+    }
     for name in STRATEGIES:
         spec, first = strategy_spec(name, oracle[0])
         chain = Encoded(model, spec, features)
@@ -124,8 +138,10 @@ def run_cell(model, task: str, preset: str, size: int, frames_count: int, stride
 
 
 def table(cells: list[dict]) -> str:
-    lines = ["| task | preset | px | frames | " + " | ".join(f"{s} IoU / P / R" for s in STRATEGIES) + " | s/frame (enc + oracle-box, auto) |",
-             "|---|---|---|---|" + "---|" * len(STRATEGIES) + "---|"]
+    lines = [
+        "| task | preset | px | frames | " + " | ".join(f"{s} IoU / P / R" for s in STRATEGIES) + " | s/frame (enc + oracle-box, auto) |",
+        "|---|---|---|---|" + "---|" * len(STRATEGIES) + "---|",
+    ]
     for c in cells:
         row = [c["task"], c["preset"], str(c["size"]), f"{c['frames']}×{c['stride']}"]
         for s in STRATEGIES:
@@ -152,7 +168,9 @@ def worst_pictures(cells: list[dict], out: Path, pictures: Path | None, doc: Pat
         target = (pictures or out) / f"mask-quality-worst-{stem}-{s}.png"
         atomic_write_bytes(target, png)
         where = os.path.relpath(target, doc.parent) if doc is not None else str(target)
-        written.append(f"\n\n![{c['task']} {c['preset']} {c['size']} px, {s}: IoU {iou:.2f}]({where})\n{c['task']} `{c['preset']}` {c['size']} px, {s}: IoU {iou:.2f}")
+        written.append(
+            f"\n\n![{c['task']} {c['preset']} {c['size']} px, {s}: IoU {iou:.2f}]({where})\n{c['task']} `{c['preset']}` {c['size']} px, {s}: IoU {iou:.2f}"
+        )
     return written
 
 
@@ -180,7 +198,12 @@ def main() -> None:
             for preset in args.presets.split(","):
                 cell = run_cell(model, task, preset, size, args.frames, args.stride, args.out, args.recompute)
                 st = cell["strategies"]
-                print(f"{task} {preset} {size}px: " + ", ".join(f"{s} {st[s]['iou']:.3f}" for s in STRATEGIES) + f" ({cell['encode_s_per_frame']:.1f} s/frame to encode)", flush=True)
+                print(
+                    f"{task} {preset} {size}px: "
+                    + ", ".join(f"{s} {st[s]['iou']:.3f}" for s in STRATEGIES)
+                    + f" ({cell['encode_s_per_frame']:.1f} s/frame to encode)",
+                    flush=True,
+                )
                 cells.append(cell)
     order = {p: i for i, p in enumerate(PRESETS)}
     cells.sort(key=lambda c: (c["size"], TASKS.index(c["task"]) if c["task"] in TASKS else 99, order.get(c["preset"], 99)))

@@ -27,8 +27,15 @@ from masklam.segment.prompts import Prompt, mask_box, parse_prompt
 from masklam.segment.sam import SamArchitecture, SamSegmenter
 
 VIT_B = SamArchitecture(
-    image_size=1024, patch_size=16, embed_dim=768, depth=12, num_heads=12, window_size=14,
-    global_attn_indexes=(2, 5, 8, 11), decoder_depth=2, decoder_mlp_dim=2048,
+    image_size=1024,
+    patch_size=16,
+    embed_dim=768,
+    depth=12,
+    num_heads=12,
+    window_size=14,
+    global_attn_indexes=(2, 5, 8, 11),
+    decoder_depth=2,
+    decoder_mlp_dim=2048,
 )
 
 

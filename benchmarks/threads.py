@@ -44,16 +44,46 @@ def masklam(*args: str) -> list[str]:
 def dataset(root: Path) -> Path:
     data = root / "data"
     if not (data / "info.json").exists():
-        subprocess.run(masklam("collect", "--env", "dmc:cheetah-run", "--out", str(data), "--size", "32", "--episodes", "4",
-                               "--test-episodes", "1", "--steps", "100", "--no-progress"), check=True, env=environment())
+        subprocess.run(
+            masklam(
+                "collect",
+                "--env",
+                "dmc:cheetah-run",
+                "--out",
+                str(data),
+                "--size",
+                "32",
+                "--episodes",
+                "4",
+                "--test-episodes",
+                "1",
+                "--steps",
+                "100",
+                "--no-progress",
+            ),
+            check=True,
+            env=environment(),
+        )
     return data
 
 
 def time_training(root: Path, data: Path, variant: str, steps: int) -> float:
     out = root / "run"
     shutil.rmtree(out, ignore_errors=True)
-    command = masklam(*VARIANTS[variant], "train", "lam", "--data", str(data), "--out", str(out), "--trainer", "masklam-tiny",
-                      "--set", f"optim.steps={steps}", "--no-progress")
+    command = masklam(
+        *VARIANTS[variant],
+        "train",
+        "lam",
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--trainer",
+        "masklam-tiny",
+        "--set",
+        f"optim.steps={steps}",
+        "--no-progress",
+    )
     began = time.perf_counter()
     subprocess.run(command, check=True, env=environment(), stdout=subprocess.DEVNULL)
     return time.perf_counter() - began

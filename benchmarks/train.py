@@ -143,7 +143,10 @@ def main() -> None:
             rate, flops = training_rate(config, steps=2 if preset == "paper" else 15, warmup=1 if preset == "paper" else 2)
             trainer[method, preset] = rate
             achieved = flops * rate / config.data.batch_size
-            print(f"| {method} | {preset} | {config.data.batch_size} | {rate:.1f} | {flops / 1e9:.2f} | {achieved / 1e9:.1f} | {achieved / ceiling:.0%} |", flush=True)
+            print(
+                f"| {method} | {preset} | {config.data.batch_size} | {rate:.1f} | {flops / 1e9:.2f} | {achieved / 1e9:.1f} | {achieved / ceiling:.0%} |",
+                flush=True,
+            )
 
     print("\n| method (small preset) | loader workers | loader samples/s | trainer samples/s | loader / trainer |")
     print("|---|---|---|---|---|")
@@ -158,7 +161,9 @@ def main() -> None:
     for name, root in (("1x", small), ("4x", large)):
         epoch = peak_memory(root, "epoch", args.out / "unused")
         training = peak_memory(root, "train", args.out / f"run-{name}-{time.time_ns()}")
-        print(f"| {name} ({epoch['windows']} windows) | {dataset_mib(root):.0f} MiB | {epoch['peak_mib']:.0f} MiB | {training['peak_mib']:.0f} MiB |", flush=True)
+        print(
+            f"| {name} ({epoch['windows']} windows) | {dataset_mib(root):.0f} MiB | {epoch['peak_mib']:.0f} MiB | {training['peak_mib']:.0f} MiB |", flush=True
+        )
 
 
 if __name__ == "__main__":

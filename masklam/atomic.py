@@ -66,7 +66,9 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 # The names masklam's writers give their temp files and folders, and only those: atomic_file's
 # ".NAME.PID-THREAD.tmp", the Zarr backend's staging folders ".tmp-PID-XXXX" (".tmp-XXXX" before they carried
 # the pid), publish's ".NAME.PID.link" and collect's ".write-test-PID". Group "pid" is the writer's process.
-TEMP_NAME = re.compile(r"^\.(?:.+\.(?P<pid>\d+)-\d+\.tmp|tmp-(?:(?P<staging_pid>\d+)-)?[A-Za-z0-9_]+|.+\.(?P<link_pid>\d+)\.link|write-test-(?P<test_pid>\d+))$")
+TEMP_NAME = re.compile(
+    r"^\.(?:.+\.(?P<pid>\d+)-\d+\.tmp|tmp-(?:(?P<staging_pid>\d+)-)?[A-Za-z0-9_]+|.+\.(?P<link_pid>\d+)\.link|write-test-(?P<test_pid>\d+))$"
+)
 STALE_AFTER_SECONDS = 3600.0  # a temp file untouched this long belongs to no live writer, whoever made it
 
 

@@ -57,7 +57,9 @@ THREADED = {"collect", "segment", "train", "probe", "evaluate", "run", "expert"}
 def main_options(
     context: typer.Context,
     threads: Optional[int] = typer.Option(
-        None, "--threads", metavar="N",
+        None,
+        "--threads",
+        metavar="N",
         help="threads for torch and llvmpipe (default: $MASKLAM_THREADS, else the cores this process may use that other processes leave free; 0 = the libraries' defaults)",
     ),
 ) -> None:
@@ -103,10 +105,26 @@ def collect(
     from masklam.data.collect import collect as run_collect
 
     config = CollectSettings(
-        env=env, distractors=distractors, background=background, videos=videos, camera_shake=camera_shake, color_drift=color_drift,
-        objects=objects, size=size, camera=camera, steps=steps, episodes=episodes, test_episodes=test_episodes, policy=policy,
-        action_noise=action_noise, seed=seed, labelled_episodes=labelled_episodes, label_fraction=label_fraction, backend=backend,
-        chunk_steps=chunk_steps, episodes_per_shard=episodes_per_shard,
+        env=env,
+        distractors=distractors,
+        background=background,
+        videos=videos,
+        camera_shake=camera_shake,
+        color_drift=color_drift,
+        objects=objects,
+        size=size,
+        camera=camera,
+        steps=steps,
+        episodes=episodes,
+        test_episodes=test_episodes,
+        policy=policy,
+        action_noise=action_noise,
+        seed=seed,
+        labelled_episodes=labelled_episodes,
+        label_fraction=label_fraction,
+        backend=backend,
+        chunk_steps=chunk_steps,
+        episodes_per_shard=episodes_per_shard,
     ).config()
     complete = run_collect(config, out, workers=workers, overwrite=overwrite, rank=rank, world_size=world_size, show_progress=progress)
     if complete:
@@ -118,7 +136,10 @@ def collect(
 @app.command()
 @fails_cleanly
 def ingest(
-    source: str = typer.Argument(..., help="a video file, a folder of videos (mp4/webm/mkv/avi/mov) or of image-sequence folders (png/jpg), a local LeRobot v3 folder, or hf://datasets/OWNER/NAME[@REVISION]"),
+    source: str = typer.Argument(
+        ...,
+        help="a video file, a folder of videos (mp4/webm/mkv/avi/mov) or of image-sequence folders (png/jpg), a local LeRobot v3 folder, or hf://datasets/OWNER/NAME[@REVISION]",
+    ),
     out: Path = typer.Option(..., "--out", help="dataset folder to write (resumed if it was made by this same command)"),
     size: int = typer.Option(64, help="image size in pixels (square)"),
     resize: str = typer.Option("crop", help="crop: keep the centre square, then resize | squash: resize the whole frame to a square"),
@@ -142,14 +163,28 @@ def ingest(
     from masklam.data.ingest import ingest as run_ingest
 
     config = IngestConfig(
-        source=source, backend=backend, size=size, resize=resize, fps=fps, image_fps=image_fps, chunk_seconds=chunk_seconds,
-        min_frames=min_frames, camera=camera, test_episodes=test_episodes, seed=seed, labelled_episodes=labelled_episodes,
-        label_fraction=label_fraction, chunk_steps=chunk_steps, episodes_per_shard=episodes_per_shard,
+        source=source,
+        backend=backend,
+        size=size,
+        resize=resize,
+        fps=fps,
+        image_fps=image_fps,
+        chunk_seconds=chunk_seconds,
+        min_frames=min_frames,
+        camera=camera,
+        test_episodes=test_episodes,
+        seed=seed,
+        labelled_episodes=labelled_episodes,
+        label_fraction=label_fraction,
+        chunk_steps=chunk_steps,
+        episodes_per_shard=episodes_per_shard,
     )
     info = run_ingest(config, out, overwrite=overwrite, show_progress=progress)
     splits = info["splits"]
-    typer.echo(f"wrote {out}: {splits['train']['episodes']} train / {splits['test']['episodes']} test episodes "
-               f"({splits['train']['labelled_episodes'] + splits['test']['labelled_episodes']} labelled) at {info['fps']:g} fps (see: masklam info {out})")
+    typer.echo(
+        f"wrote {out}: {splits['train']['episodes']} train / {splits['test']['episodes']} test episodes "
+        f"({splits['train']['labelled_episodes'] + splits['test']['labelled_episodes']} labelled) at {info['fps']:g} fps (see: masklam info {out})"
+    )
 
 
 @app.command()
@@ -237,18 +272,36 @@ def expert_train(
     bonus_weight: float = typer.Option(0.0, help="weight of --bonus-task's reward"),
     height_bonus: float = typer.Option(0.0, help="while training, add this x how far the body is up, 0 at its lowest to 1 standing (hopper, walker, humanoid)"),
     target_entropy: Optional[float] = typer.Option(None, help="entropy the temperature holds the policy to (default: -action_dim); higher explores more"),
-    max_start_pitch: Optional[float] = typer.Option(None, help="train only from starts pitched below this many radians (rooty; < 0 is tipped backwards; hopper, walker, cheetah); evaluations keep all starts"),
-    init_from: Optional[Path] = typer.Option(None, help="start from this run folder's saved state and go on under these settings (--steps counts from its start)"),
+    max_start_pitch: Optional[float] = typer.Option(
+        None,
+        help="train only from starts pitched below this many radians (rooty; < 0 is tipped backwards; hopper, walker, cheetah); evaluations keep all starts",
+    ),
+    init_from: Optional[Path] = typer.Option(
+        None, help="start from this run folder's saved state and go on under these settings (--steps counts from its start)"
+    ),
     progress: bool = typer.Option(True),
 ) -> None:
     """Train a SAC expert on proprioceptive state; checkpoints, TensorBoard and JSONL logs go to --out."""
     from masklam.experts.sac import SACConfig, train
 
     config = SACConfig(
-        env, total_steps=steps, seed=seed, learning_starts=learning_starts, episode_steps=episode_steps, hidden=hidden,
-        batch_size=batch_size, eval_every=eval_every, checkpoint_every=checkpoint_every, threads=threads,
-        noise_color=noise_color, n_step=n_step, bonus_task=bonus_task, bonus_weight=bonus_weight,
-        height_bonus=height_bonus, target_entropy=target_entropy, max_start_pitch=max_start_pitch,
+        env,
+        total_steps=steps,
+        seed=seed,
+        learning_starts=learning_starts,
+        episode_steps=episode_steps,
+        hidden=hidden,
+        batch_size=batch_size,
+        eval_every=eval_every,
+        checkpoint_every=checkpoint_every,
+        threads=threads,
+        noise_color=noise_color,
+        n_step=n_step,
+        bonus_task=bonus_task,
+        bonus_weight=bonus_weight,
+        height_bonus=height_bonus,
+        target_entropy=target_entropy,
+        max_start_pitch=max_start_pitch,
         init_from=str(init_from or ""),
     )
     final = train(config, out, show_progress=progress)
@@ -269,7 +322,11 @@ def expert_eval(
 
     result = evaluate_checkpoint(env, checkpoint, episodes, seed)
     success = f", success {result['success_rate']:.0%}" if "success_rate" in result else ""
-    typer.echo(json.dumps(result, indent=1) if as_json else f"{env}: return {result['mean']:.1f} ± {result['std']:.1f}{success} over {episodes} episodes ({result['checkpoint']})")
+    typer.echo(
+        json.dumps(result, indent=1)
+        if as_json
+        else f"{env}: return {result['mean']:.1f} ± {result['std']:.1f}{success} over {episodes} episodes ({result['checkpoint']})"
+    )
 
 
 @expert_app.command("handover")
@@ -299,7 +356,9 @@ def train_lam_command(
     out: Path = typer.Option(..., "--out", help="run folder (resumed if it holds a run with the same settings)"),
     trainer: str = typer.Option("masklam-small", help="a shipped trainer preset (e.g. lapo-small; masklam/trainers/) or a TOML file"),
     overrides: list[str] = typer.Option([], "--set", help="override a setting: --set optim.steps=500 (repeatable)"),
-    mask_source: Optional[str] = typer.Option(None, "--mask-source", help="agent masks of masked methods (default: oracle); same as --set data.mask_source=NAME"),
+    mask_source: Optional[str] = typer.Option(
+        None, "--mask-source", help="agent masks of masked methods (default: oracle); same as --set data.mask_source=NAME"
+    ),
     progress: bool = typer.Option(True),
 ) -> None:
     """Pretrain a latent action model (lapo, masklam, laom, laom-labels) on a dataset's transitions."""
@@ -314,7 +373,9 @@ def train_lam_command(
 @fails_cleanly
 def probe(
     run: Path = typer.Argument(..., help="a LAM run folder (from masklam train lam)"),
-    data: str = typer.Option(..., "--data", help="dataset: probes fit on its train split (ridge cross-validated over its episodes), scored on its test split and in-pool"),
+    data: str = typer.Option(
+        ..., "--data", help="dataset: probes fit on its train split (ridge cross-validated over its episodes), scored on its test split and in-pool"
+    ),
     windows: int = typer.Option(20000, help="train windows to fit on (a quarter as many test windows)"),
     as_json: bool = typer.Option(False, "--json"),
     progress: bool = typer.Option(True),
@@ -354,7 +415,9 @@ def train_decoder_command(
     from masklam.train.stages import stage_config, train_decoder
 
     result = train_decoder(run, stage_config(overrides, data=data, labelled=labelled), show_progress=progress)
-    typer.echo(f"trained the action decoder on {result['labelled_transitions']} labelled transitions (final loss {result['final_loss']:.4f}); checkpoint: {run}/decoder.pt")
+    typer.echo(
+        f"trained the action decoder on {result['labelled_transitions']} labelled transitions (final loss {result['final_loss']:.4f}); checkpoint: {run}/decoder.pt"
+    )
 
 
 @train_app.command("bc-actions")
@@ -380,7 +443,9 @@ def train_all_command(
     trainer: str = typer.Option("masklam-small", help="a shipped trainer preset (masklam/trainers/) or a TOML file"),
     labelled: int = typer.Option(0, "--labelled", help="labelled transitions for the decoder (0 = all)"),
     overrides: list[str] = typer.Option([], "--set", help="LAM settings: --set optim.steps=500"),
-    mask_source: Optional[str] = typer.Option(None, "--mask-source", help="agent masks of masked methods (default: oracle); same as --set data.mask_source=NAME"),
+    mask_source: Optional[str] = typer.Option(
+        None, "--mask-source", help="agent masks of masked methods (default: oracle); same as --set data.mask_source=NAME"
+    ),
     stage_overrides: list[str] = typer.Option([], "--stage-set", help="settings of the BC and decoder stages: --stage-set optim.steps=500"),
     reference: bool = typer.Option(True, help="also train BC on true actions, the reference of normalised returns"),
     progress: bool = typer.Option(True),
@@ -417,18 +482,33 @@ def evaluate(
 @fails_cleanly
 def segment(
     data: Path = typer.Argument(..., help="a local dataset folder: the masks are added to it"),
-    model: str = typer.Option(..., "--model", help="mobile_sam (weights: `masklam weights fetch mobile_sam`) | sam_vit_h | sam_vit_l | sam_vit_b (segment-anything) | ultralytics:<weights file> (SAM, MobileSAM, SAM 2) | oracle (a copy of the simulator's masks, or the teacher of --distill)"),
-    checkpoint: Optional[str] = typer.Option(None, help="weights file (default: mobile_sam's fetched file; SAM's official file name in $MASKLAM_SAM_CHECKPOINTS or ~/.cache/masklam/sam)"),
+    model: str = typer.Option(
+        ...,
+        "--model",
+        help="mobile_sam (weights: `masklam weights fetch mobile_sam`) | sam_vit_h | sam_vit_l | sam_vit_b (segment-anything) | ultralytics:<weights file> (SAM, MobileSAM, SAM 2) | oracle (a copy of the simulator's masks, or the teacher of --distill)",
+    ),
+    checkpoint: Optional[str] = typer.Option(
+        None, help="weights file (default: mobile_sam's fetched file; SAM's official file name in $MASKLAM_SAM_CHECKPOINTS or ~/.cache/masklam/sam)"
+    ),
     name: Optional[str] = typer.Option(None, help="name of the new mask source (default: the model's)"),
     point: list[str] = typer.Option([], "--point", help="prompt point on each episode's first frame, x,y (positive) or neg:x,y (repeatable)"),
     box: Optional[str] = typer.Option(None, help="prompt box on each episode's first frame: x0,y0,x1,y1"),
-    prompt: Optional[str] = typer.Option(None, help="auto: chosen by the model, no human (mobile_sam, sam_vit_*); oracle-box: the box of the oracle mask of each episode's first frame (simulated data)"),
-    prompts: Optional[str] = typer.Option(None, "--prompts", help="a prompt per episode: FILE.json ({\"0\": {\"box\": [x0,y0,x1,y1]}, \"*\": {\"points\": [[x,y]]}}) or FILE.csv (episode,x0,y0,x1,y1 or episode,x,y[,label])"),
+    prompt: Optional[str] = typer.Option(
+        None,
+        help="auto: chosen by the model, no human (mobile_sam, sam_vit_*); oracle-box: the box of the oracle mask of each episode's first frame (simulated data)",
+    ),
+    prompts: Optional[str] = typer.Option(
+        None,
+        "--prompts",
+        help='a prompt per episode: FILE.json ({"0": {"box": [x0,y0,x1,y1]}, "*": {"points": [[x,y]]}}) or FILE.csv (episode,x0,y0,x1,y1 or episode,x,y[,label])',
+    ),
     reprompt: bool = typer.Option(True, help="re-prompt a frame whose followed mask jumps (area, centroid) or drifts from the episode's first mask"),
     batch_size: Optional[int] = typer.Option(None, help="frames encoded together (default: 1 on a CPU, where batches are slower; 8 on a GPU)"),
     device: str = typer.Option("cpu", help="cpu, cuda, cuda:1, ..."),
     half: bool = typer.Option(False, help="half precision (GPUs)"),
-    propagate: str = typer.Option("chain", help="later frames: chain (prompted by the mask before them) or video (SAM 2's video predictor carries the first frame's mask)"),
+    propagate: str = typer.Option(
+        "chain", help="later frames: chain (prompted by the mask before them) or video (SAM 2's video predictor carries the first frame's mask)"
+    ),
     distill: int = typer.Option(0, help="N > 0: the model labels N frames across episodes, a small student learns them and labels every frame"),
     distill_steps: int = typer.Option(1500, help="training steps of the student"),
     rank: Optional[int] = typer.Option(None, help="this process's rank (default: $RANK)"),
@@ -439,11 +519,15 @@ def segment(
     """Add agent masks from a segmentation model to a dataset, as a new mask source (frames are not rewritten)."""
     from masklam.segment.run import SegmentConfig, segment_dataset
 
-    config = SegmentConfig.from_options(str(data), model, point, box, prompt, checkpoint, name, batch_size, device, half, distill, distill_steps, propagate, prompts, reprompt)
+    config = SegmentConfig.from_options(
+        str(data), model, point, box, prompt, checkpoint, name, batch_size, device, half, distill, distill_steps, propagate, prompts, reprompt
+    )
     result = segment_dataset(config, rank, world_size, overwrite, show_progress=progress)
     if "distill" in result:
         report = result["distill"]
-        typer.echo(f"student trained on {report['train_frames']} teacher-labelled frames: IoU {report['student_iou_vs_teacher']:.3f} against the teacher on {report['held_out_frames']} held-out frames")
+        typer.echo(
+            f"student trained on {report['train_frames']} teacher-labelled frames: IoU {report['student_iou_vs_teacher']:.3f} against the teacher on {report['held_out_frames']} held-out frames"
+        )
     state = "registered in info.json" if result["registered"] else "waiting for the other ranks' shards"
     typer.echo(f"'{result['source']}' masks: {result['written']} of this rank's {result['shards']} shards written; {state}")
 
@@ -473,7 +557,9 @@ def weights_list() -> None:
     for weights in KNOWN.values():
         path = cache_dir() / weights.filename
         carriers = ", ".join(f"{c.requirement} ({c.licence})" for c in weights.carriers)
-        typer.echo(f"{weights.name}: {weights.filename}, licence {weights.licence}; carried by {carriers}; {'cached at ' + str(path) if path.is_file() else 'not fetched'}")
+        typer.echo(
+            f"{weights.name}: {weights.filename}, licence {weights.licence}; carried by {carriers}; {'cached at ' + str(path) if path.is_file() else 'not fetched'}"
+        )
 
 
 masks_app = typer.Typer(help="Mask sources: compare them, derive degraded ones.", no_args_is_help=True)

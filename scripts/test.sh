@@ -9,11 +9,12 @@ python3 -m masklam.cli weights fetch mobile_sam || echo "MobileSAM weights not f
 export MUJOCO_GL="${MUJOCO_GL:-egl}"
 lint=0
 python3 -m ruff check . || lint=$?  # reported, and fails the run, after the tests
+python3 -m ruff format --check . || lint=$?
 status=0
 # --durations=25: the slowest tests stay visible in every log.
 python3 -m pytest -q --durations=25 "$@" || status=$?
 # pytest exits 5 when it collected no tests (e.g. a -k filter that matches nothing): say so, do not fail.
 if [ "$status" -eq 5 ]; then echo "0 passed, 0 failed: pytest collected no tests"; status=0; fi
-if [ "$lint" -ne 0 ]; then echo "ruff check failed (see above): ruff check --fix . mends import order and other safe fixes"; fi
+if [ "$lint" -ne 0 ]; then echo "ruff failed (see above): ruff check --fix . mends import order and other safe fixes, ruff format . the layout"; fi
 [ "$status" -ne 0 ] && exit "$status"
 exit "$lint"

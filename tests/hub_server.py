@@ -91,8 +91,7 @@ class FakeHub:
     def repos(self) -> dict[str, dict]:
         """{repo_id: {"type", "private", "branches": {name: sha}}} (copies)."""
         with self._lock:
-            return {r["id"]: {"type": r["type"], "private": r["private"], "branches": dict(r["branches"])}
-                    for r in self._repos.values()}
+            return {r["id"]: {"type": r["type"], "private": r["private"], "branches": dict(r["branches"])} for r in self._repos.values()}
 
     def files(self, repo_id: str, revision: str = "main", repo_type: str = "dataset") -> dict[str, bytes]:
         """Committed files of a revision (branch or commit sha): {path: content}."""
@@ -110,8 +109,9 @@ class FakeHub:
                 sha = repo["commits"][sha]["parent"]
             return out
 
-    def put_files(self, repo_id: str, files: dict[str, bytes], *, repo_type: str = "dataset",
-                  revision: str = "main", private: bool = False, message: str = "seed") -> str:
+    def put_files(
+        self, repo_id: str, files: dict[str, bytes], *, repo_type: str = "dataset", revision: str = "main", private: bool = False, message: str = "seed"
+    ) -> str:
         """Seed a repo without going through the client (creates repo/branch if missing); returns the commit sha."""
         with self._lock:
             repo = self._repos.get(f"{repo_type}:{repo_id}") or self._create(repo_type, repo_id, private)
@@ -246,13 +246,11 @@ class FakeHub:
         if what is None or what == "revision":
             return 200, {}, self._info(repo, rev or "main", q("blobs", "false").lower() == "true")
         if what in ("xet-write-token", "xet-read-token"):
-            raise HubError(501, "FakeHub has no Xet storage: run the client with HF_HUB_DISABLE_XET=1 "
-                                "(FakeHub.env()) or build FakeHub(lfs_threshold=None)")
+            raise HubError(501, "FakeHub has no Xet storage: run the client with HF_HUB_DISABLE_XET=1 (FakeHub.env()) or build FakeHub(lfs_threshold=None)")
         if what == "refs":
             refs: dict[bool, list] = {True: [], False: []}  # PR refs (refs/pr/N) are kept as branches
             for b, s in repo["branches"].items():
-                refs[b.startswith("refs/")].append({"name": b, "ref": b if "/" in b else f"refs/heads/{b}",
-                                                    "targetCommit": s})
+                refs[b.startswith("refs/")].append({"name": b, "ref": b if "/" in b else f"refs/heads/{b}", "targetCommit": s})
             return 200, {}, {"branches": refs[False], "converts": [], "tags": [], "pullRequests": refs[True]}
         if what == "branch":
             if method == "DELETE":
@@ -264,8 +262,10 @@ class FakeHub:
             self._save()
             return 200, {}, {}
         if what == "commits":
-            items = [{"id": c["id"], "title": c["title"], "message": c["message"], "date": c["date"],
-                      "authors": [{"user": "fake-user"}]} for c in self.commits(rid, rev or "main", rtype)]
+            items = [
+                {"id": c["id"], "title": c["title"], "message": c["message"], "date": c["date"], "authors": [{"user": "fake-user"}]}
+                for c in self.commits(rid, rev or "main", rtype)
+            ]
             return 200, {}, items
         sha, tree = self._tree(repo, rev)
         if what == "tree":
@@ -276,7 +276,7 @@ class FakeHub:
             out = [(d, None) for d in sorted(self._dirs(tree)) if d.startswith(pre)]
             out += [(p, v) for p, v in sorted(tree.items()) if p.startswith(pre)]
             if not recursive:
-                out = [(p, v) for p, v in out if "/" not in p[len(pre):]]
+                out = [(p, v) for p, v in out if "/" not in p[len(pre) :]]
             expand = q("expand", "false").lower() == "true"
             return 200, {}, [self._entry(p, v, repo, sha, expand) for p, v in out]
         if what == "paths-info":  # client sends a form (paths=a&paths=b&expand=..), accept JSON too
@@ -290,8 +290,7 @@ class FakeHub:
                 lfs = self.lfs_threshold is not None and f["size"] >= self.lfs_threshold
                 old = tree.get(f["path"])  # the oid of the current version lets the client skip unchanged files
                 oid = None if old is None else old[0] if old[1] else self._meta(old[0])[1]
-                files.append({"path": f["path"], "uploadMode": "lfs" if lfs else "regular", "shouldIgnore": False,
-                              "oid": oid})
+                files.append({"path": f["path"], "uploadMode": "lfs" if lfs else "regular", "shouldIgnore": False, "oid": oid})
             return 200, {}, {"files": files}
         if what == "commit":
             return self._do_commit(repo, rev, sha, q("create_pr") == "1", body)
@@ -305,9 +304,20 @@ class FakeHub:
             s.update(size=e["size"], blobId=e["oid"])
             if "lfs" in e:
                 s["lfs"] = {"size": e["size"], "sha256": e["lfs"]["oid"], "pointerSize": e["lfs"]["pointerSize"]}
-        return {"id": repo["id"], "author": repo["id"].split("/")[0], "sha": sha, "private": repo["private"],
-                "disabled": False, "gated": False, "downloads": 0, "likes": 0, "tags": [], "siblings": siblings,
-                "createdAt": repo["created"], "lastModified": repo["commits"][sha]["date"]}
+        return {
+            "id": repo["id"],
+            "author": repo["id"].split("/")[0],
+            "sha": sha,
+            "private": repo["private"],
+            "disabled": False,
+            "gated": False,
+            "downloads": 0,
+            "likes": 0,
+            "tags": [],
+            "siblings": siblings,
+            "createdAt": repo["created"],
+            "lastModified": repo["commits"][sha]["date"],
+        }
 
     def _do_commit(self, repo: dict, rev: str, head: str, create_pr: bool, body: bytes):
         lines = [json.loads(line) for line in body.splitlines() if line.strip()]
@@ -351,8 +361,7 @@ class FakeHub:
             obj = {"oid": o["oid"], "size": o["size"]}
             if not self._has_blob(o["oid"]):  # no "actions" = already stored, the client skips the upload
                 obj["authenticated"] = True
-                obj["actions"] = {"upload": {"href": f"{self.endpoint}/lfs-upload/{o['oid']}"},
-                                  "verify": {"href": f"{self.endpoint}/lfs-verify/{o['oid']}"}}
+                obj["actions"] = {"upload": {"href": f"{self.endpoint}/lfs-upload/{o['oid']}"}, "verify": {"href": f"{self.endpoint}/lfs-verify/{o['oid']}"}}
             objects.append(obj)
         return 200, {"Content-Type": "application/vnd.git-lfs+json"}, {"transfer": "basic", "objects": objects}
 
@@ -363,8 +372,7 @@ class FakeHub:
         blob, is_lfs = tree[path]
         data = self._read(blob)
         etag = blob if is_lfs else self._meta(blob)[1]  # LFS files: the Hub's etag is the sha256 of the content
-        h = {"X-Repo-Commit": sha, "ETag": f'"{etag}"', "Accept-Ranges": "bytes",
-             "Content-Type": "application/octet-stream"}
+        h = {"X-Repo-Commit": sha, "ETag": f'"{etag}"', "Accept-Ranges": "bytes", "Content-Type": "application/octet-stream"}
         if is_lfs:
             h.update({"X-Linked-Etag": f'"{etag}"', "X-Linked-Size": str(len(data))})
         rng = headers.get("Range")
@@ -375,7 +383,7 @@ class FakeHub:
             if start > end:
                 raise HubError(416, "Range not satisfiable")
             h["Content-Range"] = f"bytes {start}-{end}/{len(data)}"
-            return 206, h, data[start:end + 1]
+            return 206, h, data[start : end + 1]
         return 200, h, data
 
 
@@ -404,8 +412,7 @@ class _Handler(BaseHTTPRequestHandler):
         seg = [unquote(s) for s in url.path.split("/")[1:]]  # unquote per segment: revisions may contain %2F
         try:
             with self.hub._lock:
-                status, headers, payload = self.hub._route(self.command, seg + [""] * (2 - len(seg)),
-                                                           parse_qs(url.query), self.headers, body)
+                status, headers, payload = self.hub._route(self.command, seg + [""] * (2 - len(seg)), parse_qs(url.query), self.headers, body)
         except HubError as e:
             status, payload = e.status, {"error": str(e), **e.extra}
             headers = {"X-Error-Message": str(e), **({"X-Error-Code": e.code} if e.code else {})}

@@ -124,7 +124,9 @@ def test_train_all_then_probe_and_evaluate(masklam_cli, cheetah_low, tmp_path, m
     """The whole loop from the command line, at smoke scale, for each method: train all, probe, evaluate."""
     run = tmp_path / method
     steps = ["--set", "optim.steps=6", "--stage-set", "optim.steps=6", "--stage-set", "batch_size=8"]
-    done = masklam_cli("train", "all", "--data", str(cheetah_low), "--out", str(run), "--trainer", f"{method}-tiny", "--labelled", "30", *steps, "--no-progress")
+    done = masklam_cli(
+        "train", "all", "--data", str(cheetah_low), "--out", str(run), "--trainer", f"{method}-tiny", "--labelled", "30", *steps, "--no-progress"
+    )
     assert done.returncode == 0, done.stderr
     assert f"trained {method}" in done.stdout and "30 labelled transitions" in done.stdout
     assert {"lam.pt", "bc.pt", "decoder.pt", "bc-actions.pt"} <= {p.name for p in run.iterdir()}
@@ -180,8 +182,21 @@ def test_masks_transform_and_compare(masklam_cli, cheetah_low, tmp_path):
     assert result["overall"]["recall"] == 1.0 and result["overall"]["precision"] < 1.0
     assert (data / "compare" / "compare-oracle_dilate1-vs-oracle-worst.png").exists()
     # training reads the derived source by name
-    done = masklam_cli("train", "lam", "--data", str(data), "--out", str(tmp_path / "run"), "--trainer", "masklam-tiny",
-                   "--mask-source", "oracle_dilate1", "--set", "optim.steps=2", "--no-progress")
+    done = masklam_cli(
+        "train",
+        "lam",
+        "--data",
+        str(data),
+        "--out",
+        str(tmp_path / "run"),
+        "--trainer",
+        "masklam-tiny",
+        "--mask-source",
+        "oracle_dilate1",
+        "--set",
+        "optim.steps=2",
+        "--no-progress",
+    )
     assert done.returncode == 0, done.stderr
     assert json.loads((tmp_path / "run" / "lam-config.json").read_text())["data"]["mask_source"] == "oracle_dilate1"
     done = masklam_cli("masks", "compare", str(data), "--pred", "sam_vit_h")

@@ -171,9 +171,26 @@ def test_python_callers_get_the_same_checks_as_value_errors():
 @pytest.mark.slow
 def test_laom_labels_without_augmentation_trains_logs_its_action_loss_and_reports_a_finished_run(tiny_labelled_data, tmp_path):
     out = tmp_path / "run"
-    args = ["train", "lam", "--data", str(tiny_labelled_data), "--out", str(out), "--trainer", "laom-labels-tiny",
-            "--set", "model.augment.enabled=false", "--set", "optim.steps=3", "--set", "log_every=1",
-            "--set", "data.batch_size=4", "--set", "data.labelled_batch_size=4"]
+    args = [
+        "train",
+        "lam",
+        "--data",
+        str(tiny_labelled_data),
+        "--out",
+        str(out),
+        "--trainer",
+        "laom-labels-tiny",
+        "--set",
+        "model.augment.enabled=false",
+        "--set",
+        "optim.steps=3",
+        "--set",
+        "log_every=1",
+        "--set",
+        "data.batch_size=4",
+        "--set",
+        "data.labelled_batch_size=4",
+    ]
     first = invoke(*args)
     assert first.exit_code == 0, (first.output, first.exception)
     saved = json.loads((out / "lam-config.json").read_text())

@@ -28,7 +28,9 @@ def test_installed_wheel_plans_the_quickstart_outside_the_clone(tmp_path):
     site = tmp_path / "site"
     subprocess.run(
         [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", "--no-compile", "--target", str(site), str(source)],
-        check=True, capture_output=True, timeout=300,
+        check=True,
+        capture_output=True,
+        timeout=300,
     )
     shutil.rmtree(source)  # nothing may be read from the sources any more
     elsewhere = tmp_path / "elsewhere"

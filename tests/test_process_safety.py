@@ -19,10 +19,20 @@ from typer.testing import CliRunner
 from masklam.cli import app
 from masklam.pipeline.run import Step, is_done
 
-TINY_LAM = ["--trainer", "lapo-tiny", "--set", "optim.steps=4", "--set", "data.batch_size=4", "--set", "log_every=1",
-            "--set", "checkpoint_every=2", "--no-progress"]
-TINY_STAGES = ["--stage-set", "optim.steps=2", "--stage-set", "batch_size=4", "--stage-set", "preset=tiny",
-               "--stage-set", "shuffle_buffer=16"]
+TINY_LAM = [
+    "--trainer",
+    "lapo-tiny",
+    "--set",
+    "optim.steps=4",
+    "--set",
+    "data.batch_size=4",
+    "--set",
+    "log_every=1",
+    "--set",
+    "checkpoint_every=2",
+    "--no-progress",
+]
+TINY_STAGES = ["--stage-set", "optim.steps=2", "--stage-set", "batch_size=4", "--stage-set", "preset=tiny", "--stage-set", "shuffle_buffer=16"]
 
 
 def cli(*args: str):
@@ -43,8 +53,24 @@ def one_line_error(code: int, stderr: str, expected_code: int = 2) -> str:
 def tiny(tmp_path_factory) -> Path:
     """2 train episodes (1 labelled, 20 labelled transitions) and 1 test episode of 20 steps, 32 px."""
     root = tmp_path_factory.mktemp("safety") / "data"
-    code, _, err = cli("collect", "--env", "dmc:cheetah-run", "--out", root, "--episodes", 2, "--test-episodes", 1,
-                       "--steps", 20, "--size", 32, "--labelled-episodes", 1, "--no-progress")
+    code, _, err = cli(
+        "collect",
+        "--env",
+        "dmc:cheetah-run",
+        "--out",
+        root,
+        "--episodes",
+        2,
+        "--test-episodes",
+        1,
+        "--steps",
+        20,
+        "--size",
+        32,
+        "--labelled-episodes",
+        1,
+        "--no-progress",
+    )
     assert code == 0, err
     return root
 
@@ -174,8 +200,11 @@ def test_temp_files_of_a_dead_writer_are_not_counted_and_are_removed_by_the_next
     shutil.copytree(tiny, data)
     bytes_before = json.loads(cli("info", data, "--json")[1])["bytes_on_disk"]
     dead = 2**22 + 12345  # above any pid Linux hands out: no such process
-    leftovers = [data / "train" / f".shard-000000.tar.{dead}-140.tmp", data / f".tmp-{dead}-abc123" / "node" / "zarr.json",
-                 data / "index" / "train" / f".shard-000000.json.{dead}-7.tmp"]
+    leftovers = [
+        data / "train" / f".shard-000000.tar.{dead}-140.tmp",
+        data / f".tmp-{dead}-abc123" / "node" / "zarr.json",
+        data / "index" / "train" / f".shard-000000.json.{dead}-7.tmp",
+    ]
     for path in leftovers:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"x" * 4096)
@@ -185,8 +214,24 @@ def test_temp_files_of_a_dead_writer_are_not_counted_and_are_removed_by_the_next
     mine = data / "train" / f".shard-000001.tar.{os.getpid()}-1.tmp"  # a live writer's (this process)
     mine.write_bytes(b"y")
     assert json.loads(cli("info", data, "--json")[1])["bytes_on_disk"] == bytes_before + sum(p.stat().st_size for p in users)
-    code, _, err = cli("collect", "--env", "dmc:cheetah-run", "--out", data, "--episodes", 2, "--test-episodes", 1,
-                       "--steps", 20, "--size", 32, "--labelled-episodes", 1, "--no-progress")
+    code, _, err = cli(
+        "collect",
+        "--env",
+        "dmc:cheetah-run",
+        "--out",
+        data,
+        "--episodes",
+        2,
+        "--test-episodes",
+        1,
+        "--steps",
+        20,
+        "--size",
+        32,
+        "--labelled-episodes",
+        1,
+        "--no-progress",
+    )
     assert code == 0, err
     assert not any(p.exists() for p in leftovers) and not (data / f".tmp-{dead}-abc123").exists()
     assert all(p.read_text() == "mine" for p in users) and mine.exists()
@@ -221,8 +266,29 @@ def session_processes(sid: int) -> list[int]:
 
 
 def start_collect(out: Path) -> subprocess.Popen:
-    command = [sys.executable, "-m", "masklam.cli", "collect", "--env", "dmc:cheetah-run", "--out", str(out), "--episodes", "4",
-               "--test-episodes", "0", "--steps", "300", "--size", "32", "--episodes-per-shard", "1", "--workers", "2", "--no-progress"]
+    command = [
+        sys.executable,
+        "-m",
+        "masklam.cli",
+        "collect",
+        "--env",
+        "dmc:cheetah-run",
+        "--out",
+        str(out),
+        "--episodes",
+        "4",
+        "--test-episodes",
+        "0",
+        "--steps",
+        "300",
+        "--size",
+        "32",
+        "--episodes-per-shard",
+        "1",
+        "--workers",
+        "2",
+        "--no-progress",
+    ]
     env = dict(os.environ, MUJOCO_GL="egl", PYTHONPATH=str(Path(__file__).resolve().parents[1]))
     return subprocess.Popen(command, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 

@@ -22,10 +22,12 @@ def test_auto_threads_counts_the_free_share_of_usable_cores(monkeypatch, free, c
 
 
 def test_free_cores_leaves_out_a_busy_core(monkeypatch):
-    samples = iter([
-        {0: (100, 1000), 1: (100, 1000), 2: (0, 1000)},
-        {0: (200, 1100), 1: (190, 1100), 2: (0, 1100)},  # core 0 all busy, core 1 90 %, core 2 not ours
-    ])
+    samples = iter(
+        [
+            {0: (100, 1000), 1: (100, 1000), 2: (0, 1000)},
+            {0: (200, 1100), 1: (190, 1100), 2: (0, 1100)},  # core 0 all busy, core 1 90 %, core 2 not ours
+        ]
+    )
     monkeypatch.setattr(threads, "_cpu_times", lambda: next(samples))
     monkeypatch.setattr(threads.os, "sched_getaffinity", lambda pid: {0, 1})
     assert threads.free_cores(seconds=0) == pytest.approx(0.1)
@@ -40,10 +42,13 @@ def test_the_option_beats_the_environment(monkeypatch):
         threads.requested(None)
 
 
-@pytest.mark.parametrize(("args", "env", "message"), [
-    (["--threads", "-1"], {}, "error: --threads -1"),
-    ([], {"MASKLAM_THREADS": "two"}, "error: MASKLAM_THREADS='two'"),
-])
+@pytest.mark.parametrize(
+    ("args", "env", "message"),
+    [
+        (["--threads", "-1"], {}, "error: --threads -1"),
+        ([], {"MASKLAM_THREADS": "two"}, "error: MASKLAM_THREADS='two'"),
+    ],
+)
 def test_bad_thread_counts_are_one_line_and_exit_2(tmp_path, args, env, message):
     result = CliRunner().invoke(app, [*args, "probe", str(tmp_path), "--data", str(tmp_path)], env=env)
     assert result.exit_code == 2

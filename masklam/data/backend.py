@@ -21,9 +21,7 @@ class Backend(Protocol):
 
     name: str
 
-    def write_shard(
-        self, root: Path, split: str, shard: int, records: list[Record], features: dict[str, Feature]
-    ) -> None:
+    def write_shard(self, root: Path, split: str, shard: int, records: list[Record], features: dict[str, Feature]) -> None:
         """Write ``records`` (steps and every mask source they carry) as one shard, atomically.
 
         Records of unlabelled episodes have no "action" array in ``steps``.

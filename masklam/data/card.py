@@ -7,9 +7,18 @@ from typing import Any
 from masklam.data.export import PARQUET, features_of, mask_column
 
 # The Hub's size categories, by number of rows (frames of the Parquet view).
-SIZE_CATEGORIES = [(1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
-                   (10_000_000, "1M<n<10M"), (100_000_000, "10M<n<100M"), (1_000_000_000, "100M<n<1B"),
-                   (10_000_000_000, "1B<n<10B"), (100_000_000_000, "10B<n<100B"), (1_000_000_000_000, "100B<n<1T")]
+SIZE_CATEGORIES = [
+    (1_000, "n<1K"),
+    (10_000, "1K<n<10K"),
+    (100_000, "10K<n<100K"),
+    (1_000_000, "100K<n<1M"),
+    (10_000_000, "1M<n<10M"),
+    (100_000_000, "10M<n<100M"),
+    (1_000_000_000, "100M<n<1B"),
+    (10_000_000_000, "1B<n<10B"),
+    (100_000_000_000, "10B<n<100B"),
+    (1_000_000_000_000, "100B<n<1T"),
+]
 
 
 def size_category(rows: int) -> str:
@@ -63,10 +72,16 @@ def dataset_card(info: dict[str, Any], repo_id: str, license_id: str, native_lay
     name = repo_id.split("/", 1)[1]
     env, splits = info["env"], info["splits"]
     distractors = env["distractors"]
-    active = [label for label, on in (("dynamic background", distractors["background"]),
-                                      (f"camera shake {distractors['camera_scale']}", distractors["camera_scale"]),
-                                      (f"colour drift {distractors['color_scale']}", distractors["color_scale"]),
-                                      (f"{distractors['objects']} moving objects", distractors["objects"])) if on]
+    active = [
+        label
+        for label, on in (
+            ("dynamic background", distractors["background"]),
+            (f"camera shake {distractors['camera_scale']}", distractors["camera_scale"]),
+            (f"colour drift {distractors['color_scale']}", distractors["color_scale"]),
+            (f"{distractors['objects']} moving objects", distractors["objects"]),
+        )
+        if on
+    ]
     size = env["render"]["size"]
     parts = [card_yaml(info, license_id, name), f"# {name}\n"]
     parts.append(
@@ -81,8 +96,7 @@ def dataset_card(info: dict[str, Any], repo_id: str, license_id: str, native_lay
     parts.append("| split | episodes | labelled episodes | frames (rows) | mean return |\n|---|---|---|---|---|")
     for split, entry in splits.items():
         mean = entry.get("mean_return")
-        parts.append(f"| {split} | {entry['episodes']} | {entry['labelled_episodes']} | {entry['frames']} | "
-                     f"{'-' if mean is None else f'{mean:.1f}'} |")
+        parts.append(f"| {split} | {entry['episodes']} | {entry['labelled_episodes']} | {entry['frames']} | {'-' if mean is None else f'{mean:.1f}'} |")
     parts.append("\n## Columns\n\nOne row per frame (Parquet files under `parquet/<split>/`).\n")
     parts.append("| column | type | description |\n|---|---|---|")
     parts += [f"| `{column}` | {kind} | {text} |" for column, kind, text in feature_rows(info)]

@@ -113,8 +113,9 @@ class CollectSettings(CollectOptions):
     def config(self) -> CollectConfig:
         from masklam.envs.spec import RenderSpec, distractor_preset
 
-        distractors = distractor_preset(self.distractors, background=self.background, videos=self.videos, camera_scale=self.camera_shake,
-                                        color_scale=self.color_drift, objects=self.objects)
+        distractors = distractor_preset(
+            self.distractors, background=self.background, videos=self.videos, camera_scale=self.camera_shake, color_scale=self.color_drift, objects=self.objects
+        )
         spec = EnvSpec(env_id=self.env, render=RenderSpec(size=self.size, camera=self.camera), distractors=distractors, episode_steps=self.steps)
         return CollectConfig(env=spec, **{f.name: getattr(self, f.name) for f in dataclasses.fields(CollectOptions)})
 
@@ -195,7 +196,9 @@ def rollout_episode(env: DistractingEnv, policy, seed: int, progress=None) -> tu
     return steps, masks, facts
 
 
-def split_into_records(split: str, episode: int, seed: int, labelled: bool, steps: dict[str, np.ndarray], masks: np.ndarray, facts: dict[str, Any], chunk_steps: int) -> list[Record]:
+def split_into_records(
+    split: str, episode: int, seed: int, labelled: bool, steps: dict[str, np.ndarray], masks: np.ndarray, facts: dict[str, Any], chunk_steps: int
+) -> list[Record]:
     frames = len(masks)
     transitions = frames - 1
     length = chunk_steps or max(transitions, 1)
@@ -254,8 +257,10 @@ class ShardWriter:
             actions = steps["action"][:-1].astype(np.float64)
             if not np.isfinite(actions).all():  # labelled or not: the action statistics take every transition
                 frame = int(np.argmax(~np.isfinite(actions).all(axis=1)))
-                raise UsageError(f"refusing to write shard {plan.shard} of split {plan.split!r}: the policy's action at frame "
-                                 f"{frame} of episode {episode} is NaN or infinite: check the policy ({self.config.policy})")
+                raise UsageError(
+                    f"refusing to write shard {plan.shard} of split {plan.split!r}: the policy's action at frame "
+                    f"{frame} of episode {episode} is NaN or infinite: check the policy ({self.config.policy})"
+                )
             action_sum, action_sq, action_count = action_sum + actions.sum(0), action_sq + (actions**2).sum(0), action_count + len(actions)
             records += split_into_records(plan.split, episode, seed, labelled, steps, masks, facts, self.config.chunk_steps)
         # New frames: masks that segmentation added to an earlier version of this shard are gone (write_shard
@@ -280,7 +285,11 @@ def dataset_features(env: DistractingEnv, state_dim: int) -> dict[str, Feature]:
     features = {
         "rgb": Feature("uint8", (size, size, 3), "RGB frame with distractors"),
         "state": Feature("float32", (state_dim,), "proprioceptive state: " + ", ".join(env.sim.state_names)),
-        "action": Feature("float32", (action_dim,), "action taken at this frame, clipped to the bounds; NaN at an episode's final frame and throughout unlabelled episodes (readers return no action for those)"),
+        "action": Feature(
+            "float32",
+            (action_dim,),
+            "action taken at this frame, clipped to the bounds; NaN at an episode's final frame and throughout unlabelled episodes (readers return no action for those)",
+        ),
         "reward": Feature("float32", (), "reward of the transition from this frame; NaN at an episode's final frame"),
         "terminated": Feature("bool", (), "this frame is a terminal state"),
         "truncated": Feature("bool", (), "this frame ends the episode by the time limit"),
@@ -321,16 +330,21 @@ def _worker_write(plan: ShardPlan) -> None:
 SHARD = r"shard-\d{6}"
 SOURCE = r"[a-z0-9][a-z0-9_]*"
 SPLIT = "(?:" + "|".join(SPLITS) + ")"
-MASKLAM_FILES = re.compile("|".join([
-    re.escape(CONFIG_FILE), re.escape(INFO),
-    rf"index/{SPLIT}/{SHARD}\.json",
-    rf"{SPLIT}/{SHARD}\.tar",  # webdataset
-    rf"masks/{SOURCE}/{SPLIT}/{SHARD}\.tar",
-    rf"data\.zarr/zarr\.json|data\.zarr/{SPLIT}/zarr\.json|data\.zarr/{SPLIT}/{SHARD}(?:\.zip|/.+)",  # zarr
-    rf"segment/{SOURCE}/(?:config\.json|distill\.json|student\.pt|{SPLIT}/{SHARD}\.json)",  # masklam segment
-    rf"compare/compare-{SOURCE}-vs-{SOURCE}(?:\.json|-worst\.png)",  # masklam masks compare
-    r"(?:.*/)?\.[^/]+\.\d+-\d+\.tmp|\.tmp-[^/]+(?:/.+)?|\.write-test-\d+",  # an interrupted writer's leftovers
-]))
+MASKLAM_FILES = re.compile(
+    "|".join(
+        [
+            re.escape(CONFIG_FILE),
+            re.escape(INFO),
+            rf"index/{SPLIT}/{SHARD}\.json",
+            rf"{SPLIT}/{SHARD}\.tar",  # webdataset
+            rf"masks/{SOURCE}/{SPLIT}/{SHARD}\.tar",
+            rf"data\.zarr/zarr\.json|data\.zarr/{SPLIT}/zarr\.json|data\.zarr/{SPLIT}/{SHARD}(?:\.zip|/.+)",  # zarr
+            rf"segment/{SOURCE}/(?:config\.json|distill\.json|student\.pt|{SPLIT}/{SHARD}\.json)",  # masklam segment
+            rf"compare/compare-{SOURCE}-vs-{SOURCE}(?:\.json|-worst\.png)",  # masklam masks compare
+            r"(?:.*/)?\.[^/]+\.\d+-\d+\.tmp|\.tmp-[^/]+(?:/.+)?|\.write-test-\d+",  # an interrupted writer's leftovers
+        ]
+    )
+)
 
 
 def foreign_files(root: Path) -> list[str]:
@@ -352,8 +366,9 @@ def remove_dataset(root: Path) -> None:
     if foreign or _read_identity(root) is None:
         named = foreign[0] if foreign else f"no {CONFIG_FILE}: it is not a masklam dataset"
         more = f" and {len(foreign) - 1} more" if len(foreign) > 1 else ""
-        raise UsageError(f"--overwrite refused: {root} holds files masklam did not write ({named}{more}); nothing was "
-                         "deleted: move them away, or choose another --out")
+        raise UsageError(
+            f"--overwrite refused: {root} holds files masklam did not write ({named}{more}); nothing was deleted: move them away, or choose another --out"
+        )
     for folder, subfolders, names in os.walk(root, topdown=False):
         for name in names:
             (Path(folder) / name).unlink()
@@ -400,8 +415,7 @@ def is_finished(root: Path, config: CollectConfig) -> bool:
         for split in dataset.info["splits"]:
             dataset.shards(split)  # as many index files as info.json says
         backend = get_backend(config.backend)
-        return all(backend.has_shard(root, plan.split, plan.shard) and index_path(root, plan.split, plan.shard).is_file()
-                   for plan in plan_shards(config))
+        return all(backend.has_shard(root, plan.split, plan.shard) and index_path(root, plan.split, plan.shard).is_file() for plan in plan_shards(config))
     except UsageError:
         return False  # damaged: write what is missing, and info.json again
 
@@ -424,7 +438,15 @@ def _command_line() -> str:
     return shlex.join(["masklam", *sys.argv[1:]]) if sys.argv and sys.argv[0].endswith("masklam") else shlex.join(sys.argv)
 
 
-def collect(config: CollectConfig, root: Path, workers: int = 1, overwrite: bool = False, rank: int | None = None, world_size: int | None = None, show_progress: bool = True) -> bool:
+def collect(
+    config: CollectConfig,
+    root: Path,
+    workers: int = 1,
+    overwrite: bool = False,
+    rank: int | None = None,
+    world_size: int | None = None,
+    show_progress: bool = True,
+) -> bool:
     """Write every shard of this rank; write info.json once all ranks' shards exist. Returns whether the dataset is complete."""
     root = Path(root)
     rank, world_size = rank_and_world_size(rank, world_size, slurm_array=True)
@@ -543,7 +565,9 @@ def write_info(root: Path, config: CollectConfig, plans: list[ShardPlan], env: E
             "var_mean": float(np.round(np.mean(var), 8)),
             "note": "over every train transition's true action, labelled or not; the probe's Var(a) is the mean of var",
         },
-        "mask_sources": {ORACLE: {"kind": "oracle", "description": "simulator segmentation of the agent's geoms", "coverage": finite_or_none(np.round(np.mean(coverage), 6))}},
+        "mask_sources": {
+            ORACLE: {"kind": "oracle", "description": "simulator segmentation of the agent's geoms", "coverage": finite_or_none(np.round(np.mean(coverage), 6))}
+        },
         "splits": splits,
         "collect": {key: made_by[key] for key in ("config", "command")},
         "checksums": CHECKSUMS[config.backend],
@@ -570,7 +594,5 @@ def kept_mask_sources(root: Path, config: CollectConfig, plans: list[ShardPlan])
         return {}
     backend = get_backend(config.backend)
     return {
-        source: entry for source, entry in earlier.items()
-        if source != ORACLE and all(source in backend.mask_sources(root, p.split, p.shard) for p in plans)
+        source: entry for source, entry in earlier.items() if source != ORACLE and all(source in backend.mask_sources(root, p.split, p.shard) for p in plans)
     }
-

@@ -153,9 +153,7 @@ class Dataset:
         """Whether every shard carries checksums (datasets written before masklam had them do not)."""
         return "checksums" in self.info
 
-    def _shard_records(
-        self, split: str, shard: int, mask_sources: Sequence[str], fields: Sequence[str] | None
-    ) -> Iterator[Record]:
+    def _shard_records(self, split: str, shard: int, mask_sources: Sequence[str], fields: Sequence[str] | None) -> Iterator[Record]:
         """A shard's records, checked against its index (a shard cut short shows as missing records) and against
         the schema: every asked-for array present with its dtype and shape, 0/1 masks, finite labelled actions."""
         metas = self.shard_index(split, shard)
@@ -168,8 +166,9 @@ class Dataset:
             found.append(record.key)
             if found != expected[: len(found)]:
                 break
-            check_record(record, metas[len(found) - 1], self.info, fields, location,
-                         lambda source: str(self.backend.mask_location(self.root, split, shard, source)))
+            check_record(
+                record, metas[len(found) - 1], self.info, fields, location, lambda source: str(self.backend.mask_location(self.root, split, shard, source))
+            )
             yield record
         if found != expected:
             raise UsageError(
@@ -205,10 +204,7 @@ class Dataset:
                 f"{writer_command()} to rewrite it"
             )
         chunks = {
-            record.key: record
-            for shard, keys in wanted.items()
-            for record in self._shard_records(split, shard, mask_sources, None)
-            if record.key in keys
+            record.key: record for shard, keys in wanted.items() for record in self._shard_records(split, shard, mask_sources, None) if record.key in keys
         }
         return join_chunks([chunks[meta.key] for meta in metas])
 

@@ -136,4 +136,3 @@ def write_parquet_view(dataset: Dataset, folder: Path, show_progress: bool = Tru
             written.append(relative)
             bar.update()
     return written
-

@@ -156,8 +156,7 @@ def zip_folder(folder: Path, out: Path) -> None:
 
 def native_layout_text(backend: str, zarr_layout: str) -> str:
     if backend == "webdataset":
-        return ("`<split>/shard-*.tar`, `masks/<source>/<split>/shard-*.tar`: WebDataset shards (frames and per-step "
-                "arrays; one tar set per mask source).")
+        return "`<split>/shard-*.tar`, `masks/<source>/<split>/shard-*.tar`: WebDataset shards (frames and per-step arrays; one tar set per mask source)."
     if zarr_layout == "zip":
         return "`data.zarr/<split>/shard-*.zip`: Zarr v3 shards, each an uncompressed zip of the shard's store."
     return "`data.zarr/<split>/shard-*/`: Zarr v3 shards (diffusion_policy-style replay buffers)."
@@ -227,19 +226,18 @@ def hub_error(action: str, repo_id: str, error: Exception) -> UsageError:
     """One line for a failed Hub call. huggingface_hub's messages carry the status and URL, never the token."""
     status = getattr(getattr(error, "response", None), "status_code", None)
     if status in (401, 403):
-        return UsageError(f"the Hub refused to {action} {repo_id} (HTTP {status}): log in with `hf auth login` or "
-                          "set HF_TOKEN to a token that can write to it")
+        return UsageError(f"the Hub refused to {action} {repo_id} (HTTP {status}): log in with `hf auth login` or set HF_TOKEN to a token that can write to it")
     if status == 404:
         return UsageError(f"the Hub has no dataset {repo_id} (or no such revision) to {action}: check the name")
     first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     if status is None:  # no answer at all: no network, or a wrong HF_ENDPOINT
-        return UsageError(f"could not reach the Hub to {action} {repo_id} ({first_line}): check the network and HF_ENDPOINT, "
-                          "then re-run the same command to resume")
+        return UsageError(
+            f"could not reach the Hub to {action} {repo_id} ({first_line}): check the network and HF_ENDPOINT, then re-run the same command to resume"
+        )
     return UsageError(f"could not {action} {repo_id} on the Hub: {first_line}; re-run the same command to resume")
 
 
-def publish(dataset_path: Path, config: PublishConfig, stage: Path | None = None, show_progress: bool = True,
-            echo: Callable[[str], None] = print) -> str:
+def publish(dataset_path: Path, config: PublishConfig, stage: Path | None = None, show_progress: bool = True, echo: Callable[[str], None] = print) -> str:
     """Build the stage and upload it to the dataset repo ``config.repo_id``; returns the repo's URL."""
     huggingface_hub = hub_imports()
     if huggingface_hub.get_token() is None:
@@ -258,8 +256,7 @@ def publish(dataset_path: Path, config: PublishConfig, stage: Path | None = None
         repo = api.create_repo(config.repo_id, repo_type="dataset", private=config.private, exist_ok=True)
         if config.revision != "main":
             api.create_branch(config.repo_id, branch=config.revision, repo_type="dataset", exist_ok=True)
-        api.upload_folder(**upload, ignore_patterns=[*LAST, STAGE_MARKER], delete_patterns=managed,
-                          commit_message=f"{config.message} (shards)")
+        api.upload_folder(**upload, ignore_patterns=[*LAST, STAGE_MARKER], delete_patterns=managed, commit_message=f"{config.message} (shards)")
         api.upload_folder(**upload, allow_patterns=list(LAST), commit_message=config.message)
     except hub_call_errors() as error:
         raise hub_error("publish to", config.repo_id, error) from None

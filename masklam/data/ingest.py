@@ -134,7 +134,7 @@ def square_frames(frames: np.ndarray | list[np.ndarray], size: int, resize: str)
     if resize == "crop":
         side = min(height, width)
         top, left = (height - side) // 2, (width - side) // 2
-        batch = batch[:, top:top + side, left:left + side]
+        batch = batch[:, top : top + side, left : left + side]
     if batch.shape[1:3] == (size, size):
         return batch.numpy().copy()
     channels_last = batch.permute(0, 3, 1, 2)  # NCHW view of NHWC memory: the uint8 kernel's layout
@@ -185,7 +185,7 @@ def decode_video(path: Path, keep: np.ndarray, size: int, resize: str) -> np.nda
                     block.append(frame.to_ndarray(format="rgb24"))
                     position += 1
                     if len(block) == BLOCK or index == last:
-                        out[done:done + len(block)] = square_frames(block, size, resize)
+                        out[done : done + len(block)] = square_frames(block, size, resize)
                         done, block = done + len(block), []
                     if index == last:
                         break
@@ -220,8 +220,10 @@ def read_sidecar(path: Path, frames: int) -> np.ndarray | None:
 
 def _video_clip(path: Path, config: IngestConfig) -> tuple[Clip, float, list[Any]]:
     times, rate = probe_video(path)
+
     def load(keep: np.ndarray) -> dict[str, np.ndarray]:
         return {"rgb": decode_video(path, keep, config.size, config.resize)}
+
     stem = path.with_suffix("")  # a.mp4 -> a.actions.npy
     actions = read_sidecar(stem.with_name(stem.name + SIDECAR), len(times))
     return Clip(path.name, times, actions, load=load), rate, [path.name, path.stat().st_size]
@@ -257,8 +259,10 @@ def video_source(path: Path, config: IngestConfig) -> Source:
         entries = [path]
     else:
         entries = sorted(
-            p for p in path.iterdir()
-            if not p.name.startswith(".") and (p.is_dir() or p.suffix.lower() in VIDEO_EXTENSIONS)
+            p
+            for p in path.iterdir()
+            if not p.name.startswith(".")
+            and (p.is_dir() or p.suffix.lower() in VIDEO_EXTENSIONS)
             and not (p / CONFIG_FILE).exists()  # a masklam dataset (e.g. --out inside SOURCE) is no clip
         )
         if any(p.suffix.lower() in IMAGE_EXTENSIONS for p in path.iterdir()):
@@ -298,6 +302,7 @@ def lerobot_source(path: Path, config: IngestConfig, hub: dict[str, Any] | None 
     folder = open_lerobot(path, config.camera)
     clips = []
     for episode in folder.episodes:
+
         def load(keep: np.ndarray, episode=episode) -> dict[str, np.ndarray]:
             rows = folder.rows(episode)
             out: dict[str, np.ndarray] = {}
@@ -324,8 +329,13 @@ def lerobot_source(path: Path, config: IngestConfig, hub: dict[str, Any] | None 
     fps = _common_fps({"the dataset": folder.fps}, config, path)
     files = sorted(p for p in path.rglob("*") if p.is_file() and ".cache" not in p.parts)
     fingerprint = [[str(p.relative_to(path)), p.stat().st_size] for p in files]
-    description = {"kind": "lerobot", "camera": folder.camera, "codebase_version": folder.info.get("codebase_version"),
-                   "source_fps": folder.fps, "robot_type": folder.info.get("robot_type")}
+    description = {
+        "kind": "lerobot",
+        "camera": folder.camera,
+        "codebase_version": folder.info.get("codebase_version"),
+        "source_fps": folder.fps,
+        "robot_type": folder.info.get("robot_type"),
+    }
     description.update(hub or {"path": str(path.resolve())})
     return Source("lerobot", description, clips, fps, fingerprint, folder.action_names, folder.state_names)
 
@@ -391,7 +401,7 @@ def plan_episodes(source: Source, config: IngestConfig) -> list[EpisodePlan]:
         if config.chunk_seconds and piece < config.min_frames:
             raise UsageError(f"--chunk-seconds {config.chunk_seconds:g} gives {piece}-frame episodes, fewer than --min-frames {config.min_frames}")
         for number, start in enumerate(range(0, len(keep), piece)):
-            frames = keep[start:start + piece]
+            frames = keep[start : start + piece]
             if len(frames) >= config.min_frames:  # a video's short tail is dropped
                 episodes.append(EpisodePlan(index, tuple(int(f) for f in frames), number))
     return episodes
@@ -409,7 +419,7 @@ def split_and_shard(episodes: list[EpisodePlan], source: Source, config: IngestC
     if config.test_episodes >= len(episodes):
         raise UsageError(f"--test-episodes {config.test_episodes} leaves no train episode: the source has {len(episodes)}")
     order = np.random.default_rng(np.random.SeedSequence(config.seed, spawn_key=(98,))).permutation(len(episodes))
-    test = {int(i) for i in order[:config.test_episodes]}
+    test = {int(i) for i in order[: config.test_episodes]}
     members = {"train": [i for i in range(len(episodes)) if i not in test], "test": sorted(test)}
     has_actions = {split: [n for n, i in enumerate(ids) if source.clips[episodes[i].clip].actions is not None] for split, ids in members.items()}
     labelled = {"test": set(has_actions["test"]), "train": set(has_actions["train"])}
@@ -424,7 +434,7 @@ def split_and_shard(episodes: list[EpisodePlan], source: Source, config: IngestC
     for split in SPLITS:
         ids = members[split]
         for shard, start in enumerate(range(0, len(ids), config.episodes_per_shard)):
-            chunk = ids[start:start + config.episodes_per_shard]
+            chunk = ids[start : start + config.episodes_per_shard]
             plans.append(ShardPlan(split, shard, tuple((start + n, i) for n, i in enumerate(chunk))))
     return plans, labelled
 
@@ -494,8 +504,12 @@ def ingest_features(source: Source, config: IngestConfig) -> dict[str, Feature]:
     action_dim = len(source.action_names or [])
     features = {
         "rgb": Feature("uint8", (size, size, 3), f"RGB frame of the source ({source.kind}), {config.resize} to {size} px"),
-        "action": Feature("float32", (action_dim,), "recorded action at this frame; NaN at an episode's final frame and throughout unlabelled episodes (readers return no action for those)"
-                          + ("" if action_dim else "; the source has no actions (shape 0)")),
+        "action": Feature(
+            "float32",
+            (action_dim,),
+            "recorded action at this frame; NaN at an episode's final frame and throughout unlabelled episodes (readers return no action for those)"
+            + ("" if action_dim else "; the source has no actions (shape 0)"),
+        ),
     }
     if source.state_names is not None:
         features["state"] = Feature("float32", (len(source.state_names),), "observation.state: " + ", ".join(source.state_names))
@@ -541,9 +555,14 @@ def write_info(root: Path, config: IngestConfig, source: Source, writer: IngestW
         files = [read_json(index_path(root, p.split, p.shard), "re-run the same masklam ingest command") for p in writer.plans if p.split == split]
         records = [RecordMeta.from_json(r) for f in files for r in f["records"]]
         episodes = {r.episode: r for r in records}
-        splits[split] = {"shards": len(files), "episodes": len(episodes), "records": len(records),
-                         "frames": sum(r.episode_frames for r in episodes.values()),
-                         "labelled_episodes": sum(r.labelled for r in episodes.values()), "mean_return": None}
+        splits[split] = {
+            "shards": len(files),
+            "episodes": len(episodes),
+            "records": len(records),
+            "frames": sum(r.episode_frames for r in episodes.values()),
+            "labelled_episodes": sum(r.labelled for r in episodes.values()),
+            "mean_return": None,
+        }
         if split == "train" and files:
             count = sum(f["action_count"] for f in files)
             sums = np.sum([f["action_sum"] for f in files], axis=0)
@@ -559,14 +578,21 @@ def write_info(root: Path, config: IngestConfig, source: Source, writer: IngestW
         "simulator": False,
         "source": {**source.description, "settings": {k: v for k, v in dataclasses.asdict(config).items() if k != "source"}},
         # what the rest of masklam reads of "env": the image size; there is no environment to build
-        "env": {"env_id": f"{source.kind}:{_source_name(config)}", "render": {"size": config.size, "resize": config.resize},
-                "distractors": distractors, "episode_steps": 0},
+        "env": {
+            "env_id": f"{source.kind}:{_source_name(config)}",
+            "render": {"size": config.size, "resize": config.resize},
+            "distractors": distractors,
+            "episode_steps": 0,
+        },
         "fps": source.fps,
         "features": {name: f.to_json() for name, f in writer.features.items()},
         "state_names": source.state_names or [],
         "action_names": source.action_names or [],
         "action_stats": {
-            "split": "train" if count else None, "transitions": int(count), "mean": mean.round(8).tolist(), "var": var.round(8).tolist(),
+            "split": "train" if count else None,
+            "transitions": int(count),
+            "mean": mean.round(8).tolist(),
+            "var": var.round(8).tolist(),
             "var_mean": float(np.round(np.mean(var), 8)) if action_dim else 0.0,
             "note": "over the labelled train transitions only (an ingested source has no actions for the others)",
         },

@@ -171,15 +171,29 @@ def open_lerobot(root: Path, camera: str | None) -> LeRobotFolder:
         video = None
         if features[camera]["dtype"] == "video":
             prefix = f"videos/{camera}/"
-            video = (int(row[prefix + "chunk_index"]), int(row[prefix + "file_index"]), float(row[prefix + "from_timestamp"]), float(row[prefix + "to_timestamp"]))
+            video = (
+                int(row[prefix + "chunk_index"]),
+                int(row[prefix + "file_index"]),
+                float(row[prefix + "from_timestamp"]),
+                float(row[prefix + "to_timestamp"]),
+            )
         task_list = row.get("tasks") or []
-        episodes.append(LeRobotEpisode(
-            index=int(row["episode_index"]), length=length, task=str(task_list[0]) if task_list else tasks.get(0, ""),
-            timestamps=timestamps[position:position + length], data_file=(int(row["data/chunk_index"]), int(row["data/file_index"])),
-            first_row=start, video=video,
-        ))
-    names = {key: flat_names(features[key].get("names"), int(np.prod(features[key]["shape"])), prefix)
-             for key, prefix in (("action", "action_"), ("observation.state", "state_")) if key in features}
+        episodes.append(
+            LeRobotEpisode(
+                index=int(row["episode_index"]),
+                length=length,
+                task=str(task_list[0]) if task_list else tasks.get(0, ""),
+                timestamps=timestamps[position : position + length],
+                data_file=(int(row["data/chunk_index"]), int(row["data/file_index"])),
+                first_row=start,
+                video=video,
+            )
+        )
+    names = {
+        key: flat_names(features[key].get("names"), int(np.prod(features[key]["shape"])), prefix)
+        for key, prefix in (("action", "action_"), ("observation.state", "state_"))
+        if key in features
+    }
     return LeRobotFolder(root, info, camera, episodes, names.get("action"), names.get("observation.state"))
 
 
@@ -354,21 +368,35 @@ class LeRobotWriter:
         columns += ["action", LABELLED_KEY] if self.action_names is not None else []
         return columns + ["timestamp", "frame_index", "episode_index", "index", "task_index"]
 
-    def add_episode(self, split: str, rgb: np.ndarray, masks: dict[str, np.ndarray], action: np.ndarray | None,
-                    labelled: np.ndarray, state: np.ndarray | None, task: str) -> None:
+    def add_episode(
+        self, split: str, rgb: np.ndarray, masks: dict[str, np.ndarray], action: np.ndarray | None, labelled: np.ndarray, state: np.ndarray | None, task: str
+    ) -> None:
         """One episode's frames (n, H, W, 3), masks {source: (n, H, W) 0/1}, action (n, A) with NaN where unknown."""
         episode, n = len(self.episode_rows), len(rgb)
         task_index = self.tasks.setdefault(task, len(self.tasks))
         first = self.frames_written
         timestamps = (np.arange(n) / self.fps).astype(np.float32)
-        row = {"episode_index": episode, "tasks": [task], "length": n, "data/chunk_index": self.file_index // CHUNKS_SIZE,
-               "data/file_index": self.file_index, "dataset_from_index": first, "dataset_to_index": first + n}
+        row = {
+            "episode_index": episode,
+            "tasks": [task],
+            "length": n,
+            "data/chunk_index": self.file_index // CHUNKS_SIZE,
+            "data/file_index": self.file_index,
+            "dataset_from_index": first,
+            "dataset_to_index": first + n,
+        }
         if self.frames_as == "video":
             path = self.root / VIDEO_PATH.format(video_key=IMAGE_KEY, chunk_index=episode // CHUNKS_SIZE, file_index=episode)
             encode_video(path, rgb, self.fps, self.codec)
             prefix = f"videos/{IMAGE_KEY}/"
-            row.update({prefix + "chunk_index": episode // CHUNKS_SIZE, prefix + "file_index": episode,
-                        prefix + "from_timestamp": 0.0, prefix + "to_timestamp": n / self.fps})
+            row.update(
+                {
+                    prefix + "chunk_index": episode // CHUNKS_SIZE,
+                    prefix + "file_index": episode,
+                    prefix + "from_timestamp": 0.0,
+                    prefix + "to_timestamp": n / self.fps,
+                }
+            )
         else:
             self.rows[IMAGE_KEY] += [{"bytes": png_bytes(frame), "path": None} for frame in rgb]
         row.update({"meta/episodes/chunk_index": 0, "meta/episodes/file_index": 0})
@@ -387,8 +415,13 @@ class LeRobotWriter:
             self.rows[LABELLED_KEY] += [bool(k) for k in known]
             self.stats.setdefault("action", RunningStats()).add(action[known])
             self.stats.setdefault(LABELLED_KEY, RunningStats()).add(known.astype(np.float64)[:, None])
-        columns = {"timestamp": timestamps, "frame_index": np.arange(n), "episode_index": np.full(n, episode),
-                   "index": np.arange(first, first + n), "task_index": np.full(n, task_index)}
+        columns = {
+            "timestamp": timestamps,
+            "frame_index": np.arange(n),
+            "episode_index": np.full(n, episode),
+            "index": np.arange(first, first + n),
+            "task_index": np.full(n, task_index),
+        }
         for name, values in columns.items():
             self.rows[name] += values.tolist()
             self.stats.setdefault(name, RunningStats()).add(values.astype(np.float64)[:, None])
@@ -427,9 +460,16 @@ class LeRobotWriter:
         image_names = ["height", "width", "channels"]
         features: dict[str, Any] = {IMAGE_KEY: {"dtype": self.frames_as, "shape": [height, width, channels], "names": image_names}}
         if self.frames_as == "video":
-            features[IMAGE_KEY]["info"] = {"video.height": height, "video.width": width, "video.codec": "av1" if self.codec == "libsvtav1" else "h264",
-                                           "video.pix_fmt": "yuv420p", "video.is_depth_map": False, "video.fps": self.fps,
-                                           "video.channels": channels, "has_audio": False}
+            features[IMAGE_KEY]["info"] = {
+                "video.height": height,
+                "video.width": width,
+                "video.codec": "av1" if self.codec == "libsvtav1" else "h264",
+                "video.pix_fmt": "yuv420p",
+                "video.is_depth_map": False,
+                "video.fps": self.fps,
+                "video.channels": channels,
+                "has_audio": False,
+            }
         for source in self.mask_sources:
             features[MASK_PREFIX + source] = {"dtype": "image", "shape": [height, width, 1], "names": image_names}
         if self.state_names is not None:
@@ -453,23 +493,36 @@ class LeRobotWriter:
         with atomic_file(self.root / EPISODES_PATH.format(chunk_index=0, file_index=0)) as handle:
             pq.write_table(episodes, handle, compression="snappy")
         order = sorted(self.tasks.items(), key=lambda item: item[1])
-        tasks = pa.table({"task_index": pa.array([index for _, index in order], pa.int64()),
-                          "__index_level_0__": pa.array([task for task, _ in order], pa.large_string())})
-        pandas_meta = {"index_columns": ["__index_level_0__"], "column_indexes": [], "columns": [
-            {"name": "task_index", "field_name": "task_index", "pandas_type": "int64", "numpy_type": "int64", "metadata": None},
-            {"name": None, "field_name": "__index_level_0__", "pandas_type": "unicode", "numpy_type": "object", "metadata": None}],
-            "creator": {"library": "pyarrow", "version": pa.__version__}, "pandas_version": "2.0.0"}
+        tasks = pa.table(
+            {"task_index": pa.array([index for _, index in order], pa.int64()), "__index_level_0__": pa.array([task for task, _ in order], pa.large_string())}
+        )
+        pandas_meta = {
+            "index_columns": ["__index_level_0__"],
+            "column_indexes": [],
+            "columns": [
+                {"name": "task_index", "field_name": "task_index", "pandas_type": "int64", "numpy_type": "int64", "metadata": None},
+                {"name": None, "field_name": "__index_level_0__", "pandas_type": "unicode", "numpy_type": "object", "metadata": None},
+            ],
+            "creator": {"library": "pyarrow", "version": pa.__version__},
+            "pandas_version": "2.0.0",
+        }
         tasks = tasks.replace_schema_metadata({"pandas": json.dumps(pandas_meta)})
         with atomic_file(self.root / "meta" / "tasks.parquet") as handle:
             pq.write_table(tasks, handle)
         atomic_write_json(self.root / "meta" / "stats.json", {name: s for name, stats in sorted(self.stats.items()) if (s := stats.to_json()) is not None})
         info = {
-            "codebase_version": CODEBASE_VERSION, "robot_type": None,
-            "total_episodes": len(self.episode_rows), "total_frames": self.frames_written, "total_tasks": len(self.tasks),
-            "chunks_size": CHUNKS_SIZE, "data_files_size_in_mb": 100, "video_files_size_in_mb": 200,
+            "codebase_version": CODEBASE_VERSION,
+            "robot_type": None,
+            "total_episodes": len(self.episode_rows),
+            "total_frames": self.frames_written,
+            "total_tasks": len(self.tasks),
+            "chunks_size": CHUNKS_SIZE,
+            "data_files_size_in_mb": 100,
+            "video_files_size_in_mb": 200,
             "fps": int(self.fps) if float(self.fps).is_integer() else self.fps,
             "splits": {split: f"{a}:{b}" for split, (a, b) in self.split_ranges.items()},
-            "data_path": DATA_PATH, "video_path": VIDEO_PATH if self.frames_as == "video" else None,
+            "data_path": DATA_PATH,
+            "video_path": VIDEO_PATH if self.frames_as == "video" else None,
             "features": self.features(),
             "masklam": self.metadata,
         }
@@ -537,10 +590,14 @@ def export_lerobot(data: str | Path, out: Path, frames_as: str = "image", overwr
     size = info["env"]["render"]["size"]
     env_id = info["env"]["env_id"]
     metadata = {
-        "exported_from": str(dataset.root), "masklam_version": info.get("masklam_version"), "env_id": env_id,
-        "simulator": info.get("simulator", True), "source": info.get("source"), "mask_sources": info.get("mask_sources", {}),
+        "exported_from": str(dataset.root),
+        "masklam_version": info.get("masklam_version"),
+        "env_id": env_id,
+        "simulator": info.get("simulator", True),
+        "source": info.get("source"),
+        "mask_sources": info.get("mask_sources", {}),
         "unlabelled_actions": f"rows whose {LABELLED_KEY} is false have no recorded action: their action is 0, not a label "
-                              "(unlabelled episodes, and the final frame of every episode); filter on it before training on actions",
+        "(unlabelled episodes, and the final frame of every episode); filter on it before training on actions",
         "masks": f"{MASK_PREFIX}<source> images: 255 = agent, 0 = background (LeRobotDataset returns them as floats in [0, 1])",
     }
     staging = out.with_name(f".{out.name}.export-{os.getpid()}")

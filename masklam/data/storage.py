@@ -64,18 +64,12 @@ def check_records(records: list[Record], split: str, features: dict[str, Feature
         dumps_json(meta.to_json())  # raises if the metadata is not plain JSON (e.g. numpy scalars in extra)
         expected = {name for name in features if name != "action" or meta.labelled}
         if set(record.steps) != expected:
-            raise ValueError(
-                f"record {meta.key} (labelled={meta.labelled}) has step arrays {sorted(record.steps)}, "
-                f"expected {sorted(expected)}"
-            )
+            raise ValueError(f"record {meta.key} (labelled={meta.labelled}) has step arrays {sorted(record.steps)}, expected {sorted(expected)}")
         for name, array in record.steps.items():
             feature = features[name]
             shape = (meta.frames, *feature.shape)
             if array.dtype != np.dtype(feature.dtype) or array.shape != shape:
-                raise ValueError(
-                    f"record {meta.key}: {name} is {array.dtype}{list(array.shape)}, "
-                    f"expected {feature.dtype}{list(shape)}"
-                )
+                raise ValueError(f"record {meta.key}: {name} is {array.dtype}{list(array.shape)}, expected {feature.dtype}{list(shape)}")
         if "action" in record.steps:
             frame = non_finite_action(meta, record.steps["action"])
             if frame is not None:  # a label that is not a number: the policy (or whatever made the data) is broken
@@ -96,8 +90,9 @@ def non_finite_action(meta: RecordMeta, action: np.ndarray) -> int | None:
 
 
 def action_error(meta: RecordMeta, frame: int, where: str) -> str:
-    return (f"{where}: the labelled action of episode {meta.episode} of split {meta.split!r} (record {meta.key}) "
-            f"is NaN or infinite at frame {meta.start + frame}")
+    return (
+        f"{where}: the labelled action of episode {meta.episode} of split {meta.split!r} (record {meta.key}) is NaN or infinite at frame {meta.start + frame}"
+    )
 
 
 def check_masks(source: str, masks: dict[str, np.ndarray], metas: list[RecordMeta]) -> None:
@@ -106,17 +101,12 @@ def check_masks(source: str, masks: dict[str, np.ndarray], metas: list[RecordMet
         raise ValueError(f"mask source {source!r} must match {MASK_SOURCE_RE.pattern}")
     keys = {meta.key for meta in metas}
     if set(masks) != keys:
-        raise ValueError(
-            f"'{source}' masks must cover exactly the shard's records: "
-            f"missing {sorted(keys - set(masks))}, unknown {sorted(set(masks) - keys)}"
-        )
+        raise ValueError(f"'{source}' masks must cover exactly the shard's records: missing {sorted(keys - set(masks))}, unknown {sorted(set(masks) - keys)}")
     image_shapes = set()
     for meta in metas:
         mask = masks[meta.key]
         if mask.dtype != np.uint8 or mask.ndim != 3 or mask.shape[0] != meta.frames:
-            raise ValueError(
-                f"'{source}' mask of {meta.key} is {mask.dtype}{list(mask.shape)}, expected uint8 [{meta.frames}, H, W]"
-            )
+            raise ValueError(f"'{source}' mask of {meta.key} is {mask.dtype}{list(mask.shape)}, expected uint8 [{meta.frames}, H, W]")
         if mask.size and mask.max() > 1:
             raise ValueError(f"'{source}' mask of {meta.key} holds values above 1: masks are 0/1")
         image_shapes.add(mask.shape[1:])
@@ -157,9 +147,7 @@ def writer_command(source: str = ORACLE) -> str:
 
 
 def corrupt_error(path: DataPath, problem: str, source: str = ORACLE) -> UsageError:
-    return UsageError(
-        f"{path} is corrupt or incomplete ({problem}): {writer_command(source)} to rewrite it, or delete it"
-    )
+    return UsageError(f"{path} is corrupt or incomplete ({problem}): {writer_command(source)} to rewrite it, or delete it")
 
 
 def missing_shard_error(path: DataPath) -> UsageError:

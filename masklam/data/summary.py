@@ -56,14 +56,25 @@ def _human_bytes(count: int) -> str:
 def render_summary(summary: dict[str, Any]) -> str:
     """A plain-text table (no colour codes, so it pastes into issues and logs)."""
     distractors = summary["distractors"]
-    active = [name for name, on in (("background", distractors["background"]), (f"camera {distractors['camera_scale']}", distractors["camera_scale"]), (f"colour {distractors['color_scale']}", distractors["color_scale"]), (f"{distractors['objects']} objects", distractors["objects"])) if on]
+    active = [
+        name
+        for name, on in (
+            ("background", distractors["background"]),
+            (f"camera {distractors['camera_scale']}", distractors["camera_scale"]),
+            (f"colour {distractors['color_scale']}", distractors["color_scale"]),
+            (f"{distractors['objects']} objects", distractors["objects"]),
+        )
+        if on
+    ]
     lines = [
         f"dataset     {summary['path']}",
         f"env         {summary['env']}  ({summary['image_size']} px, {summary['fps']:g} fps)",
         f"distractors {', '.join(active) or 'none'}" + (f"  (videos: {distractors['videos']})" if distractors["background"] else ""),
         f"backend     {summary['backend']}, {_human_bytes(summary['bytes_on_disk'])} on disk",
         "masks       " + ", ".join(f"{name} (coverage {cov:.1%})" if cov is not None else name for name, cov in summary["mask_sources"].items()),
-        f"Var(a)      {summary['action_var_mean']:.4f} (mean per-dimension action variance, train)" if summary["action_var_mean"] is not None else "Var(a)      - (info.json has no action_stats)",
+        f"Var(a)      {summary['action_var_mean']:.4f} (mean per-dimension action variance, train)"
+        if summary["action_var_mean"] is not None
+        else "Var(a)      - (info.json has no action_stats)",
         "",
         f"{'split':<6} {'episodes':>8} {'labelled':>8} {'frames':>9}  return mean ± std [min, max]",
     ]

@@ -20,8 +20,17 @@ from masklam.errors import UsageError
 
 # Fields every info.json has, in the order they are checked (the damaged-dataset tests remove each in turn).
 INFO_FIELDS = (
-    "schema_version", "masklam_version", "backend", "env", "fps", "features", "state_names", "action_bounds",
-    "mask_sources", "splits", "collect",
+    "schema_version",
+    "masklam_version",
+    "backend",
+    "env",
+    "fps",
+    "features",
+    "state_names",
+    "action_bounds",
+    "mask_sources",
+    "splits",
+    "collect",
 )  # and, checked when present: action_stats (readers compute Var(a) without them), checksums
 # An ingested dataset ("simulator": false) says where it came from instead of how it was collected, and has no
 # action bounds (no environment defines them).
@@ -220,8 +229,7 @@ def check_index(index: Any, path: DataPath, split: str, shard: int) -> list[Reco
     return metas
 
 
-def check_record(record: Record, expected: RecordMeta, info: dict[str, Any], fields: Sequence[str], path: str,
-                 mask_path: Callable[[str], str]) -> None:
+def check_record(record: Record, expected: RecordMeta, info: dict[str, Any], fields: Sequence[str], path: str, mask_path: Callable[[str], str]) -> None:
     """A record read from a shard against its index entry and info.json's features and image size."""
     meta = record.meta
     hint = f"the shard is damaged; {writer_command()} to rewrite it"
@@ -245,8 +253,11 @@ def check_record(record: Record, expected: RecordMeta, info: dict[str, Any], fie
     height, width = info["features"]["rgb"]["shape"][:2]  # a mask per frame, the frame's size
     for source, mask in record.masks.items():
         if mask.dtype != np.uint8 or mask.shape != (meta.frames, height, width):
-            raise UsageError(f"{mask_path(source)}: the '{source}' mask of record {meta.key} is {mask.dtype}{list(mask.shape)}, "
-                             f"expected uint8{[meta.frames, height, width]}; {writer_command(source)} to rewrite it")
+            raise UsageError(
+                f"{mask_path(source)}: the '{source}' mask of record {meta.key} is {mask.dtype}{list(mask.shape)}, "
+                f"expected uint8{[meta.frames, height, width]}; {writer_command(source)} to rewrite it"
+            )
         if mask.size and mask.max() > 1:
-            raise UsageError(f"{mask_path(source)}: the '{source}' mask of record {meta.key} holds values above 1 (masks are 0/1); "
-                             f"{writer_command(source)} to rewrite it")
+            raise UsageError(
+                f"{mask_path(source)}: the '{source}' mask of record {meta.key} holds values above 1 (masks are 0/1); {writer_command(source)} to rewrite it"
+            )

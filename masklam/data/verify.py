@@ -28,8 +28,10 @@ class Verdict:
         if self.problems:
             return f"{self.path}: {len(self.problems)} problem{'s' if len(self.problems) > 1 else ''} (listed above)"
         checked = "every checksum verified" if not self.notes else "; ".join(self.notes)
-        return (f"{self.path}: ok ({self.counts['shards']} shards, {self.counts['records']} records, "
-                f"{self.counts['frames']} frames, masks {', '.join(self.sources)}; {checked})")
+        return (
+            f"{self.path}: ok ({self.counts['shards']} shards, {self.counts['records']} records, "
+            f"{self.counts['frames']} frames, masks {', '.join(self.sources)}; {checked})"
+        )
 
 
 def drain(records) -> tuple[int, int]:
@@ -87,8 +89,7 @@ def verify_split(dataset: Dataset, split: str, verdict: Verdict) -> None:
         counted = split_counts(metas)
         for key, value in counted.items():
             if entry[key] != value:
-                verdict.problems.append(f"{dataset.root / 'info.json'}: splits.{split}.{key} is {entry[key]}, "
-                                        f"the shard indexes give {value}")
+                verdict.problems.append(f"{dataset.root / 'info.json'}: splits.{split}.{key} is {entry[key]}, the shard indexes give {value}")
 
 
 def verify_dataset(path: str | Path) -> Verdict:

@@ -203,9 +203,7 @@ class WebDatasetBackend:
     def masks_path(self, root: DataPath, split: str, shard: int, source: str) -> DataPath:
         return root / "masks" / source / split / f"{shard_name(shard)}.tar"
 
-    def write_shard(
-        self, root: Path, split: str, shard: int, records: list[Record], features: dict[str, Feature]
-    ) -> None:
+    def write_shard(self, root: Path, split: str, shard: int, records: list[Record], features: dict[str, Feature]) -> None:
         sources = check_records(records, split, features)
         # Masks of other sources left by an earlier version of this shard belong to the old frames.
         for stale in set(self.mask_sources(root, split, shard)) - set(sources):
@@ -224,9 +222,7 @@ class WebDatasetBackend:
         check_masks(source, masks, metas)
         self._write_mask_tar(root, split, shard, source, [(meta.key, masks[meta.key]) for meta in metas])
 
-    def _write_mask_tar(
-        self, root: Path, split: str, shard: int, source: str, masks: list[tuple[str, np.ndarray]]
-    ) -> None:
+    def _write_mask_tar(self, root: Path, split: str, shard: int, source: str, masks: list[tuple[str, np.ndarray]]) -> None:
         with atomic_file(self.masks_path(root, split, shard, source)) as f, tar_writer(f) as writer:
             for key, mask in masks:
                 writer.write({"__key__": key, **with_checksums({MASK_FIELD: encode_mask(mask)})})
@@ -261,9 +257,11 @@ class WebDatasetBackend:
         problems = []
         for source in self.mask_sources(root, split, shard):
             if self.record_order(root, split, shard, source) != frames:
-                problems.append(f"{self.masks_path(root, split, shard, source)}: records are not in the order of "
-                                f"{self.frames_path(root, split, shard)} (masklam joins them by key; plain webdataset "
-                                f"readers would pair the wrong masks); {writer_command(source)} to rewrite it")
+                problems.append(
+                    f"{self.masks_path(root, split, shard, source)}: records are not in the order of "
+                    f"{self.frames_path(root, split, shard)} (masklam joins them by key; plain webdataset "
+                    f"readers would pair the wrong masks); {writer_command(source)} to rewrite it"
+                )
         return problems
 
     @staticmethod
@@ -290,20 +288,13 @@ class WebDatasetBackend:
             if not path.exists():
                 raise missing_masks_error(path, source, self.mask_sources(root, split, shard))
         suffixes = None if fields is None else {META_FIELD, CHECKSUM_FIELD, *(f"{name}.npy" for name in fields)}
-        masks_by_key = {
-            source: SamplesByKey(read_samples(path, source, {MASK_FIELD, CHECKSUM_FIELD}), path, source)
-            for source, path in mask_paths.items()
-        }
+        masks_by_key = {source: SamplesByKey(read_samples(path, source, {MASK_FIELD, CHECKSUM_FIELD}), path, source) for source, path in mask_paths.items()}
         for sample in read_samples(frames_path, ORACLE, suffixes):
             key = sample["__key__"]
             check_sample(sample, frames_path, ORACLE, suffixes, require_checksums)
             meta = self._decode_meta(frames_path, sample)
             try:
-                steps = {
-                    suffix.removesuffix(".npy"): decode_npy(data)
-                    for suffix, data in sorted(sample.items())
-                    if suffix.endswith(".npy")
-                }
+                steps = {suffix.removesuffix(".npy"): decode_npy(data) for suffix, data in sorted(sample.items()) if suffix.endswith(".npy")}
             except READ_ERRORS as e:
                 raise corrupt_error(frames_path, f"record {key}: {e!r}") from e
             if any(len(array) != meta.frames for array in steps.values()):

@@ -157,9 +157,7 @@ class ZarrBackend:
     def _files(self, root: DataPath, split: str, shard: int) -> ShardFiles | None:
         return shard_files(self.shard_path(root, split, shard), self.zip_path(root, split, shard))
 
-    def write_shard(
-        self, root: Path, split: str, shard: int, records: list[Record], features: dict[str, Feature]
-    ) -> None:
+    def write_shard(self, root: Path, split: str, shard: int, records: list[Record], features: dict[str, Feature]) -> None:
         sources = check_records(records, split, features)
         unlabelled = any(not record.meta.labelled for record in records)
         if unlabelled and "action" in features and not np.issubdtype(features["action"].dtype, np.floating):

@@ -143,7 +143,9 @@ def _load_actor(path: Path, part: dict, state_dim: int, action_dim: int):
     try:
         actor.load_state_dict(part["state_dict"])
     except RuntimeError as error:
-        raise UsageError(f"policy checkpoint {path} has weights of the wrong shapes ({str(error).splitlines()[0]}): re-save it with save_policy_checkpoint") from None
+        raise UsageError(
+            f"policy checkpoint {path} has weights of the wrong shapes ({str(error).splitlines()[0]}): re-save it with save_policy_checkpoint"
+        ) from None
     return actor.eval()
 
 
@@ -160,7 +162,9 @@ def load_policy_payload(path: Path) -> dict:
     if not isinstance(payload, dict) or payload.get("format") != POLICY_FORMAT:
         raise UsageError(f"{path} is not a masklam policy checkpoint: save policies with masklam.envs.policies.save_policy_checkpoint")
     if payload.get("version") not in (POLICY_FORMAT_VERSION, HANDOVER_FORMAT_VERSION):
-        raise UsageError(f"policy checkpoint {path} has format version {payload.get('version')}, this masklam reads {POLICY_FORMAT_VERSION} and {HANDOVER_FORMAT_VERSION}: upgrade masklam")
+        raise UsageError(
+            f"policy checkpoint {path} has format version {payload.get('version')}, this masklam reads {POLICY_FORMAT_VERSION} and {HANDOVER_FORMAT_VERSION}: upgrade masklam"
+        )
     return payload
 
 
@@ -177,7 +181,9 @@ def shipped_expert(env_id: str, must_exist: bool = True) -> Path:
     path = SHIPPED_EXPERTS / f"{parse_env_id(env_id).task}.pt"
     if must_exist and not path.is_file():
         available = ", ".join(sorted(p.stem for p in SHIPPED_EXPERTS.glob("*.pt"))) or "none yet"
-        raise UsageError(f"no expert is shipped for {env_id} (shipped: {available}): train one with `masklam expert train {env_id} --out DIR` and pass --policy DIR/policy.pt")
+        raise UsageError(
+            f"no expert is shipped for {env_id} (shipped: {available}): train one with `masklam expert train {env_id} --out DIR` and pass --policy DIR/policy.pt"
+        )
     return path
 
 

@@ -63,9 +63,7 @@ class RenderSpec:
 
     def __post_init__(self) -> None:
         if not MIN_SIZE <= self.size <= MAX_SIZE:
-            raise UsageError(
-                f"image size {self.size} is impossible: use a size between {MIN_SIZE} and {MAX_SIZE} px (64 and 128 are usual)"
-            )
+            raise UsageError(f"image size {self.size} is impossible: use a size between {MIN_SIZE} and {MAX_SIZE} px (64 and 128 are usual)")
 
 
 @dataclass(frozen=True)

@@ -159,9 +159,7 @@ def open_video_pools(source: str) -> dict[str, VideoPool]:
     if not root.exists():
         raise UsageError(f"background video folder {source!r} does not exist: pass {BUILTIN!r} or a folder of clips")
     if not root.is_dir():
-        raise UsageError(
-            f"background video source {source!r} is a file, not a folder: put clips in a folder and pass the folder"
-        )
+        raise UsageError(f"background video source {source!r} is a file, not a folder: put clips in a folder and pass the folder")
     if (root / "JPEGImages").is_dir() or (root / "ImageSets").is_dir():
         return _davis_pools(root)
     if (root / "train").is_dir() or (root / "test").is_dir():
@@ -171,9 +169,7 @@ def open_video_pools(source: str) -> dict[str, VideoPool]:
 
 def _check_size(size: int) -> int:
     if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
-        raise UsageError(
-            f"background frame size must be a positive integer, got {size!r}: pass the image size in pixels"
-        )
+        raise UsageError(f"background frame size must be a positive integer, got {size!r}: pass the image size in pixels")
     return int(size)
 
 
@@ -197,9 +193,7 @@ class _ArrayClip:
 
     def __post_init__(self) -> None:
         if self.array.ndim != 4 or self.array.shape[-1] != 3 or self.array.dtype != np.uint8 or len(self.array) == 0:
-            raise ValueError(
-                f"a clip array must be (T, H, W, 3) uint8 with T >= 1, got {self.array.shape} {self.array.dtype}"
-            )
+            raise ValueError(f"a clip array must be (T, H, W, 3) uint8 with T >= 1, got {self.array.shape} {self.array.dtype}")
 
     def load(self, size: int) -> np.ndarray:
         if self.array.shape[1:3] == (size, size):
@@ -219,9 +213,7 @@ class _FrameFolderClip:
                     image.draft("RGB", (size, size))  # JPEG: decode at a reduced scale, still >= size (much faster)
                     frames.append(_square_resize(image, size))
             except (OSError, ValueError) as error:
-                raise UsageError(
-                    f"cannot read frame image {path} ({_one_line(error)}): replace or delete the file"
-                ) from None
+                raise UsageError(f"cannot read frame image {path} ({_one_line(error)}): replace or delete the file") from None
         return np.stack(frames)
 
 
@@ -239,9 +231,7 @@ class _VideoFileClip:
                     if len(frames) == MAX_CLIP_FRAMES:
                         break
         except (av.error.FFmpegError, OSError, ValueError) as error:
-            raise UsageError(
-                f"cannot decode video {self.path} ({_one_line(error)}): re-encode or delete the file"
-            ) from None
+            raise UsageError(f"cannot decode video {self.path} ({_one_line(error)}): re-encode or delete the file") from None
         if not frames:
             raise UsageError(f"video {self.path} has no decodable frames: re-encode or delete the file")
         return np.stack(frames)
@@ -256,9 +246,7 @@ def _import_av(path: Path) -> Any:
     try:
         import av
     except ImportError:
-        raise UsageError(
-            f"reading video file {path} needs PyAV: run `pip install av` or use folders of frames"
-        ) from None
+        raise UsageError(f"reading video file {path} needs PyAV: run `pip install av` or use folders of frames") from None
     return av
 
 
@@ -305,9 +293,7 @@ def _list_clips(folder: Path) -> tuple[list[str], list[_Clip]]:
             loose_frames = True
     if not clips:
         if loose_frames:
-            raise UsageError(
-                f"{folder} holds frame images but no clips: put each clip's frames in its own sub-folder of {folder}"
-            )
+            raise UsageError(f"{folder} holds frame images but no clips: put each clip's frames in its own sub-folder of {folder}")
         raise UsageError(f"no clips found in {folder}: add {_CLIP_HELP}")
     return names, clips
 
@@ -325,10 +311,7 @@ def _subfolder_pools(root: Path) -> dict[str, VideoPool]:
 def _flat_pools(root: Path) -> dict[str, VideoPool]:
     names, clips = _list_clips(root)
     if len(clips) < 2:
-        raise UsageError(
-            f"{root} holds only {len(clips)} clip, not enough for disjoint train and test pools: "
-            "add clips or use train/ and test/ sub-folders"
-        )
+        raise UsageError(f"{root} holds only {len(clips)} clip, not enough for disjoint train and test pools: add clips or use train/ and test/ sub-folders")
     # Every 4th clip (positions 3, 7, 11, ...) is held out; with 2 or 3 clips the last one is.
     test = {i for i in range(len(clips)) if i % 4 == 3} or {len(clips) - 1}
     train = [i for i in range(len(clips)) if i not in test]
@@ -341,9 +324,7 @@ def _flat_pools(root: Path) -> dict[str, VideoPool]:
 def _davis_pools(root: Path) -> dict[str, VideoPool]:
     frames_root = root / "JPEGImages" / "480p"
     if not frames_root.is_dir():
-        raise UsageError(
-            f"{root} looks like DAVIS 2017 but {frames_root} is not a folder: DAVIS needs JPEGImages/480p/<video>/*.jpg"
-        )
+        raise UsageError(f"{root} looks like DAVIS 2017 but {frames_root} is not a folder: DAVIS needs JPEGImages/480p/<video>/*.jpg")
     split_dir = root / "ImageSets" / "2017"
     train = _read_davis_split(split_dir / "train.txt", frames_root)
     test = _read_davis_split(split_dir / "val.txt", frames_root)
@@ -369,10 +350,7 @@ def _read_davis_split(split_file: Path, frames_root: Path) -> list[str]:
         if name in names[:i]:
             raise UsageError(f"DAVIS split file {split_file} lists video {name!r} twice: remove the duplicate line")
         if not (frames_root / name).is_dir():
-            raise UsageError(
-                f"DAVIS split file {split_file} names video {name!r} but {frames_root / name} is not a folder: "
-                "fix the name or add its frames"
-            )
+            raise UsageError(f"DAVIS split file {split_file} names video {name!r} but {frames_root / name} is not a folder: fix the name or add its frames")
     return names
 
 
@@ -432,9 +410,7 @@ def _load_photo(name: str) -> np.ndarray:
         else:
             photo = getattr(data, name)()
     except Exception as error:  # an incomplete install fails in many ways (missing file, pooch import, ...)
-        raise UsageError(
-            f"built-in background photo {name!r} cannot be loaded ({_one_line(error)}): reinstall scikit-image"
-        ) from None
+        raise UsageError(f"built-in background photo {name!r} cannot be loaded ({_one_line(error)}): reinstall scikit-image") from None
     return np.stack([photo] * 3, axis=-1) if photo.ndim == 2 else photo[..., :3]
 
 
@@ -449,9 +425,7 @@ class _PhotoClip:
         height, width = photo.shape[:2]
         rng = _clip_rng(self.name)
         length = _clip_length(rng)
-        side = min(height, width) * (
-            (_MAX_ZOOM + _MIN_ZOOM) / 2 + (_MAX_ZOOM - _MIN_ZOOM) / 2 * _smooth_wave(rng, length)
-        )
+        side = min(height, width) * ((_MAX_ZOOM + _MIN_ZOOM) / 2 + (_MAX_ZOOM - _MIN_ZOOM) / 2 * _smooth_wave(rng, length))
         left = (width - side) * (0.5 + 0.5 * _smooth_wave(rng, length))
         top = (height - side) * (0.5 + 0.5 * _smooth_wave(rng, length))
 

@@ -129,8 +129,15 @@ def feature_variance(y: np.ndarray) -> float:
     return float(np.mean(y.reshape(len(y), -1).astype(np.float64).var(axis=0)))
 
 
-def action_probe(train_z: np.ndarray, train_a: np.ndarray, episodes: np.ndarray, test_z: np.ndarray, test_a: np.ndarray,
-                 variance: float | None = None, folds: GroupedRidgeCV | None = None) -> dict:
+def action_probe(
+    train_z: np.ndarray,
+    train_a: np.ndarray,
+    episodes: np.ndarray,
+    test_z: np.ndarray,
+    test_a: np.ndarray,
+    variance: float | None = None,
+    folds: GroupedRidgeCV | None = None,
+) -> dict:
     """Test-split and in-pool NMSE of the cross-validated ridge probe z -> a, and the chosen ridge.
 
     ``variance``: Var(a) (default: the mean per-dimension variance of train_a). ``folds``: the cross-validation
@@ -187,7 +194,14 @@ def episode_share(values: np.ndarray, episodes: np.ndarray) -> float | None:
     return float(np.mean(between / values.var(axis=0)))
 
 
-def collect_latents(latent_of: Callable[[dict[str, torch.Tensor]], torch.Tensor], batches: Iterable[dict[str, torch.Tensor]], fields: tuple[str, ...], limit: int, desc: str = "latents", show_progress: bool = True) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+def collect_latents(
+    latent_of: Callable[[dict[str, torch.Tensor]], torch.Tensor],
+    batches: Iterable[dict[str, torch.Tensor]],
+    fields: tuple[str, ...],
+    limit: int,
+    desc: str = "latents",
+    show_progress: bool = True,
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Latents of up to ``limit`` windows and the batches' ``fields`` alongside them (dtypes kept)."""
     latents, values = [], {name: [] for name in fields}
     count = 0
@@ -236,8 +250,10 @@ def probe_run(run_dir, data: str, windows: int = 20000, batch_size: int = 64, sh
     test_z, test_values = latents("test", max(windows // 4, 1))
     episodes = train_values["episode"]
     if len(np.unique(episodes)) < 2:
-        raise UsageError(f"the probe cross-validates over train episodes, and its {len(train_z)} train windows come from one: "
-                         "probe more windows (--windows) or label more train episodes")
+        raise UsageError(
+            f"the probe cross-validates over train episodes, and its {len(train_z)} train windows come from one: "
+            "probe more windows (--windows) or label more train episodes"
+        )
     folds = GroupedRidgeCV(standardise(train_z)[0], episodes)  # shared by every target
     action = action_probe(train_z, train_values["action"], episodes, test_z, test_values["action"], float(np.mean(action_variance(data))), folds)
     distractor = {name.removeprefix("distractor_"): distractor_probe(train_z, train_values[name], episodes, folds) for name in distractors}
@@ -263,16 +279,18 @@ def probe_run(run_dir, data: str, windows: int = 20000, batch_size: int = 64, sh
 def render_probe(result: dict) -> str:
     action = result["action"]
     edge = "  (at the grid's edge)" if action["ridge_at_grid_edge"] else ""
-    windows = (f"{result['windows']['train']} train windows from {result['train_episodes']} episodes / "
-               f"{result['windows']['test']} test windows")
-    lines = [f"{result['method']} on {result['data']} ({windows})",
-             f"ridge                  {action['ridge']:.3g}{edge}   (chosen by {action['folds']}-fold cross-validation over train episodes, standardised latents)",
-             f"action NMSE, test      {action['test_nmse']:.4f}   (held-out seeds and videos; 1.0 = no better than the mean action)",
-             f"action NMSE, in-pool   {action['in_pool_nmse']:.4f}   (held-out train episodes, same background pool)"]
+    windows = f"{result['windows']['train']} train windows from {result['train_episodes']} episodes / {result['windows']['test']} test windows"
+    lines = [
+        f"{result['method']} on {result['data']} ({windows})",
+        f"ridge                  {action['ridge']:.3g}{edge}   (chosen by {action['folds']}-fold cross-validation over train episodes, standardised latents)",
+        f"action NMSE, test      {action['test_nmse']:.4f}   (held-out seeds and videos; 1.0 = no better than the mean action)",
+        f"action NMSE, in-pool   {action['in_pool_nmse']:.4f}   (held-out train episodes, same background pool)",
+    ]
     share = result["episode_share"]
     if share["latent"] is not None:
-        lines.append(f"episode share, latent  {share['latent']:.4f}   (of its variance, between train episodes; the action's: "
-                     f"{share['action']:.4f}; lower is better)")
+        lines.append(
+            f"episode share, latent  {share['latent']:.4f}   (of its variance, between train episodes; the action's: {share['action']:.4f}; lower is better)"
+        )
     for name, value in result["distractor"].items():
         lines.append(f"distractor {name:<11} R² {value['r2']:.4f}   (in-pool; 0 = the latent gives none of it away, 1 = all; lower is better)")
     return "\n".join(lines)

@@ -62,7 +62,9 @@ def rollout_returns(env: DistractingEnv, act, stack: int, episodes: int, seed: i
     return np.array(returns), successes
 
 
-def evaluate_run(run_dir: Path, episodes: int = 10, seed: int = 0, steps: int | None = None, show_progress: bool = True, data: str | None = None) -> dict[str, Any]:
+def evaluate_run(
+    run_dir: Path, episodes: int = 10, seed: int = 0, steps: int | None = None, show_progress: bool = True, data: str | None = None
+) -> dict[str, Any]:
     run_dir = Path(run_dir)
     if episodes < 1:
         raise UsageError("--episodes must be at least 1")

@@ -32,7 +32,14 @@ def evaluate_scripted(env_id: str, episodes: int, seed: int) -> dict[str, Any]:
         successes.append(success)
     sim.close()
     returns = np.array(returns)
-    return {"env_id": env_id, "checkpoint": "scripted", "episodes": episodes, "mean": float(returns.mean()), "std": float(returns.std()), "success_rate": float(np.mean(successes))}
+    return {
+        "env_id": env_id,
+        "checkpoint": "scripted",
+        "episodes": episodes,
+        "mean": float(returns.mean()),
+        "std": float(returns.std()),
+        "success_rate": float(np.mean(successes)),
+    }
 
 
 def evaluate_checkpoint(env_id: str, checkpoint: Path | None, episodes: int, seed: int) -> dict[str, Any]:
@@ -52,4 +59,11 @@ def evaluate_checkpoint(env_id: str, checkpoint: Path | None, episodes: int, see
     sim.close()
     policy = CheckpointPolicy(path, env_id, state_dim, -unit, unit)  # actions in [-1, 1]; evaluate rescales
     returns = evaluate(policy.act, env_id, episodes, seed, reset=lambda: policy.reset(None))
-    return {"env_id": env_id, "checkpoint": str(path), "episodes": episodes, "mean": float(returns.mean()), "std": float(returns.std()), "returns": returns.round(3).tolist()}
+    return {
+        "env_id": env_id,
+        "checkpoint": str(path),
+        "episodes": episodes,
+        "mean": float(returns.mean()),
+        "std": float(returns.std()),
+        "returns": returns.round(3).tolist(),
+    }

@@ -19,7 +19,15 @@ from masklam.errors import UsageError
 # position (rootz, rooty, waist, hip, knee, ankle), velocity (rootx, rootz, rooty, ...), touch. Measured with
 # the get-up policy standing: rootz -0.17 to -0.19, pitch -0.72 to 0.07, root speeds under 0.05.
 RULES = {
-    "hopper": {"pitch_index": 1, "height_index": 0, "height_above": -0.3, "pitch_within": [-0.8, 0.3], "velocity_indices": [6, 7, 8], "velocity_below": 0.3, "hold_steps": 10},
+    "hopper": {
+        "pitch_index": 1,
+        "height_index": 0,
+        "height_above": -0.3,
+        "pitch_within": [-0.8, 0.3],
+        "velocity_indices": [6, 7, 8],
+        "velocity_below": 0.3,
+        "hold_steps": 10,
+    },
 }
 
 
@@ -47,8 +55,14 @@ def save_handover(env_id: str, getup: Path, main: Path, out: Path, start_pitch_b
         actors[name] = {key: payload[key] for key in ("env_id", "hidden", "state_dict", "extra")}
     rule = {**RULES[domain], "start_pitch_below": float(start_pitch_below)}
     payload = {
-        "format": POLICY_FORMAT, "version": HANDOVER_FORMAT_VERSION, "kind": HANDOVER_KIND,
-        "env_id": env_id, "state_dim": state_dim, "action_dim": action_dim, "actors": actors, "rule": rule,
+        "format": POLICY_FORMAT,
+        "version": HANDOVER_FORMAT_VERSION,
+        "kind": HANDOVER_KIND,
+        "env_id": env_id,
+        "state_dim": state_dim,
+        "action_dim": action_dim,
+        "actors": actors,
+        "rule": rule,
     }
     import torch
 

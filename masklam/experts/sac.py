@@ -164,7 +164,14 @@ class ReplayBuffer:
 
     def add(self, state, action, reward, next_state, terminal, last) -> None:
         i = self.count % len(self.rewards)
-        self.states[i], self.actions[i], self.rewards[i], self.next_states[i], self.terminals[i], self.lasts[i] = state, action, reward, next_state, terminal, last
+        self.states[i], self.actions[i], self.rewards[i], self.next_states[i], self.terminals[i], self.lasts[i] = (
+            state,
+            action,
+            reward,
+            next_state,
+            terminal,
+            last,
+        )
         self.count += 1
 
     def sample(self, rng: np.random.Generator, batch_size: int, gamma: float, n_step: int = 1) -> tuple[torch.Tensor, ...]:
@@ -172,7 +179,9 @@ class ReplayBuffer:
         size = len(self.rewards)
         idx = rng.integers(min(self.count, size), size=batch_size)
         if n_step == 1:
-            states, actions, rewards, next_states, terminals = (torch.from_numpy(a[idx]) for a in (self.states, self.actions, self.rewards, self.next_states, self.terminals))
+            states, actions, rewards, next_states, terminals = (
+                torch.from_numpy(a[idx]) for a in (self.states, self.actions, self.rewards, self.next_states, self.terminals)
+            )
             return states, actions, rewards, next_states, gamma * (1 - terminals)
         # Sum rewards along each sampled row's episode until n steps, its end, or the newest row.
         ahead = ((self.count - 1) % size - idx) % size  # rows stored after each sampled one
@@ -284,7 +293,13 @@ POLICY = "policy.pt"
 
 
 def save_train_state(run_dir: Path, agent: SAC, buffer: ReplayBuffer, rng: np.random.Generator, progress: dict[str, Any]) -> None:
-    state = {"config": dataclasses.asdict(agent.config), "agent": agent.state_dict(), "buffer": buffer.state_dict(), "rng": rng.bit_generator.state, "progress": progress}
+    state = {
+        "config": dataclasses.asdict(agent.config),
+        "agent": agent.state_dict(),
+        "buffer": buffer.state_dict(),
+        "rng": rng.bit_generator.state,
+        "progress": progress,
+    }
     with atomic_file(run_dir / TRAIN_STATE) as f:
         torch.save(state, f)
 
@@ -304,7 +319,9 @@ def export_policy(run_dir: Path, agent: SAC, extra: dict[str, Any]) -> Path:
     """The deterministic actor in the format `masklam collect --policy PATH` loads."""
     config = agent.config
     state_dim = agent.actor.net[0].in_features
-    save_policy_checkpoint(run_dir / POLICY, agent.actor.export(config.hidden), config.env_id, state_dim, agent.actor.action_dim, [config.hidden, config.hidden], extra)
+    save_policy_checkpoint(
+        run_dir / POLICY, agent.actor.export(config.hidden), config.env_id, state_dim, agent.actor.action_dim, [config.hidden, config.hidden], extra
+    )
     return run_dir / POLICY
 
 

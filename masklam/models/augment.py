@@ -33,9 +33,7 @@ import torch.nn.functional as F
 from masklam.configs import require
 
 PRIMITIVES = ("shift", "rotate", "perspective")
-COMPOSITIONS = (
-    "none", "shift", "rotate", "perspective", "shift-rotate", "rotate-shift", "rotate-perspective", "perspective-rotate"
-)
+COMPOSITIONS = ("none", "shift", "rotate", "perspective", "shift-rotate", "rotate-shift", "rotate-perspective", "perspective-rotate")
 
 
 @dataclass(frozen=True)
@@ -65,10 +63,13 @@ def homography(source: torch.Tensor, destination: torch.Tensor) -> torch.Tensor:
     x, y = source.double().unbind(-1)
     u, v = destination.double().unbind(-1)
     zero, one = torch.zeros_like(x), torch.ones_like(x)
-    rows = torch.cat([
-        torch.stack([x, y, one, zero, zero, zero, -u * x, -u * y], -1),
-        torch.stack([zero, zero, zero, x, y, one, -v * x, -v * y], -1),
-    ], 1)
+    rows = torch.cat(
+        [
+            torch.stack([x, y, one, zero, zero, zero, -u * x, -u * y], -1),
+            torch.stack([zero, zero, zero, x, y, one, -v * x, -v * y], -1),
+        ],
+        1,
+    )
     solution = torch.linalg.solve(rows, torch.cat([u, v], 1))
     return torch.cat([solution, torch.ones_like(solution[:, :1])], 1).view(-1, 3, 3).float()
 

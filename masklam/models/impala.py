@@ -86,9 +86,7 @@ class ImpalaEncoder(nn.Module):
 class ImpalaDecoder(nn.Module):
     """(B, in_channels, h, w) -> (B, out_channels, 8h, 8w), mirroring ImpalaEncoder's stages."""
 
-    def __init__(
-        self, in_channels: int, out_channels: int, channels: Sequence[int] = (16, 32, 32), multiplier: int = 1
-    ) -> None:
+    def __init__(self, in_channels: int, out_channels: int, channels: Sequence[int] = (16, 32, 32), multiplier: int = 1) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         width = in_channels

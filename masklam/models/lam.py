@@ -128,11 +128,19 @@ def check_at_least(config: object, minimum: int, *names: str) -> None:
 def check_encoder(config: object) -> None:
     """The fields every IMPALA-based config shares: the image must survive three stride-2 stages."""
     size = config.image_size
-    require(size >= DOWNSAMPLING and size % DOWNSAMPLING == 0, "image_size", size,
-            f"the encoder halves the image three times, so its side must be divisible by {DOWNSAMPLING} (32, 64, 128)")
+    require(
+        size >= DOWNSAMPLING and size % DOWNSAMPLING == 0,
+        "image_size",
+        size,
+        f"the encoder halves the image three times, so its side must be divisible by {DOWNSAMPLING} (32, 64, 128)",
+    )
     check_at_least(config, 1, "frame_stack", "multiplier", "latent_dim")
-    require(len(config.channels) == 3 and all(c >= 1 for c in config.channels), "channels", config.channels,
-            "the IMPALA encoder has 3 stages: give 3 widths of at least 1, e.g. [16, 32, 32]")
+    require(
+        len(config.channels) == 3 and all(c >= 1 for c in config.channels),
+        "channels",
+        config.channels,
+        "the IMPALA encoder has 3 stages: give 3 widths of at least 1, e.g. [16, 32, 32]",
+    )
     require(0 < config.pixel_scale < math.inf, "pixel_scale", config.pixel_scale, "must be a positive number")
 
 
@@ -150,7 +158,12 @@ class IDM(nn.Module):
     a linear layer to ``latent_dim``, and the optional VQ bottleneck."""
 
     def __init__(
-        self, in_channels: int, latent_dim: int, channels: tuple[int, ...], multiplier: int, image_size: int,
+        self,
+        in_channels: int,
+        latent_dim: int,
+        channels: tuple[int, ...],
+        multiplier: int,
+        image_size: int,
         vq: VectorQuantizer | None = None,
     ) -> None:
         super().__init__()
@@ -170,7 +183,12 @@ class PixelFDM(nn.Module):
     bottleneck's shape and concatenated on channels, the mirrored decoder, tanh x pixel scale."""
 
     def __init__(
-        self, in_channels: int, latent_dim: int, channels: tuple[int, ...], multiplier: int, image_size: int,
+        self,
+        in_channels: int,
+        latent_dim: int,
+        channels: tuple[int, ...],
+        multiplier: int,
+        image_size: int,
         pixel_scale: float,
     ) -> None:
         super().__init__()
@@ -209,8 +227,12 @@ class PixelLAMConfig:
         check_choice("loss", self.loss, LOSSES)
         check_at_least(self, 1, "vq_codes", "vq_code_dim")
         require(0 <= self.vq_commitment < math.inf, "vq_commitment", self.vq_commitment, "must be a number >= 0")
-        require(not self.vq or self.latent_dim % self.vq_code_dim == 0, "latent_dim", self.latent_dim,
-                f"with vq = true it must be a multiple of vq_code_dim ({self.vq_code_dim})")
+        require(
+            not self.vq or self.latent_dim % self.vq_code_dim == 0,
+            "latent_dim",
+            self.latent_dim,
+            f"with vq = true it must be a multiple of vq_code_dim ({self.vq_code_dim})",
+        )
 
 
 class PixelLAM(Model):
@@ -242,8 +264,13 @@ class PixelLAM(Model):
         rec_loss = masked_mse(prediction, target, mask)
         loss = rec_loss + parts.get("vq_loss", 0.0)
         return {
-            "latent": latent, "prediction": prediction, "loss": loss, "rec_loss": rec_loss, **parts,
-            "mask_fraction": mask.float().mean(), "empty_mask_batches": self.empty_mask_batches.clone(),
+            "latent": latent,
+            "prediction": prediction,
+            "loss": loss,
+            "rec_loss": rec_loss,
+            **parts,
+            "mask_fraction": mask.float().mean(),
+            "empty_mask_batches": self.empty_mask_batches.clone(),
         }
 
     @torch.no_grad()

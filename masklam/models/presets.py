@@ -75,4 +75,3 @@ def build_lam(config: LAMConfig, action_dim: int | None = None) -> nn.Module:
             raise ValueError("LAOM-Labels needs action_dim")
         return LAOMLabels(config, action_dim)
     return LAOM(config) if isinstance(config, LAOMConfig) else PixelLAM(config)
-

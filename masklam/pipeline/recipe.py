@@ -102,7 +102,11 @@ class Recipe:
             if not isinstance(values, list) or not values:
                 raise UsageError(f"sweep.{key} must be a non-empty list of values")
         # Building each [[segment]] and [[transforms]] entry validates it.
-        made = ({ORACLE} if self.simulated else set()) | {self.segment_config(e, "-").source for e in self.segment} | {self.transform(e)[1] for e in self.transforms}
+        made = (
+            ({ORACLE} if self.simulated else set())
+            | {self.segment_config(e, "-").source for e in self.segment}
+            | {self.transform(e)[1] for e in self.transforms}
+        )
         missing = [m for m in self.masks if m not in made]
         if missing:
             oracle = "oracle exists for [collect] data" if self.simulated else "[ingest] data has no oracle: segment it with --point/--box prompts"
@@ -120,13 +124,17 @@ class Recipe:
 
         episodes = len(labelled_train_episodes(config))
         if episodes == 0:
-            raise UsageError(f"variant {variant!r} has no labelled train episodes, and every run's action decoder trains on "
-                             "labelled transitions: set collect.labelled_episodes (or label_fraction) above 0")
+            raise UsageError(
+                f"variant {variant!r} has no labelled train episodes, and every run's action decoder trains on "
+                "labelled transitions: set collect.labelled_episodes (or label_fraction) above 0"
+            )
         most = episodes * (config.env.episode_steps or suite_steps(config.env.env_id))  # episodes never end early
         over = [budget for budget in self.labels if budget > most]
         if over:
-            raise UsageError(f"labels {over}: variant {variant!r} will have at most {most} labelled train transitions "
-                             f"({episodes} labelled episodes): lower the budgets or collect more labelled episodes")
+            raise UsageError(
+                f"labels {over}: variant {variant!r} will have at most {most} labelled train transitions "
+                f"({episodes} labelled episodes): lower the budgets or collect more labelled episodes"
+            )
 
     def datasets(self) -> dict[str, CollectSettings | IngestConfig]:
         """Variant name -> its collect (or ingest) settings."""

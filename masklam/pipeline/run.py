@@ -59,19 +59,43 @@ def plan(recipe: Recipe, root: Path, workers: int = 1, show_progress: bool = Tru
         data = root / "data" / variant
         config = settings.config()
         if recipe.simulated:
-            steps.append(Step(f"collect {variant}", config.identity(), [data / "info.json"],
-                              lambda config=config, data=data: collect(config, data, workers=workers, show_progress=show_progress)))
+            steps.append(
+                Step(
+                    f"collect {variant}",
+                    config.identity(),
+                    [data / "info.json"],
+                    lambda config=config, data=data: collect(config, data, workers=workers, show_progress=show_progress),
+                )
+            )
         else:
-            steps.append(Step(f"ingest {variant}", config.identity(), [data / "info.json"],
-                              lambda config=config, data=data: ingest(config, data, show_progress=show_progress)))
+            steps.append(
+                Step(
+                    f"ingest {variant}",
+                    config.identity(),
+                    [data / "info.json"],
+                    lambda config=config, data=data: ingest(config, data, show_progress=show_progress),
+                )
+            )
         for entry in recipe.segment:
             segment = recipe.segment_config(entry, str(data))
-            steps.append(Step(f"segment {variant} {segment.source}", {"data": variant, **entry}, [data / "info.json"],
-                              lambda segment=segment: segment_dataset(segment, show_progress=show_progress)))
+            steps.append(
+                Step(
+                    f"segment {variant} {segment.source}",
+                    {"data": variant, **entry},
+                    [data / "info.json"],
+                    lambda segment=segment: segment_dataset(segment, show_progress=show_progress),
+                )
+            )
         for entry in recipe.transforms:
             transform, name, source = recipe.transform(entry)
-            steps.append(Step(f"masks {variant} {name}", {"data": variant, **entry}, [data / "info.json"],
-                              lambda t=transform, n=name, s=source, data=data: derive_source(data, s, t, n, show_progress=show_progress)))
+            steps.append(
+                Step(
+                    f"masks {variant} {name}",
+                    {"data": variant, **entry},
+                    [data / "info.json"],
+                    lambda t=transform, n=name, s=source, data=data: derive_source(data, s, t, n, show_progress=show_progress),
+                )
+            )
 
     e = recipe.evaluate
     checked: set[str] = set()
@@ -82,15 +106,33 @@ def plan(recipe: Recipe, root: Path, workers: int = 1, show_progress: bool = Tru
         check_settings(lam, stage, datasets[run.variant].size, checked)
         name = f"{run.variant} {run.label} seed{run.seed}"
         steps += [
-            Step(f"train lam {name}", to_dict(lam), [folder / "lam.pt"], lambda lam=lam, f=folder: train_lam(lam, f, show_progress), stage_files(folder, "lam")),
-            Step(f"probe {name}", {"lam": to_dict(lam), "windows": e.probe_windows, "probe": PROBE_VERSION}, [folder / "probe.json"],
-                 lambda f=folder, d=data: probe_run(f, d, e.probe_windows, show_progress=show_progress)),
-            Step(f"train bc {name}", {"lam": to_dict(lam), "stage": to_dict(stage)}, [folder / "bc.pt"], lambda f=folder, s=stage, d=data: train_bc(f, s, show_progress, lam_data=d),
-                 stage_files(folder, "bc")),
+            Step(
+                f"train lam {name}", to_dict(lam), [folder / "lam.pt"], lambda lam=lam, f=folder: train_lam(lam, f, show_progress), stage_files(folder, "lam")
+            ),
+            Step(
+                f"probe {name}",
+                {"lam": to_dict(lam), "windows": e.probe_windows, "probe": PROBE_VERSION},
+                [folder / "probe.json"],
+                lambda f=folder, d=data: probe_run(f, d, e.probe_windows, show_progress=show_progress),
+            ),
+            Step(
+                f"train bc {name}",
+                {"lam": to_dict(lam), "stage": to_dict(stage)},
+                [folder / "bc.pt"],
+                lambda f=folder, s=stage, d=data: train_bc(f, s, show_progress, lam_data=d),
+                stage_files(folder, "bc"),
+            ),
         ]
         if recipe.train.reference and recipe.simulated:  # the reference only normalises online returns
-            steps.append(Step(f"train bc-actions {name}", {"lam": to_dict(lam), "stage": to_dict(stage)}, [folder / "bc-actions.pt"],
-                              lambda f=folder, s=stage, d=data: train_action_bc(f, s, show_progress, lam_data=d), stage_files(folder, "bc-actions")))
+            steps.append(
+                Step(
+                    f"train bc-actions {name}",
+                    {"lam": to_dict(lam), "stage": to_dict(stage)},
+                    [folder / "bc-actions.pt"],
+                    lambda f=folder, s=stage, d=data: train_action_bc(f, s, show_progress, lam_data=d),
+                    stage_files(folder, "bc-actions"),
+                )
+            )
         for budget in recipe.labels:
             target = budget_folder(recipe, folder, budget)
             decoder = replace(stage, labelled=budget)
@@ -100,11 +142,24 @@ def plan(recipe: Recipe, root: Path, workers: int = 1, show_progress: bool = Tru
                 link_shared(f, t)
                 train_decoder(t, s, show_progress, lam_data=d)
 
-            steps.append(Step(f"train decoder {where}", {"lam": to_dict(lam), "stage": to_dict(decoder), "reference": recipe.train.reference}, [target / "decoder.pt"], decode,
-                              stage_files(target, "decoder")))
+            steps.append(
+                Step(
+                    f"train decoder {where}",
+                    {"lam": to_dict(lam), "stage": to_dict(decoder), "reference": recipe.train.reference},
+                    [target / "decoder.pt"],
+                    decode,
+                    stage_files(target, "decoder"),
+                )
+            )
             if recipe.simulated:  # ingested data has no simulator to evaluate in
-                steps.append(Step(f"evaluate {where}", {"lam": to_dict(lam), "stage": to_dict(decoder), "evaluate": asdict(e)}, [target / "evaluate.json"],
-                                  lambda t=target, d=data: evaluate_run(t, e.episodes, e.seed, e.steps, show_progress=show_progress, data=d)))
+                steps.append(
+                    Step(
+                        f"evaluate {where}",
+                        {"lam": to_dict(lam), "stage": to_dict(decoder), "evaluate": asdict(e)},
+                        [target / "evaluate.json"],
+                        lambda t=target, d=data: evaluate_run(t, e.episodes, e.seed, e.steps, show_progress=show_progress, data=d),
+                    )
+                )
     return steps
 
 
@@ -128,7 +183,9 @@ def is_done(step: Step, ledger: dict[str, Any], root: Path) -> bool:
     return entry is not None and entry["settings"] in (step.fingerprint(root), step.fingerprint()) and all(p.exists() for p in step.outputs)
 
 
-def run_recipe(recipe: Recipe, root: Path, workers: int = 1, dry_run: bool = False, show_progress: bool = True, echo: Callable[[str], None] = print) -> list[Step]:
+def run_recipe(
+    recipe: Recipe, root: Path, workers: int = 1, dry_run: bool = False, show_progress: bool = True, echo: Callable[[str], None] = print
+) -> list[Step]:
     """Run (or with ``dry_run`` only list) the recipe's steps that are not done yet, then the report."""
     from masklam.report.tables import write_report
 

@@ -51,8 +51,9 @@ def mean_ci(values: list[float | None]) -> tuple[float, float, float] | None:
     mean = float(values.mean())
     if len(values) == 1 or np.ptp(values) == 0:
         return mean, mean, mean
-    interval = bootstrap((values,), np.mean, confidence_level=CONFIDENCE, n_resamples=RESAMPLES, method="percentile",
-                         rng=np.random.default_rng(0)).confidence_interval
+    interval = bootstrap(
+        (values,), np.mean, confidence_level=CONFIDENCE, n_resamples=RESAMPLES, method="percentile", rng=np.random.default_rng(0)
+    ).confidence_interval
     return mean, float(interval.low), float(interval.high)
 
 
@@ -85,18 +86,26 @@ def collect_results(root: Path) -> dict[str, Any]:
         seconds = sum(entry["seconds"] for step, entry in ledger.items() if f" {variant} " in f" {step} ")
         splits = info.get("splits", {})
         variants[variant] = {  # an [ingest] recipe's data: what its info.json says
-            "env": getattr(settings, "env", info.get("env", {}).get("env_id")), "distractors": getattr(settings, "distractors", "none"),
-            "size": settings.size, "episodes": getattr(settings, "episodes", splits.get("train", {}).get("episodes")),
-            "test_episodes": settings.test_episodes, "transitions": transitions(info),
-            "episode_steps": getattr(settings, "steps", 0), "preset": recipe.train.preset, "seeds": list(recipe.seeds),
-            "wall_seconds": round(seconds), "runs": defaultdict(dict),
+            "env": getattr(settings, "env", info.get("env", {}).get("env_id")),
+            "distractors": getattr(settings, "distractors", "none"),
+            "size": settings.size,
+            "episodes": getattr(settings, "episodes", splits.get("train", {}).get("episodes")),
+            "test_episodes": settings.test_episodes,
+            "transitions": transitions(info),
+            "episode_steps": getattr(settings, "steps", 0),
+            "preset": recipe.train.preset,
+            "seeds": list(recipe.seeds),
+            "wall_seconds": round(seconds),
+            "runs": defaultdict(dict),
         }
     for run in grid(recipe):
         folder = run.folder(root)
         probe = read_output(folder / "probe.json")
         for budget in recipe.labels:
             evaluation = read_output(budget_folder(recipe, folder, budget) / "evaluate.json")
-            cell = variants[run.variant]["runs"][run.label].setdefault(budget, {"method": run.method, "mask": run.mask, "seeds": [], **{key: [] for key in METRICS}})
+            cell = variants[run.variant]["runs"][run.label].setdefault(
+                budget, {"method": run.method, "mask": run.mask, "seeds": [], **{key: [] for key in METRICS}}
+            )
             if probe is None and evaluation is None:
                 continue
             cell["seeds"].append(run.seed)
@@ -118,7 +127,7 @@ def summarise(cell: dict[str, Any]) -> dict[str, Any]:
 
 
 def fmt(stat: tuple[float, float, float] | None, digits: int = 3, percent: bool = False) -> str:
-    """"mean [low, high]" (the 95 % interval), the mean alone when there is no interval; "—" for no value."""
+    """ "mean [low, high]" (the 95 % interval), the mean alone when there is no interval; "—" for no value."""
     if stat is None:
         return "—"
     scale, digits, unit = (100, 0, " %") if percent else (1, digits, "")
@@ -143,7 +152,16 @@ def variant_table(variant: dict[str, Any], budget: int) -> tuple[str, dict[str, 
     header += ["LAPO NMSE / NMSE", "return / LAPO's"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for label, row in rows.items():
-        cells = [label, str(row["n"]), fmt(row["nmse"]), fmt(row["in_pool"]), fmt(row["distractor"]), fmt(row["episode_share"]), fmt(row["by_expert"]), fmt(row["by_bc"])]
+        cells = [
+            label,
+            str(row["n"]),
+            fmt(row["nmse"]),
+            fmt(row["in_pool"]),
+            fmt(row["distractor"]),
+            fmt(row["episode_share"]),
+            fmt(row["by_expert"]),
+            fmt(row["by_bc"]),
+        ]
         cells += [fmt(row["success"], percent=True)] if metaworld else []
         cells += [ratio(baseline["nmse"], row["nmse"]) if baseline else "—", ratio(row["by_expert"], baseline["by_expert"]) if baseline else "—"]
         lines.append("| " + " | ".join(cells) + " |")
@@ -153,9 +171,11 @@ def variant_table(variant: dict[str, Any], budget: int) -> tuple[str, dict[str, 
 def describe_scale(variant: dict[str, Any]) -> str:
     length = variant["episode_steps"] or "the suite's limit of"
     minutes = variant["wall_seconds"] / 60
-    return (f"{variant['episodes']} train episodes ({variant['transitions'] or '?'} transitions) + {variant['test_episodes']} test episodes of "
-            f"{length} steps, {variant['size']} px, model preset `{variant['preset']}`, seeds {variant['seeds']}, "
-            f"wall time {minutes:.0f} min")
+    return (
+        f"{variant['episodes']} train episodes ({variant['transitions'] or '?'} transitions) + {variant['test_episodes']} test episodes of "
+        f"{length} steps, {variant['size']} px, model preset `{variant['preset']}`, seeds {variant['seeds']}, "
+        f"wall time {minutes:.0f} min"
+    )
 
 
 def write_report(roots: list[Path], out: Path, echo: Callable[[str], None] = print) -> dict[str, Any]:
@@ -164,12 +184,20 @@ def write_report(roots: list[Path], out: Path, echo: Callable[[str], None] = pri
     results = [collect_results(root) for root in roots]  # bad folders fail before anything is written
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    sections = ["# Results", "", "Generated by `masklam report` from: " + ", ".join(f"`{r['root']}`" for r in results), "",
-                ("Means over seeds with their 95 % percentile-bootstrap interval, mean [low, high]. Probe NMSE: a ridge probe "
-                 "cross-validated over train episodes, scored on the test split (held-out seeds and videos) and in-pool "
-                 "(held-out train episodes); distractor R²: how much of the distractor states the latent gives away "
-                 "(in-pool, 0 = nothing; lower is better); episode share: the share of the latent's variance that lies "
-                 "between train episodes (lower is better)."), ""]
+    sections = [
+        "# Results",
+        "",
+        "Generated by `masklam report` from: " + ", ".join(f"`{r['root']}`" for r in results),
+        "",
+        (
+            "Means over seeds with their 95 % percentile-bootstrap interval, mean [low, high]. Probe NMSE: a ridge probe "
+            "cross-validated over train episodes, scored on the test split (held-out seeds and videos) and in-pool "
+            "(held-out train episodes); distractor R²: how much of the distractor states the latent gives away "
+            "(in-pool, 0 = nothing; lower is better); episode share: the share of the latent's variance that lies "
+            "between train episodes (lower is better)."
+        ),
+        "",
+    ]
     summary: dict[str, Any] = {}
     for result in results:
         main_budget = max(result["labels"], key=lambda b: float("inf") if b == 0 else b)
@@ -177,10 +205,19 @@ def write_report(roots: list[Path], out: Path, echo: Callable[[str], None] = pri
             key = f"{result['recipe']}/{name}"
             table, rows = variant_table(variant, main_budget)
             budget_note = "every labelled transition" if main_budget == 0 else f"{main_budget} labelled transitions"
-            sections += [f"## {variant['env']}, distractors: {variant['distractors']} (`{key}`)", "",
-                         describe_scale(variant) + f"; the decoder saw {budget_note}.", "", table, ""]
-            summary[key] = {"scale": {k: v for k, v in variant.items() if k != "runs"}, "rows": rows,
-                            "budgets": {str(b): {label: summarise(cells[b]) for label, cells in variant["runs"].items() if b in cells} for b in result["labels"]}}
+            sections += [
+                f"## {variant['env']}, distractors: {variant['distractors']} (`{key}`)",
+                "",
+                describe_scale(variant) + f"; the decoder saw {budget_note}.",
+                "",
+                table,
+                "",
+            ]
+            summary[key] = {
+                "scale": {k: v for k, v in variant.items() if k != "runs"},
+                "rows": rows,
+                "budgets": {str(b): {label: summarise(cells[b]) for label, cells in variant["runs"].items() if b in cells} for b in result["labels"]},
+            }
             stem = key.replace("/", "-")
             pictures = [plot_bars(rows, f"{variant['env']} ({variant['distractors']})", out / f"{stem}-bars.png")]
             if len(result["labels"]) > 1:

@@ -67,7 +67,10 @@ def compare_sources(
         raise UsageError(f"no episodes in splits {list(splits)} of {dataset.root}")
     worst_frames = sorted(kept, reverse=True)  # lowest IoU first
     result = {
-        "ref": ref, "pred": pred, "overall": scores(total), "episodes": episodes,
+        "ref": ref,
+        "pred": pred,
+        "overall": scores(total),
+        "episodes": episodes,
         "worst_frames": [{"split": s, "episode": e, "frame": f, "iou": round(-negative_iou, 4)} for negative_iou, _, (s, e, f, *_rest) in worst_frames],
     }
     if out is not None:

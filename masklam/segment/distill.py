@@ -54,8 +54,12 @@ class DistillConfig:
 
 def block(inputs: int, outputs: int) -> nn.Sequential:
     return nn.Sequential(
-        nn.Conv2d(inputs, outputs, 3, padding=1), nn.GroupNorm(4, outputs), nn.GELU(),
-        nn.Conv2d(outputs, outputs, 3, padding=1), nn.GroupNorm(4, outputs), nn.GELU(),
+        nn.Conv2d(inputs, outputs, 3, padding=1),
+        nn.GroupNorm(4, outputs),
+        nn.GELU(),
+        nn.Conv2d(outputs, outputs, 3, padding=1),
+        nn.GroupNorm(4, outputs),
+        nn.GELU(),
     )
 
 
@@ -155,8 +159,15 @@ def teacher_labels(folder: Path, runs: list[Record], teacher: MaskFunction, key:
     return labels
 
 
-def distill(data: str | Path, name: str, teacher: MaskFunction, reads: tuple[str, ...], config: DistillConfig, show_progress: bool = True,
-            teacher_key: dict[str, Any] | None = None) -> tuple[MaskFunction, dict[str, Any]]:
+def distill(
+    data: str | Path,
+    name: str,
+    teacher: MaskFunction,
+    reads: tuple[str, ...],
+    config: DistillConfig,
+    show_progress: bool = True,
+    teacher_key: dict[str, Any] | None = None,
+) -> tuple[MaskFunction, dict[str, Any]]:
     """Train (or reload) the student for source ``name``; its mask function and report. ``teacher_key`` says
     which teacher labelled the cached runs (its description in info.json)."""
     dataset = open_dataset(data)
@@ -186,8 +197,10 @@ def distill(data: str | Path, name: str, teacher: MaskFunction, reads: tuple[str
     held_frames = np.concatenate([runs[i].steps["rgb"] for i in sorted(held)])
     held_masks = np.concatenate([labels[i] for i in sorted(held)])
     report = {
-        "config": dataclasses.asdict(config), "teacher_frames": int(sum(len(m) for m in labels)),
-        "train_frames": int(len(frames)), "held_out_frames": int(len(held_frames)),
+        "config": dataclasses.asdict(config),
+        "teacher_frames": int(sum(len(m) for m in labels)),
+        "train_frames": int(len(frames)),
+        "held_out_frames": int(len(held_frames)),
         "student_iou_vs_teacher": round(iou(predict(student, held_frames), held_masks), 4),
     }
     if all(ORACLE in runs[i].masks for i in held):

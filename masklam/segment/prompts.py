@@ -54,7 +54,8 @@ class Prompt:
 
     def scaled(self, factor: float) -> Prompt:
         return Prompt(
-            tuple((x * factor, y * factor) for x, y in self.points), self.labels,
+            tuple((x * factor, y * factor) for x, y in self.points),
+            self.labels,
             None if self.box is None else tuple(v * factor for v in self.box),
         )
 
@@ -84,7 +85,7 @@ class PromptSpec:
         if self.per_episode or self.default is not None:
             prompt = dict(self.per_episode).get(episode, self.default)
             if prompt is None:
-                raise UsageError(f"--prompts {self.source} has no prompt for episode {episode} (add it, or a \"*\" entry for every other episode)")
+                raise UsageError(f'--prompts {self.source} has no prompt for episode {episode} (add it, or a "*" entry for every other episode)')
             return prompt
         return Prompt(self.points, self.labels, self.box)
 
@@ -113,10 +114,13 @@ def parse_prompt(points: list[str], box: str | None, prompt: str | None, prompts
         negative = text.startswith("neg:")
         parsed.append(numbers(text.removeprefix("neg:"), 2, "--point", "x,y or neg:x,y"))
         labels.append(0 if negative else 1)
-    spec = PromptSpec(tuple(parsed), tuple(labels), numbers(box, 4, "--box", "x0,y0,x1,y1") if box else None,
-                      prompt == ORACLE_BOX, auto=prompt == AUTO, reprompt=reprompt)
+    spec = PromptSpec(
+        tuple(parsed), tuple(labels), numbers(box, 4, "--box", "x0,y0,x1,y1") if box else None, prompt == ORACLE_BOX, auto=prompt == AUTO, reprompt=reprompt
+    )
     if not (spec.oracle_box or spec.auto) and not any(labels) and spec.box is None:
-        raise UsageError("no prompt: pass --point x,y (repeatable), --box x0,y0,x1,y1, --prompts FILE, --prompt auto, or --prompt oracle-box for simulated data")
+        raise UsageError(
+            "no prompt: pass --point x,y (repeatable), --box x0,y0,x1,y1, --prompts FILE, --prompt auto, or --prompt oracle-box for simulated data"
+        )
     return spec
 
 
@@ -152,7 +156,7 @@ def prompt_of(entry: dict, where: str) -> Prompt:
         box = tuple(float(v) for v in entry["box"]) if entry.get("box") is not None else None
         prompt = Prompt(points, labels, box)
     except (TypeError, ValueError) as error:
-        raise UsageError(f"{where}: expected {{\"box\": [x0, y0, x1, y1]}} and/or {{\"points\": [[x, y], ...], \"labels\": [1, ...]}} ({error})") from None
+        raise UsageError(f'{where}: expected {{"box": [x0, y0, x1, y1]}} and/or {{"points": [[x, y], ...], "labels": [1, ...]}} ({error})') from None
     if (box is not None and len(box) != 4) or (not any(labels) and box is None) or set(labels) - {0, 1}:
         raise UsageError(f"{where}: a box of 4 numbers or at least one positive point (labels 1 positive, 0 negative)")
     return prompt

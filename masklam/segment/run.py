@@ -48,10 +48,24 @@ class SegmentConfig:
             raise UsageError("--half is for GPUs (--device cuda): CPUs compute half precision slowly or not at all")
 
     @classmethod
-    def from_options(cls, data: str, model: str, point: list[str] = (), box: str | None = None, prompt: str | None = None,
-                     checkpoint: str | None = None, name: str | None = None, batch_size: int | None = None, device: str = "cpu",
-                     half: bool = False, distill: int = 0, distill_steps: int = 1500, propagate: str = "chain",
-                     prompts: str | None = None, reprompt: bool = True) -> "SegmentConfig":
+    def from_options(
+        cls,
+        data: str,
+        model: str,
+        point: list[str] = (),
+        box: str | None = None,
+        prompt: str | None = None,
+        checkpoint: str | None = None,
+        name: str | None = None,
+        batch_size: int | None = None,
+        device: str = "cpu",
+        half: bool = False,
+        distill: int = 0,
+        distill_steps: int = 1500,
+        propagate: str = "chain",
+        prompts: str | None = None,
+        reprompt: bool = True,
+    ) -> "SegmentConfig":
         """From `masklam segment`'s flags (or a recipe's [[segment]] table, which takes the same names)."""
         prompts = PromptSpec() if model == ORACLE else parse_prompt(list(point), box, prompt, prompts, reprompt)
         student = DistillConfig(distill, steps=distill_steps) if distill else None
@@ -69,6 +83,7 @@ def mask_function(config: SegmentConfig) -> tuple[Any, dict[str, Any], tuple[str
     """(mask function, description for info.json, mask sources the function reads)."""
     reads = (ORACLE,) if config.prompts.oracle_box else ()
     if config.model == ORACLE:
+
         def copy(records):
             for record in records:
                 yield record.masks[ORACLE]
@@ -115,7 +130,9 @@ def mobile_sam_segmenter(config: SegmentConfig) -> tuple[Any, dict[str, Any]]:
     return segmenter, {"kind": MOBILE_SAM, "checkpoint": path.name, "checkpoint_sha256": file_sha256(path)[:16], **config.prompts.describe()}
 
 
-def segment_dataset(config: SegmentConfig, rank: int | None = None, world_size: int | None = None, overwrite: bool = False, show_progress: bool = True) -> dict[str, Any]:
+def segment_dataset(
+    config: SegmentConfig, rank: int | None = None, world_size: int | None = None, overwrite: bool = False, show_progress: bool = True
+) -> dict[str, Any]:
     if config.model == ORACLE or config.prompts.oracle_box:
         from masklam.data.dataset import open_dataset
         from masklam.data.ingest import require_simulator

@@ -86,9 +86,15 @@ class SamArchitecture:
         windows = {(shape[0] + 1) // 2 for i, shape in enumerate(rel) if i not in global_blocks}
         embed = patch.shape[0]
         return cls(
-            image_size=grid * patch.shape[-1], patch_size=patch.shape[-1], embed_dim=embed, depth=depth,
-            num_heads=embed // rel[0][1], window_size=windows.pop() if windows else 0, global_attn_indexes=global_blocks,
-            decoder_depth=layers, decoder_mlp_dim=mlp_dim,
+            image_size=grid * patch.shape[-1],
+            patch_size=patch.shape[-1],
+            embed_dim=embed,
+            depth=depth,
+            num_heads=embed // rel[0][1],
+            window_size=windows.pop() if windows else 0,
+            global_attn_indexes=global_blocks,
+            decoder_depth=layers,
+            decoder_mlp_dim=mlp_dim,
         )
 
     def build(self) -> torch.nn.Module:
@@ -97,17 +103,30 @@ class SamArchitecture:
         grid = self.image_size // self.patch_size
         return Sam(
             image_encoder=ImageEncoderViT(
-                img_size=self.image_size, patch_size=self.patch_size, embed_dim=self.embed_dim, depth=self.depth,
-                num_heads=self.num_heads, mlp_ratio=4, out_chans=PROMPT_DIM, qkv_bias=True,
-                norm_layer=partial(torch.nn.LayerNorm, eps=1e-6), use_rel_pos=True,
-                window_size=self.window_size, global_attn_indexes=self.global_attn_indexes,
+                img_size=self.image_size,
+                patch_size=self.patch_size,
+                embed_dim=self.embed_dim,
+                depth=self.depth,
+                num_heads=self.num_heads,
+                mlp_ratio=4,
+                out_chans=PROMPT_DIM,
+                qkv_bias=True,
+                norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
+                use_rel_pos=True,
+                window_size=self.window_size,
+                global_attn_indexes=self.global_attn_indexes,
             ),
             prompt_encoder=PromptEncoder(
-                embed_dim=PROMPT_DIM, image_embedding_size=(grid, grid),
-                input_image_size=(self.image_size, self.image_size), mask_in_chans=16,
+                embed_dim=PROMPT_DIM,
+                image_embedding_size=(grid, grid),
+                input_image_size=(self.image_size, self.image_size),
+                mask_in_chans=16,
             ),
             mask_decoder=MaskDecoder(
-                num_multimask_outputs=3, transformer_dim=PROMPT_DIM, iou_head_depth=3, iou_head_hidden_dim=256,
+                num_multimask_outputs=3,
+                transformer_dim=PROMPT_DIM,
+                iou_head_depth=3,
+                iou_head_hidden_dim=256,
                 transformer=TwoWayTransformer(depth=self.decoder_depth, embedding_dim=PROMPT_DIM, mlp_dim=self.decoder_mlp_dim, num_heads=DECODER_HEADS),
             ),
         )
@@ -117,9 +136,7 @@ def load_sam(path: Path, device: str = "cpu") -> tuple[torch.nn.Module, SamArchi
     try:
         import segment_anything  # noqa: F401
     except ImportError:
-        raise UsageError(
-            "SAM needs the segment-anything package: pip install 'masklam[sam]' torch==2.14.1 torchvision==0.29.1 (docs/segment.md)"
-        ) from None
+        raise UsageError("SAM needs the segment-anything package: pip install 'masklam[sam]' torch==2.14.1 torchvision==0.29.1 (docs/segment.md)") from None
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
@@ -170,8 +187,10 @@ class SamSegmenter(PromptChain):
         boxes = None if scaled.box is None else torch.tensor([scaled.box], dtype=torch.float32, device=self.device)
         sparse, dense = model.prompt_encoder(points=points, boxes=boxes, masks=None)
         low_res, quality = model.mask_decoder(
-            image_embeddings=embedding, image_pe=self.dense_pe,
-            sparse_prompt_embeddings=sparse.to(embedding.dtype), dense_prompt_embeddings=dense.to(embedding.dtype),
+            image_embeddings=embedding,
+            image_pe=self.dense_pe,
+            sparse_prompt_embeddings=sparse.to(embedding.dtype),
+            dense_prompt_embeddings=dense.to(embedding.dtype),
             multimask_output=multimask,
         )
         logits = F.interpolate(low_res.float(), size=(size, size), mode="bilinear", align_corners=False)

@@ -36,8 +36,12 @@ class MaskTransform:
 
     def default_name(self, source: str) -> str:
         """e.g. oracle_erode2, oracle_drop50, oracle_occlude25."""
-        settings = (("erode", self.erode, self.erode), ("dilate", self.dilate, self.dilate),
-                    ("drop", round(100 * self.drop), self.drop), ("occlude", round(100 * self.occlude), self.occlude))
+        settings = (
+            ("erode", self.erode, self.erode),
+            ("dilate", self.dilate, self.dilate),
+            ("drop", round(100 * self.drop), self.drop),
+            ("occlude", round(100 * self.occlude), self.occlude),
+        )
         return "_".join([source, *(f"{label}{shown}" for label, shown, value in settings if value)])
 
     def describe(self, source: str) -> dict:
@@ -90,7 +94,9 @@ def occlude(mask: np.ndarray, fraction: float, where: tuple[float, float]) -> np
     return out
 
 
-def derive_source(data, source: str, transform: MaskTransform, name: str | None = None, overwrite: bool = False, show_progress: bool = True) -> tuple[str, dict]:
+def derive_source(
+    data, source: str, transform: MaskTransform, name: str | None = None, overwrite: bool = False, show_progress: bool = True
+) -> tuple[str, dict]:
     """Write ``transform`` of mask source ``source`` as a new source of the dataset: (its name, the writer's summary)."""
     from masklam.segment.writer import write_mask_source
 

@@ -24,8 +24,20 @@ from masklam.errors import UsageError
 from masklam.segment.prompts import Prompt, PromptChain, PromptSpec, Track
 
 RELEASES = "https://github.com/ultralytics/assets/releases"
-NAMES = ("sam_b.pt", "sam_l.pt", "sam_h.pt", "mobile_sam.pt", "sam2_t.pt", "sam2_s.pt", "sam2_b.pt", "sam2_l.pt",
-         "sam2.1_t.pt", "sam2.1_s.pt", "sam2.1_b.pt", "sam2.1_l.pt")
+NAMES = (
+    "sam_b.pt",
+    "sam_l.pt",
+    "sam_h.pt",
+    "mobile_sam.pt",
+    "sam2_t.pt",
+    "sam2_s.pt",
+    "sam2_b.pt",
+    "sam2_l.pt",
+    "sam2.1_t.pt",
+    "sam2.1_s.pt",
+    "sam2.1_b.pt",
+    "sam2.1_l.pt",
+)
 FASTSAM = ("FastSAM-s.pt", "FastSAM-x.pt")
 
 
@@ -125,8 +137,17 @@ class Sam2VideoSegmenter(PromptChain):
         import_ultralytics()
         from ultralytics.models.sam import SAM2VideoPredictor
 
-        settings = {"task": "segment", "mode": "predict", "imgsz": 1024, "conf": 0.25, "retina_masks": True,
-                    "model": str(path), "device": device, "save": False, "verbose": False}
+        settings = {
+            "task": "segment",
+            "mode": "predict",
+            "imgsz": 1024,
+            "conf": 0.25,
+            "retina_masks": True,
+            "model": str(path),
+            "device": device,
+            "save": False,
+            "verbose": False,
+        }
         if half:
             settings["half"] = True
         self.predictor = SAM2VideoPredictor(overrides=settings)

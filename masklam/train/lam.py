@@ -148,16 +148,17 @@ def window_batches(config: LAMTrainConfig, rank: int, world_size: int) -> Iterat
     labelled_spec = WindowSpec(stack=data.stack, future_max=data.future_max, mask_source=None, labelled_only=True)
     # Another seed than the main stream's, so the two streams do not visit records in the same order.
     try:
-        labelled = WindowDataset(data.path, "train", labelled_spec, seed=config.seed + 7919, shuffle_buffer=data.shuffle_buffer, rank=rank, world_size=world_size)
+        labelled = WindowDataset(
+            data.path, "train", labelled_spec, seed=config.seed + 7919, shuffle_buffer=data.shuffle_buffer, rank=rank, world_size=world_size
+        )
     except UsageError as error:
-        raise UsageError(f"laom-labels needs labelled episodes, and {error.args[0].split(': ')[0]}: collect with --labelled-episodes > 0, or train another method") from None
+        raise UsageError(
+            f"laom-labels needs labelled episodes, and {error.args[0].split(': ')[0]}: collect with --labelled-episodes > 0, or train another method"
+        ) from None
     # Read in this process: labelled episodes are often too few to deal out to workers, and the loader
     # outpaces training by far (docs/performance.md).
     labelled_batches = iter(make_loader(labelled, data.labelled_batch_size))
-    return (
-        batch | {f"labelled_{key}": extra[key] for key in LAOMLabels.LABELLED_KEYS}
-        for batch, extra in zip(batches, labelled_batches)
-    )
+    return (batch | {f"labelled_{key}": extra[key] for key in LAOMLabels.LABELLED_KEYS} for batch, extra in zip(batches, labelled_batches))
 
 
 # --- training -------------------------------------------------------------------------------
@@ -185,8 +186,20 @@ def train_lam(config: LAMTrainConfig, run_dir: Path, show_progress: bool = True)
     trained = torch.nn.parallel.DistributedDataParallel(model) if world_size > 1 else model
     forward = torch.compile(trained) if config.compile else trained  # DDP's forward all-reduces the gradients
     result = fit(
-        "lam", run_dir, model, forward, batches, config.optim, config.log_every, config.checkpoint_every,
-        config.device, config.bf16, rank, world_size, config.data.batch_size, show_progress,
+        "lam",
+        run_dir,
+        model,
+        forward,
+        batches,
+        config.optim,
+        config.log_every,
+        config.checkpoint_every,
+        config.device,
+        config.bf16,
+        rank,
+        world_size,
+        config.data.batch_size,
+        show_progress,
     )
     if world_size > 1:
         del forward, trained

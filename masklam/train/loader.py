@@ -74,9 +74,7 @@ class WindowSpec:
             raise UsageError(f"fields {clashing} are part of every window already: leave them out of fields")
 
 
-def record_windows(
-    record: Record, spec: WindowSpec, action_shape: tuple[int, ...], rng: np.random.Generator
-) -> Iterator[Window]:
+def record_windows(record: Record, spec: WindowSpec, action_shape: tuple[int, ...], rng: np.random.Generator) -> Iterator[Window]:
     """The record's windows, one per transition, in random order; each is cut from the record when asked for."""
     frames = record.meta.frames
     order = rng.permutation(frames - 1)
@@ -139,10 +137,7 @@ class WindowDataset(IterableDataset):
         dataset = open_dataset(self.source)  # fail here, in the main process, on a bad source or spec
         sources = dataset.info.get("mask_sources", {})
         if spec.mask_source is not None and spec.mask_source not in sources:
-            raise UsageError(
-                f"{dataset.root} has no '{spec.mask_source}' masks (it has {sorted(sources) or 'none'}): "
-                "choose a stored mask source, or none"
-            )
+            raise UsageError(f"{dataset.root} has no '{spec.mask_source}' masks (it has {sorted(sources) or 'none'}): choose a stored mask source, or none")
         dataset.check_fields(spec.fields)
         self.shards = dataset.shards(split)
         if spec.labelled_only:  # the shard index says which shards hold labelled records: read only those
@@ -164,10 +159,7 @@ class WindowDataset(IterableDataset):
             for count, window in enumerate(self._epoch_windows(dataset, epoch, worker_id, workers), 1):  # noqa: B007 (read after the loop)
                 yield window
             if count == 0 and self.epochs is None:  # streaming forever would spin without yielding
-                raise UsageError(
-                    f"rank {self.rank} worker {worker_id} got no windows of split {self.split!r} of {self.source}: "
-                    "use fewer ranks or workers"
-                )
+                raise UsageError(f"rank {self.rank} worker {worker_id} got no windows of split {self.split!r} of {self.source}: use fewer ranks or workers")
 
     def _epoch_windows(self, dataset: Dataset, epoch: int, worker_id: int, workers: int) -> Iterator[Window]:
         shard_order = np.random.default_rng([self.seed, epoch]).permutation(self.shards).tolist()  # alike everywhere

@@ -145,7 +145,9 @@ def train_bc(run_dir: Path, stage: StageConfig, show_progress: bool = True, lam_
     def forward(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return policy({**batch, "latent_target": lam.latent(batch)})  # the frozen IDM's latent for (o_t, o_{t+1})
 
-    return fit("bc", run_dir, policy, forward, batches, stage.optim, stage.log_every, stage.checkpoint_every, batch_size=stage.batch_size, show_progress=show_progress)
+    return fit(
+        "bc", run_dir, policy, forward, batches, stage.optim, stage.log_every, stage.checkpoint_every, batch_size=stage.batch_size, show_progress=show_progress
+    )
 
 
 def frozen_policy(run_dir: Path, lam: torch.nn.Module) -> LatentPolicy:
@@ -211,7 +213,18 @@ def train_decoder(run_dir: Path, stage: StageConfig, show_progress: bool = True,
         loss, metrics = decoder.loss(batch)
         return {**metrics, "loss": loss}
 
-    result = fit("decoder", run_dir, decoder, forward, batches(), stage.optim, stage.log_every, stage.checkpoint_every, batch_size=stage.batch_size, show_progress=show_progress)
+    result = fit(
+        "decoder",
+        run_dir,
+        decoder,
+        forward,
+        batches(),
+        stage.optim,
+        stage.log_every,
+        stage.checkpoint_every,
+        batch_size=stage.batch_size,
+        show_progress=show_progress,
+    )
     return {**result, "labelled_transitions": len(latents)}
 
 
@@ -231,8 +244,18 @@ def train_action_bc(run_dir: Path, stage: StageConfig, show_progress: bool = Tru
     def forward(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return policy({**batch, "latent_target": batch["action"]})
 
-    return fit("bc-actions", run_dir, policy, forward, batches, stage.optim, stage.log_every, stage.checkpoint_every, batch_size=stage.batch_size, show_progress=show_progress)
-
+    return fit(
+        "bc-actions",
+        run_dir,
+        policy,
+        forward,
+        batches,
+        stage.optim,
+        stage.log_every,
+        stage.checkpoint_every,
+        batch_size=stage.batch_size,
+        show_progress=show_progress,
+    )
 
 
 # --- every stage in one run folder (`masklam train all`) --------------------------------------------------------
@@ -258,6 +281,7 @@ def validate_all(lam: LAMTrainConfig, stage: StageConfig, reference: bool) -> No
 def stale_stages(run_dir: Path, lam: LAMTrainConfig, stage: StageConfig, reference: bool) -> list[str]:
     """Stages whose saved settings differ from these (and the stages after them), to train again.
     A LAM with another config is refused (retraining it is a new run: another --out)."""
+
     def changed(name: str, config: Any, ignore: tuple[str, ...] = ()) -> bool:
         saved = run_dir / f"{name}-config.json"
         if not saved.exists():
@@ -269,17 +293,22 @@ def stale_stages(run_dir: Path, lam: LAMTrainConfig, stage: StageConfig, referen
         return not same_settings(previous, to_dict(config), run_dir, ignore)
 
     if changed("lam", lam) and (run_dir / CHECKPOINT).exists():
-        raise UsageError(f"{run_dir} holds a lam run with another config: use another --out, or the same LAM settings to resume it "
-                         "(settings of the later stages may change: those stages are trained again)")
-    planned = {"bc": changed("bc", stage, DECODER_ONLY), "decoder": changed("decoder", stage), "bc-actions": reference and changed("bc-actions", stage, DECODER_ONLY)}
+        raise UsageError(
+            f"{run_dir} holds a lam run with another config: use another --out, or the same LAM settings to resume it "
+            "(settings of the later stages may change: those stages are trained again)"
+        )
+    planned = {
+        "bc": changed("bc", stage, DECODER_ONLY),
+        "decoder": changed("decoder", stage),
+        "bc-actions": reference and changed("bc-actions", stage, DECODER_ONLY),
+    }
     stale = {name for name, differs in planned.items() if differs}
     for name in list(stale):
         stale.update(DOWNSTREAM[name])
     return [name for name in ("bc", "decoder", "bc-actions") if name in stale]
 
 
-def train_all(lam: LAMTrainConfig, run_dir: Path, stage: StageConfig, reference: bool = True, show_progress: bool = True,
-              echo=print) -> dict[str, Any]:
+def train_all(lam: LAMTrainConfig, run_dir: Path, stage: StageConfig, reference: bool = True, show_progress: bool = True, echo=print) -> dict[str, Any]:
     """The LAM, latent BC, the action decoder and (``reference``) BC on true actions, in one run folder. Every
     stage's settings are checked first; a stage whose settings changed since an earlier run is trained again,
     with the stages after it, and the others resume (a finished one is left as it is)."""

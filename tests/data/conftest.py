@@ -67,9 +67,7 @@ def build_episode(
     while True:
         end = min(start + chunk_frames, frames)
         chunk = len(chunks)
-        chunk_meta = dataclasses.replace(
-            meta, key=record_key(episode, chunk), chunk=chunk, start=start, frames=end - start
-        )
+        chunk_meta = dataclasses.replace(meta, key=record_key(episode, chunk), chunk=chunk, start=start, frames=end - start)
         chunks.append(
             Record(
                 chunk_meta,

@@ -156,9 +156,7 @@ DAMAGE = {
 }
 
 
-@pytest.mark.parametrize(
-    "backend_name, damage", [(name, damage) for name, damages in DAMAGE.items() for damage in damages]
-)
+@pytest.mark.parametrize("backend_name, damage", [(name, damage) for name, damages in DAMAGE.items() for damage in damages])
 def test_damaged_shard_is_a_usage_error(tmp_path, backend_name, damage, features, shard_records):
     backend = BACKENDS[backend_name]
     backend.write_shard(tmp_path, "train", 0, shard_records(sources=(ORACLE,)), features)

@@ -170,8 +170,28 @@ def test_foreign_folder_is_refused(tmp_path):
 
 
 def collect_args(out: Path) -> list[str]:
-    return ["collect", "--env", "dmc:cheetah-run", "--distractors", "low", "--size", "32", "--steps", "40",
-            "--episodes", "6", "--test-episodes", "0", "--episodes-per-shard", "1", "--seed", "5", "--out", str(out), "--no-progress"]
+    return [
+        "collect",
+        "--env",
+        "dmc:cheetah-run",
+        "--distractors",
+        "low",
+        "--size",
+        "32",
+        "--steps",
+        "40",
+        "--episodes",
+        "6",
+        "--test-episodes",
+        "0",
+        "--episodes-per-shard",
+        "1",
+        "--seed",
+        "5",
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
 
 
 @pytest.mark.slow

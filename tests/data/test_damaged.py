@@ -53,8 +53,7 @@ def clean(tmp_path_factory) -> dict[str, Path]:
 def lam_run(clean, tmp_path_factory) -> Path:
     """A LAM trained for 2 steps on the clean webdataset dataset, for `probe`."""
     out = tmp_path_factory.mktemp("run") / "lam"
-    result = cli("train", "lam", "--data", str(clean["webdataset"]), "--out", str(out), "--trainer", "lapo-tiny",
-                 "--set", "optim.steps=2", "--no-progress")
+    result = cli("train", "lam", "--data", str(clean["webdataset"]), "--out", str(out), "--trainer", "lapo-tiny", "--set", "optim.steps=2", "--no-progress")
     assert result.exit_code == 0, result.stderr
     return out
 
@@ -70,8 +69,9 @@ def snapshot(root: Path) -> dict[str, bytes]:
 # --- ways to damage a dataset ------------------------------------------------------------------------------
 
 
-def rewrite_tar(path: Path, edit: Callable[[str, str, bytes], bytes | None], fix_checksums: bool = True,
-                order: Callable[[list[str]], list[str]] | None = None) -> None:
+def rewrite_tar(
+    path: Path, edit: Callable[[str, str, bytes], bytes | None], fix_checksums: bool = True, order: Callable[[list[str]], list[str]] | None = None
+) -> None:
     """Rewrite a tar member by member: ``edit(key, suffix, data)`` gives new bytes or None (drop the member);
     with ``fix_checksums`` the edited samples get checksums that match (damage a checksum cannot see)."""
     samples: dict[str, dict[str, bytes]] = {}
@@ -118,10 +118,12 @@ def set_action(root: Path, backend: str, split: str, value: float) -> None:
     """Put ``value`` in the first action of a labelled record of ``split``, written as a valid shard would be."""
     key = labelled_key(root) if split == "train" else "e000000-c000"
     if backend == "webdataset":
+
         def change(data: bytes) -> bytes:
             action = decode_npy(data)
             action[0, 0] = value
             return encode_npy(action)
+
         rewrite_tar(root / split / "shard-000000.tar", only(key, "action.npy", change))
     else:
         metas = open_dataset(root).shard_index(split, 0)
@@ -134,8 +136,7 @@ def wrong_shape_mask(root: Path, backend: str) -> None:
     if backend == "webdataset":
         key = labelled_key(root)
         frames = open_dataset(root).shard_index("train", 0)[0].frames
-        rewrite_tar(root / "masks/oracle/train/shard-000000.tar",
-                    only(key, "mask.npy.gz", lambda _: encode_mask(np.zeros((frames, SIZE, SIZE - 1), np.uint8))))
+        rewrite_tar(root / "masks/oracle/train/shard-000000.tar", only(key, "mask.npy.gz", lambda _: encode_mask(np.zeros((frames, SIZE, SIZE - 1), np.uint8))))
     else:
         folder = root / "data.zarr/train/shard-000000/data/mask/oracle"
         frames = zarr.open_array(folder, mode="r").shape[0]
@@ -159,6 +160,7 @@ def delete_member(what: str) -> Callable[[Path, str], None]:
             shutil.rmtree(root / "data.zarr/train/shard-000000/data/action")  # the whole array
         else:
             chunk_files(root, {"rgb": "data/rgb", "mask": "data/mask/oracle"}[what])[0].unlink()
+
     return damage
 
 
@@ -171,6 +173,7 @@ def flip(what: str) -> Callable[[Path, str], None]:
         else:
             path = chunk_files(root, "data/mask/oracle" if what == "mask" else "data/rgb")[0]
             path.write_bytes(flip_byte(path.read_bytes()))
+
     return damage
 
 
@@ -179,6 +182,7 @@ def edit_info(change: Callable[[dict], None]) -> Callable[[Path, str], None]:
         info = json.loads((root / "info.json").read_text())
         change(info)
         (root / "info.json").write_text(json.dumps(info))
+
     return damage
 
 
@@ -202,12 +206,18 @@ DAMAGE: dict[str, Callable[[Path, str], None]] = {
     **{f"info.json without {field}": edit_info(lambda info, field=field: info.pop(field)) for field in INFO_FIELDS},
     "info.json with a bad split count": edit_info(lambda info: info["splits"]["train"].update(shards="two")),
 }
-METADATA = {"info.json not JSON", "empty split", "info.json with a bad split count"} | {
-    f"info.json without {field}" for field in INFO_FIELDS}
+METADATA = {"info.json not JSON", "empty split", "info.json with a bad split count"} | {f"info.json without {field}" for field in INFO_FIELDS}
 # Which damage each command (besides verify and info) is run on: what it reads, one case per kind at least.
 COMMANDS: dict[str, list[str]] = {
-    "train lam": ["truncated shard", "deleted actions", "NaN labelled action", "wrong-shape mask", "flipped mask byte",
-                  "info.json without env", "info.json without mask_sources"],
+    "train lam": [
+        "truncated shard",
+        "deleted actions",
+        "NaN labelled action",
+        "wrong-shape mask",
+        "flipped mask byte",
+        "info.json without env",
+        "info.json without mask_sources",
+    ],
     "probe": ["inf test action", "deleted actions", "flipped frame byte", "info.json without features"],
     "masks transform": ["deleted masks", "flipped mask byte", "wrong-shape mask", "info.json without mask_sources", "empty split"],
     "publish --dry-run": ["deleted frames", "inf test action", "flipped frame byte", "info.json without env"],
@@ -218,12 +228,22 @@ def command_args(command: str, data: Path, tmp_path: Path, lam_run: Path) -> lis
     return {
         "verify": ["verify", str(data)],
         "info": ["info", str(data)],
-        "train lam": ["train", "lam", "--data", str(data), "--out", str(tmp_path / "run"), "--trainer", "masklam-tiny",
-                      "--set", "optim.steps=2", "--no-progress"],
+        "train lam": [
+            "train",
+            "lam",
+            "--data",
+            str(data),
+            "--out",
+            str(tmp_path / "run"),
+            "--trainer",
+            "masklam-tiny",
+            "--set",
+            "optim.steps=2",
+            "--no-progress",
+        ],
         "probe": ["probe", str(lam_run), "--data", str(data), "--windows", "20", "--no-progress"],
         "masks transform": ["masks", "transform", str(data), "--erode", "1", "--no-progress"],
-        "publish --dry-run": ["publish", str(data), "--repo-id", "someone/tiny", "--dry-run", "--no-progress",
-                              "--stage", str(tmp_path / "stage")],
+        "publish --dry-run": ["publish", str(data), "--repo-id", "someone/tiny", "--dry-run", "--no-progress", "--stage", str(tmp_path / "stage")],
     }[command]
 
 

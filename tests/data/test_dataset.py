@@ -151,7 +151,5 @@ def test_write_index_keeps_its_own_keys(tmp_path):
     with pytest.raises(ValueError, match="records"):
         write_index(tmp_path, "train", 0, [], {"records": []})
     write_index(tmp_path, "train", 3, [], {"stats": {"frames": 0}})
-    assert json.loads(index_path(tmp_path, "train", 3).read_text()) == {
-        "records": [], "shard": 3, "split": "train", "stats": {"frames": 0}
-    }
+    assert json.loads(index_path(tmp_path, "train", 3).read_text()) == {"records": [], "shard": 3, "split": "train", "stats": {"frames": 0}}
     assert np.all([not p.name.endswith(".tmp") for p in tmp_path.rglob("*")])

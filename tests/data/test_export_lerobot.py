@@ -73,7 +73,7 @@ def test_image_export_is_lossless(collected, tmp_path):
     row = 0
     for number, episode in enumerate(episodes):
         n = episode.meta.frames
-        chunk = rows[row:row + n]
+        chunk = rows[row : row + n]
         assert chunk["episode_index"] == [number] * n and chunk["frame_index"] == list(range(n))
         np.testing.assert_allclose(chunk["timestamp"], np.arange(n) / info["fps"], atol=1e-6)
         np.testing.assert_array_equal(np.stack([np.asarray(im) for im in chunk[IMAGE_KEY]]), episode.steps["rgb"])
@@ -100,7 +100,9 @@ def test_video_export_is_within_the_codec_error(collected, tmp_path):
 
     errors = []
     for row, episode in zip(pq.read_table(out / "meta/episodes/chunk-000/file-000.parquet").to_pylist(), masklam_episodes(collected)):
-        path = out / info["video_path"].format(video_key=IMAGE_KEY, chunk_index=row[f"videos/{IMAGE_KEY}/chunk_index"], file_index=row[f"videos/{IMAGE_KEY}/file_index"])
+        path = out / info["video_path"].format(
+            video_key=IMAGE_KEY, chunk_index=row[f"videos/{IMAGE_KEY}/chunk_index"], file_index=row[f"videos/{IMAGE_KEY}/file_index"]
+        )
         with av.open(str(path)) as container:
             frames = np.stack([frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)])
         assert len(frames) == episode.meta.frames
@@ -173,10 +175,16 @@ def lerobot_written(root: Path) -> Path:
         for _t in range(8 + episode):
             frame = np.full((48, 64, 3), 40, np.uint8)
             x = int(np.clip(x + rng.integers(-3, 4), 6, 58))
-            frame[10:30, x - 6:x + 6] = (250, 200, 30)
-            made.add_frame({"observation.images.front": frame, "observation.images.wrist": frame[::2, ::2][:24, :24].copy(),
-                            "observation.state": np.array([x, 20, episode], np.float32), "action": rng.normal(size=2).astype(np.float32),
-                            "task": "push the block" if episode < 2 else "wave"})
+            frame[10:30, x - 6 : x + 6] = (250, 200, 30)
+            made.add_frame(
+                {
+                    "observation.images.front": frame,
+                    "observation.images.wrist": frame[::2, ::2][:24, :24].copy(),
+                    "observation.state": np.array([x, 20, episode], np.float32),
+                    "action": rng.normal(size=2).astype(np.float32),
+                    "task": "push the block" if episode < 2 else "wave",
+                }
+            )
         made.save_episode()
     made.finalize()
     return root
@@ -203,8 +211,9 @@ def test_a_dataset_lerobot_wrote_is_ingested_segmented_trained_and_probed(tmp_pa
 
     torch.manual_seed(0)
     checkpoint = tmp_path / "sam_small.pth"
-    small = SamArchitecture(image_size=64, patch_size=16, embed_dim=32, depth=2, num_heads=2, window_size=2, global_attn_indexes=(1,),
-                            decoder_depth=2, decoder_mlp_dim=64)
+    small = SamArchitecture(
+        image_size=64, patch_size=16, embed_dim=32, depth=2, num_heads=2, window_size=2, global_attn_indexes=(1,), decoder_depth=2, decoder_mlp_dim=64
+    )
     torch.save(small.build().state_dict(), checkpoint)
     from masklam.segment.run import SegmentConfig, segment_dataset
 

@@ -31,8 +31,7 @@ SOURCES = ("oracle", "oracle_dilate1")
 def make_dataset(root: Path, backend: str) -> Path:
     """3 train episodes (one unlabelled) in 4-step chunks, 1 test episode, and a second mask source."""
     env = EnvSpec("dmc:cheetah-run", RenderSpec(size=32), distractor_preset("low"), episode_steps=10)
-    config = CollectConfig(env=env, backend=backend, episodes=3, test_episodes=1, episodes_per_shard=2,
-                           chunk_steps=4, labelled_episodes=2, seed=5)
+    config = CollectConfig(env=env, backend=backend, episodes=3, test_episodes=1, episodes_per_shard=2, chunk_steps=4, labelled_episodes=2, seed=5)
     collect(config, root, show_progress=False)
     derive_source(root, "oracle", MaskTransform(dilate=1), None, False, False)
     return root
@@ -53,8 +52,11 @@ def staged(datasets_by_backend, tmp_path_factory) -> dict[str, Path]:
 
 
 def stage_files(stage: Path) -> dict[str, bytes]:
-    return {p.relative_to(stage).as_posix(): p.read_bytes() for p in sorted(stage.rglob("*"))
-            if p.is_file() and ".cache" not in p.relative_to(stage).parts and p.name != ".masklam-stage.json"}
+    return {
+        p.relative_to(stage).as_posix(): p.read_bytes()
+        for p in sorted(stage.rglob("*"))
+        if p.is_file() and ".cache" not in p.relative_to(stage).parts and p.name != ".masklam-stage.json"
+    }
 
 
 def assert_same_episodes(rows: dict[str, np.ndarray], data: Path, split: str) -> None:
@@ -155,8 +157,9 @@ def test_publish_uploads_the_stage_and_never_leaks_the_token(transfer, datasets_
     home = tmp_path / "hf-home"
     xet = {"HF_HUB_DISABLE_XET": "1" if transfer == "lfs" else "0"}
     with FakeHub(lfs_threshold=64 * 1024 if transfer == "lfs" else None) as hub:
-        result = run_cli(["publish", str(data), "--repo-id", "me/tiny", "--private", "--revision", "dev",
-                          "--message", "first version", "--no-progress"], hub, home, **xet)
+        result = run_cli(
+            ["publish", str(data), "--repo-id", "me/tiny", "--private", "--revision", "dev", "--message", "first version", "--no-progress"], hub, home, **xet
+        )
         assert result.returncode == 0, result.stderr
         stage = tmp_path / "tiny.publish"
         assert hub.files("me/tiny", "dev") == stage_files(stage)
@@ -215,13 +218,33 @@ def test_pull_streams_and_loads_back_from_the_hub(datasets_by_backend, staged, t
 
         # Streaming straight from the Hub into training, and `datasets` from the repo id.
         run = tmp_path / "run"
-        result = run_cli(["train", "lam", "--data", "hf://datasets/me/tiny", "--out", str(run), "--trainer", "masklam-tiny",
-                          "--mask-source", "oracle_dilate1", "--set", "optim.steps=2", "--set", "data.batch_size=4",
-                          "--no-progress"], hub, home, token=None)
+        result = run_cli(
+            [
+                "train",
+                "lam",
+                "--data",
+                "hf://datasets/me/tiny",
+                "--out",
+                str(run),
+                "--trainer",
+                "masklam-tiny",
+                "--mask-source",
+                "oracle_dilate1",
+                "--set",
+                "optim.steps=2",
+                "--set",
+                "data.batch_size=4",
+                "--no-progress",
+            ],
+            hub,
+            home,
+            token=None,
+        )
         assert result.returncode == 0, result.stderr
         assert json.loads((run / "lam-config.json").read_text())["data"]["path"] == "hf://datasets/me/tiny"
-        script = ("import datasets; d = datasets.load_dataset('me/tiny', split='train');"
-                  "print(d.num_rows, sorted(c for c in d.column_names if c.startswith('mask_')))")
+        script = (
+            "import datasets; d = datasets.load_dataset('me/tiny', split='train');print(d.num_rows, sorted(c for c in d.column_names if c.startswith('mask_')))"
+        )
         environment = {**os.environ, **hub.env(home=home)}
         loaded = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=environment, timeout=300)
         assert loaded.returncode == 0, loaded.stderr

@@ -35,7 +35,7 @@ def moving_square(frames: int, height: int = 48, width: int = 64, seed: int = 0)
     video[..., 2] = np.linspace(0, 200, width, dtype=np.uint8)
     x = np.clip(np.cumsum(rng.integers(-2, 3, frames)) + width // 2, 8, width - 8)
     for t in range(frames):
-        video[t, 10:26, x[t] - 6:x[t] + 6] = (255, 255, 0)
+        video[t, 10:26, x[t] - 6 : x[t] + 6] = (255, 255, 0)
     return video
 
 

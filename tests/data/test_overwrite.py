@@ -14,8 +14,22 @@ from masklam.cli import app
 from masklam.data.dataset import open_dataset
 
 runner = CliRunner()
-COLLECT = ["collect", "--env", "dmc:cheetah-run", "--steps", "6", "--size", "16", "--episodes", "2", "--test-episodes", "1",
-           "--episodes-per-shard", "1", "--no-progress"]
+COLLECT = [
+    "collect",
+    "--env",
+    "dmc:cheetah-run",
+    "--steps",
+    "6",
+    "--size",
+    "16",
+    "--episodes",
+    "2",
+    "--test-episodes",
+    "1",
+    "--episodes-per-shard",
+    "1",
+    "--no-progress",
+]
 
 
 def cli(*args: str):
@@ -45,8 +59,21 @@ def test_rerunning_a_finished_collect_changes_nothing(with_sources):
     result = cli(*command)
     assert result.exit_code == 0, result.stderr
     assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in root.rglob("*") if p.is_file()} == before
-    result = cli("train", "lam", "--data", str(root), "--out", str(root.parent / "run"), "--trainer", "masklam-tiny",
-                 "--mask-source", "oracle_erode2", "--set", "optim.steps=1", "--no-progress")
+    result = cli(
+        "train",
+        "lam",
+        "--data",
+        str(root),
+        "--out",
+        str(root.parent / "run"),
+        "--trainer",
+        "masklam-tiny",
+        "--mask-source",
+        "oracle_erode2",
+        "--set",
+        "optim.steps=1",
+        "--no-progress",
+    )
     assert result.exit_code == 0, result.stderr
 
 

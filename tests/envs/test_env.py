@@ -192,9 +192,9 @@ MT10 = ["reach", "push", "pick-place", "door-open", "drawer-open", "drawer-close
 
 
 # Meta-World scenes render slower: push stays in the fast tier, the other nine are slow.
-@pytest.mark.parametrize("env_id", [f"dmc:{t}" for t in LISTED_DMC] + [
-    pytest.param(f"metaworld:{t}-v3", marks=() if t == "push" else pytest.mark.slow) for t in MT10
-])
+@pytest.mark.parametrize(
+    "env_id", [f"dmc:{t}" for t in LISTED_DMC] + [pytest.param(f"metaworld:{t}-v3", marks=() if t == "push" else pytest.mark.slow) for t in MT10]
+)
 def test_every_listed_task_renders_its_agent(env_id):
     from masklam.envs.policies import make_policy
 

@@ -59,13 +59,8 @@ def _assert_smooth_motion(frames: np.ndarray) -> None:
 
 
 def test_builtin_is_deterministic_across_opens_and_processes(builtin: dict[str, VideoPool]) -> None:
-    script = (
-        "from masklam.envs.video import open_video_pools; from tests.envs.test_video import _digest; "
-        "print(_digest(open_video_pools('builtin')))"
-    )
-    other_process = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=Path(__file__).parents[2]
-    )
+    script = "from masklam.envs.video import open_video_pools; from tests.envs.test_video import _digest; print(_digest(open_video_pools('builtin')))"
+    other_process = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=Path(__file__).parents[2])
     # A fresh pool (not the shared cached one) must regenerate the same bytes.
     fresh = pickle.loads(pickle.dumps(builtin))
     assert other_process.stdout.strip() == _digest(fresh)

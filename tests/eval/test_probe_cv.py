@@ -127,8 +127,15 @@ def test_the_printout_shows_the_ridge_and_both_scores():
     train_z, train_a, ids = episodes(6, seed=20, nuisance=5)
     test_z, test_a, _ = episodes(2, seed=21, nuisance=5)
     action = action_probe(train_z, train_a, ids, test_z, test_a)
-    result = {"method": "lapo", "data": "d", "windows": {"train": len(ids), "test": len(test_a)}, "train_episodes": 6, "action": action,
-              "distractor": {"bg_frame": {"r2": 0.25}}, "episode_share": {"latent": 0.5, "action": 0.01}}
+    result = {
+        "method": "lapo",
+        "data": "d",
+        "windows": {"train": len(ids), "test": len(test_a)},
+        "train_episodes": 6,
+        "action": action,
+        "distractor": {"bg_frame": {"r2": 0.25}},
+        "episode_share": {"latent": 0.5, "action": 0.01},
+    }
     text = render_probe(result)
     assert f"ridge                  {action['ridge']:.3g}" in text and f"{action['folds']}-fold" in text
     assert f"test      {action['test_nmse']:.4f}" in text and f"in-pool   {action['in_pool_nmse']:.4f}" in text

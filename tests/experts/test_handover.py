@@ -91,9 +91,13 @@ def test_bad_parts_are_refused(tmp_path):
 def test_the_command_writes_a_policy_that_evaluates_and_refuses_bad_input_with_exit_2(masklam_cli, tmp_path):
     random_policy(tmp_path / "stand.pt", "dmc:hopper-stand", seed=1)
     random_policy(tmp_path / "hop.pt", "dmc:hopper-hop", seed=2)
-    made = masklam_cli("expert", "handover", "dmc:hopper-hop", "--getup", str(tmp_path / "stand.pt"), "--main", str(tmp_path / "hop.pt"), "--out", str(tmp_path / "h.pt"))
+    made = masklam_cli(
+        "expert", "handover", "dmc:hopper-hop", "--getup", str(tmp_path / "stand.pt"), "--main", str(tmp_path / "hop.pt"), "--out", str(tmp_path / "h.pt")
+    )
     assert made.returncode == 0, made.stderr
     scored = masklam_cli("expert", "eval", "dmc:hopper-hop", "--checkpoint", str(tmp_path / "h.pt"), "--episodes", "1", "--json")
     assert scored.returncode == 0 and '"episodes": 1' in scored.stdout, scored.stderr
-    refused = masklam_cli("expert", "handover", "dmc:hopper-hop", "--getup", str(tmp_path / "nothing.pt"), "--main", str(tmp_path / "hop.pt"), "--out", str(tmp_path / "bad.pt"))
+    refused = masklam_cli(
+        "expert", "handover", "dmc:hopper-hop", "--getup", str(tmp_path / "nothing.pt"), "--main", str(tmp_path / "hop.pt"), "--out", str(tmp_path / "bad.pt")
+    )
     assert refused.returncode == 2 and "does not exist" in refused.stderr and not (tmp_path / "bad.pt").exists()

@@ -30,7 +30,18 @@ UNIT = np.ones(1, np.float32)
 @pytest.mark.slow
 @pytest.mark.parametrize("exploration, steps", [({}, 6000), ({"noise_color": 1.0, "n_step": 3}, 4000)], ids=["white-1step", "pink-3step"])
 def test_short_training_beats_the_random_policy(tmp_path, exploration, steps):
-    config = SACConfig("dmc:cartpole-balance", total_steps=steps, learning_starts=500, episode_steps=200, hidden=64, batch_size=64, eval_every=steps, eval_episodes=2, checkpoint_every=steps, **exploration)
+    config = SACConfig(
+        "dmc:cartpole-balance",
+        total_steps=steps,
+        learning_starts=500,
+        episode_steps=200,
+        hidden=64,
+        batch_size=64,
+        eval_every=steps,
+        eval_episodes=2,
+        checkpoint_every=steps,
+        **exploration,
+    )
     train(config, tmp_path, show_progress=False)
     policy = CheckpointPolicy(tmp_path / "policy.pt", "dmc:cartpole-balance", 5, -UNIT, UNIT)
     trained = evaluate(policy.act, "dmc:cartpole-balance", 5, seed=1, episode_steps=200)
@@ -175,9 +186,28 @@ def test_exported_policy_acts_like_the_agent(tmp_path):
 
 
 def expert_args(out: Path, steps: int) -> list[str]:
-    return ["expert", "train", "dmc:cartpole-swingup", "--out", str(out), "--steps", str(steps),
-            "--episode-steps", "100", "--learning-starts", "100", "--hidden", "32", "--batch-size", "32",
-            "--checkpoint-every", "100", "--eval-every", "100000", "--no-progress"]
+    return [
+        "expert",
+        "train",
+        "dmc:cartpole-swingup",
+        "--out",
+        str(out),
+        "--steps",
+        str(steps),
+        "--episode-steps",
+        "100",
+        "--learning-starts",
+        "100",
+        "--hidden",
+        "32",
+        "--batch-size",
+        "32",
+        "--checkpoint-every",
+        "100",
+        "--eval-every",
+        "100000",
+        "--no-progress",
+    ]
 
 
 def actor_weights(run: Path) -> dict[str, torch.Tensor]:
@@ -212,7 +242,11 @@ def test_a_killed_run_resumes_exactly(masklam_cli, tmp_path, exploration):
 
 
 def test_a_run_folder_with_other_settings_is_refused(tmp_path):
-    train(SACConfig("dmc:cartpole-swingup", total_steps=50, learning_starts=50, episode_steps=50, checkpoint_every=50, eval_every=50, eval_episodes=1), tmp_path, show_progress=False)
+    train(
+        SACConfig("dmc:cartpole-swingup", total_steps=50, learning_starts=50, episode_steps=50, checkpoint_every=50, eval_every=50, eval_episodes=1),
+        tmp_path,
+        show_progress=False,
+    )
     with pytest.raises(UsageError, match="another config"):
         train(SACConfig("dmc:cartpole-swingup", total_steps=60, learning_starts=50, episode_steps=50), tmp_path, show_progress=False)
 

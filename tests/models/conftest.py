@@ -25,12 +25,17 @@ def synthetic_batch(batch: int = 4, size: int = 32, stack: int = 3, seed: int = 
     action = torch.randn(batch, 2, generator=g)
     action[~labelled] = float("nan")  # as the loader stores unlabelled actions
     return {
-        "obs": frames(batch, stack, size, size, 3), "future": frames(batch, stack, size, size, 3),
-        "next": frames(batch, size, size, 3), "obs_mask": masks(batch, stack, size, size),
-        "future_mask": masks(batch, stack, size, size), "next_mask": masks(batch, size, size),
-        "action": action, "labelled": labelled,
+        "obs": frames(batch, stack, size, size, 3),
+        "future": frames(batch, stack, size, size, 3),
+        "next": frames(batch, size, size, 3),
+        "obs_mask": masks(batch, stack, size, size),
+        "future_mask": masks(batch, stack, size, size),
+        "next_mask": masks(batch, size, size),
+        "action": action,
+        "labelled": labelled,
         # LAOM-Labels' separate labelled batch
-        "labelled_obs": frames(2, stack, size, size, 3), "labelled_future": frames(2, stack, size, size, 3),
+        "labelled_obs": frames(2, stack, size, size, 3),
+        "labelled_future": frames(2, stack, size, size, 3),
         "labelled_action": torch.randn(2, 2, generator=g),
     }
 

@@ -20,8 +20,8 @@ def scene_batch(make_batch, size: int = 32, agent: int = 8) -> dict:
         masks.zero_()
         corners = torch.randint(0, size - agent, (*masks.shape[:-2], 2), generator=g).view(-1, 2)
         for frame, mask, (y, x) in zip(frames.view(-1, size, size, 3), masks.view(-1, size, size), corners.tolist()):
-            frame[y:y + agent, x:x + agent] = 255
-            mask[y:y + agent, x:x + agent] = 1
+            frame[y : y + agent, x : x + agent] = 255
+            mask[y : y + agent, x : x + agent] = 1
     return batch
 
 

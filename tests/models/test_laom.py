@@ -56,8 +56,10 @@ def test_the_primitives_are_the_transforms_they_claim():
     for image, out in zip(images, shifted):
         # An integer translation of at most 8 px: the centre 16 x 16 is the input, moved.
         found = [
-            (dx, dy) for dx in range(-8, 9) for dy in range(-8, 9)
-            if torch.allclose(out[:, 8:24, 8:24], image[:, 8 + dy:24 + dy, 8 + dx:24 + dx], atol=1e-5)
+            (dx, dy)
+            for dx in range(-8, 9)
+            for dy in range(-8, 9)
+            if torch.allclose(out[:, 8:24, 8:24], image[:, 8 + dy : 24 + dy, 8 + dx : 24 + dx], atol=1e-5)
         ]
         assert len(found) == 1
     quarter = augment(images, AugmentConfig(compositions=("rotate",), rotation=0.0), g)

@@ -24,12 +24,15 @@ def test_the_example_recipe_ingests_segments_trains_and_probes_but_never_evaluat
     assert not [step for step in steps if step.startswith(("evaluate", "train bc-actions", "collect"))]
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (['masks=["oracle"]'], "[ingest] data has no oracle"),
-    (['collect={env="dmc:cheetah-run"}'], "exactly one of [collect]"),
-    (["ingest.size=4"], "--size 4"),
-    (["ingest.colour=1"], "unknown setting ingest.colour"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (['masks=["oracle"]'], "[ingest] data has no oracle"),
+        (['collect={env="dmc:cheetah-run"}'], "exactly one of [collect]"),
+        (["ingest.size=4"], "--size 4"),
+        (["ingest.colour=1"], "unknown setting ingest.colour"),
+    ],
+)
 def test_bad_ingest_recipes_say_why(overrides, message):
     with pytest.raises(UsageError, match=message.replace("[", r"\[").replace("]", r"\]")):
         load_recipe(EXAMPLE, overrides)

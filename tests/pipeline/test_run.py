@@ -122,14 +122,17 @@ def test_report_command_and_dry_run(masklam_cli, finished, tmp_path):
     assert done.returncode == 0 and "[todo] collect low" in done.stdout and not (tmp_path / "fresh").exists()
 
 
-@pytest.mark.parametrize("args, message", [
-    (["run", "no-such-recipe"], "no recipe file"),
-    (["run", "quickstart", "--set", "methods=[\"vae\"]", "--dry-run"], "recipe methods"),
-    (["run", "quickstart", "--set", "masks=[\"sam_vit_h\"]", "--dry-run"], "made by no [[segment]]"),
-    (["run", "quickstart", "--set", "collect.env=\"dmc:cheetah-fly\"", "--dry-run"], "unknown env"),
-    (["run", "quickstart", "--set", "train.preset=\"huge\"", "--dry-run"], "no trainer preset"),
-    (["report", "{tmp}", "--out", "{tmp}/report"], "not a `masklam run` folder"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["run", "no-such-recipe"], "no recipe file"),
+        (["run", "quickstart", "--set", 'methods=["vae"]', "--dry-run"], "recipe methods"),
+        (["run", "quickstart", "--set", 'masks=["sam_vit_h"]', "--dry-run"], "made by no [[segment]]"),
+        (["run", "quickstart", "--set", 'collect.env="dmc:cheetah-fly"', "--dry-run"], "unknown env"),
+        (["run", "quickstart", "--set", 'train.preset="huge"', "--dry-run"], "no trainer preset"),
+        (["report", "{tmp}", "--out", "{tmp}/report"], "not a `masklam run` folder"),
+    ],
+)
 def test_bad_recipes_are_one_line_errors(masklam_cli, tmp_path, args, message):
     done = masklam_cli(*[a.replace("{tmp}", str(tmp_path)) for a in args])
     assert done.returncode == 2 and message in done.stderr and len(done.stderr.strip().splitlines()) == 1

@@ -23,8 +23,12 @@ def test_means_over_seeds_and_ratios_against_lapo(tmp_path):
         nmse, ret = numbers[run.method, run.seed]
         folder = run.folder(tmp_path)
         folder.mkdir(parents=True)
-        (folder / "probe.json").write_text(json.dumps({"action_nmse": nmse, "in_pool_nmse": nmse / 2, "distractor_r2": 0.25, "episode_share": {"latent": 0.5, "action": 0.01}}))
-        (folder / "evaluate.json").write_text(json.dumps({"return_mean": ret, "normalised_by_collector": ret / 100, "normalised_by_bc_actions": None, "success_rate": 0.5}))
+        (folder / "probe.json").write_text(
+            json.dumps({"action_nmse": nmse, "in_pool_nmse": nmse / 2, "distractor_r2": 0.25, "episode_share": {"latent": 0.5, "action": 0.01}})
+        )
+        (folder / "evaluate.json").write_text(
+            json.dumps({"return_mean": ret, "normalised_by_collector": ret / 100, "normalised_by_bc_actions": None, "success_rate": 0.5})
+        )
     summary = write_report([tmp_path], tmp_path / "report", echo=lambda _: None)
     rows = summary["r/low"]["rows"]
     assert rows["lapo"]["nmse"] == pytest.approx((0.7, 0.6, 0.8))  # two seeds: the interval spans both

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("ultralytics") is None, reason="MobileSAM's architecture is built by the ultralytics extra (AGPL-3.0, optional)")
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("ultralytics") is None, reason="MobileSAM's architecture is built by the ultralytics extra (AGPL-3.0, optional)"
+)
 
 from masklam.data.collect import CollectConfig, collect  # noqa: E402
 from masklam.data.dataset import open_dataset  # noqa: E402

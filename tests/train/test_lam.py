@@ -49,8 +49,23 @@ def test_each_method_learns_on_a_tiny_dataset(tiny_data, tmp_path, method):
 
 
 def train_args(data: Path, out: Path) -> list[str]:
-    return ["train", "lam", "--data", str(data), "--out", str(out), "--trainer", "masklam-tiny",
-            "--set", "optim.steps=60", "--set", "checkpoint_every=10", "--set", "data.batch_size=8", "--no-progress"]
+    return [
+        "train",
+        "lam",
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--trainer",
+        "masklam-tiny",
+        "--set",
+        "optim.steps=60",
+        "--set",
+        "checkpoint_every=10",
+        "--set",
+        "data.batch_size=8",
+        "--no-progress",
+    ]
 
 
 @pytest.mark.slow
@@ -90,9 +105,14 @@ def synthetic_batch(batch: int = 4, size: int = 32) -> dict[str, torch.Tensor]:
     for b in range(batch):
         masks[b, : 4 + 6 * b, : 5 + 3 * b] = 1  # different agent sizes: the halves' mask counts differ
     return {
-        "obs": frames(batch, 3, size, size, 3), "future": frames(batch, 3, size, size, 3), "next": frames(batch, size, size, 3),
-        "obs_mask": masks[:, None].repeat(1, 3, 1, 1), "future_mask": masks[:, None].repeat(1, 3, 1, 1), "next_mask": masks,
-        "labelled_obs": frames(batch, 3, size, size, 3), "labelled_future": frames(batch, 3, size, size, 3),
+        "obs": frames(batch, 3, size, size, 3),
+        "future": frames(batch, 3, size, size, 3),
+        "next": frames(batch, size, size, 3),
+        "obs_mask": masks[:, None].repeat(1, 3, 1, 1),
+        "future_mask": masks[:, None].repeat(1, 3, 1, 1),
+        "next_mask": masks,
+        "labelled_obs": frames(batch, 3, size, size, 3),
+        "labelled_future": frames(batch, 3, size, size, 3),
         "labelled_action": torch.randn(batch, 6, generator=generator),
     }
 

@@ -57,26 +57,26 @@ def episode_records(episode: int, frames: int, labelled: bool, chunk_frames: int
     while True:
         stop = min(start + length, frames)
         chunk = len(records)
-        meta = RecordMeta(
-            record_key(episode, chunk), "train", episode, chunk, start, stop - start, frames, episode, labelled, 0.0
-        )
+        meta = RecordMeta(record_key(episode, chunk), "train", episode, chunk, start, stop - start, frames, episode, labelled, 0.0)
         records.append(Record(meta, {k: v[start:stop] for k, v in steps.items()}, {ORACLE: masks[start:stop]}))
         if stop == frames:
             return records
         start = stop - 1
 
 
-def write_dataset(
-    root: Path, backend: str, layout: list, chunk_frames: int = 0, size: int = SIZE, stats: dict | None = None
-) -> Path:
+def write_dataset(root: Path, backend: str, layout: list, chunk_frames: int = 0, size: int = SIZE, stats: dict | None = None) -> Path:
     """A train split written as collect writes one: shards, their index files, then info.json."""
     for shard, episodes in enumerate(layout):
         records = [r for spec in episodes for r in episode_records(*spec, chunk_frames, size)]
         BACKENDS[backend].write_shard(root, "train", shard, records, features(size))
         write_index(root, "train", shard, [r.meta for r in records], {})
     episodes = [spec for shard in layout for spec in shard]
-    counts = {"episodes": len(episodes), "records": len(episodes), "frames": sum(frames for _, frames, _ in episodes),
-              "labelled_episodes": sum(labelled for *_, labelled in episodes)}
+    counts = {
+        "episodes": len(episodes),
+        "records": len(episodes),
+        "frames": sum(frames for _, frames, _ in episodes),
+        "labelled_episodes": sum(labelled for *_, labelled in episodes),
+    }
     if chunk_frames:  # records are chunks sharing their boundary frame
         counts["records"] = sum(len(range(0, max(frames - 1, 1), chunk_frames - 1)) for _, frames, _ in episodes)
     info = {
@@ -186,10 +186,7 @@ def test_bad_arguments_are_usage_errors(tmp_path):
 def test_every_transition_once_per_epoch_across_ranks_and_workers(tmp_path, backend, shards):
     layout = [[(2 * s, 5, True), (2 * s + 1, 4 + s, s % 2 == 0)] for s in range(shards)]
     root = write_dataset(tmp_path, backend, layout)
-    loaders = [
-        make_loader(WindowDataset(root, "train", WindowSpec(), 3, 8, epochs=1, rank=rank, world_size=2), 4, num_workers=2)
-        for rank in range(2)
-    ]
+    loaders = [make_loader(WindowDataset(root, "train", WindowSpec(), 3, 8, epochs=1, rank=rank, world_size=2), 4, num_workers=2) for rank in range(2)]
     epochs = []
     for _ in range(2):  # persistent workers: the second pass is the next epoch
         per_rank = [[window_id(w) for w in unbatch(loader)] for loader in loaders]

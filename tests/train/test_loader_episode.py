@@ -25,8 +25,16 @@ def write_dataset(root, backend: str, episodes: dict[int, int]):
             records.append(Record(meta, steps, {ORACLE: np.zeros((stop - start, 4, 4), np.uint8)}))
     BACKENDS[backend].write_shard(root, "train", 0, records, FEATURES)
     write_index(root, "train", 0, [r.meta for r in records], {})
-    atomic_write_json(root / "info.json", {"schema_version": SCHEMA_VERSION, "backend": backend, "splits": {"train": {"shards": 1}},
-                                           "features": {k: f.to_json() for k, f in FEATURES.items()}, "mask_sources": {ORACLE: {}}})
+    atomic_write_json(
+        root / "info.json",
+        {
+            "schema_version": SCHEMA_VERSION,
+            "backend": backend,
+            "splits": {"train": {"shards": 1}},
+            "features": {k: f.to_json() for k, f in FEATURES.items()},
+            "mask_sources": {ORACLE: {}},
+        },
+    )
     return root
 
 
