@@ -96,6 +96,7 @@ def collect_results(root: Path) -> dict[str, Any]:
             "preset": recipe.train.preset,
             "seeds": list(recipe.seeds),
             "wall_seconds": round(seconds),
+            "simulated": recipe.simulated,  # ingested data has no simulator: no online returns to report
             "runs": defaultdict(dict),
         }
     for run in grid(recipe):
@@ -146,10 +147,12 @@ def ratio(numerator: tuple[float, ...] | None, denominator: tuple[float, ...] | 
 def variant_table(variant: dict[str, Any], budget: int) -> tuple[str, dict[str, dict[str, Any]]]:
     rows = {label: summarise(cells[budget]) for label, cells in variant["runs"].items() if budget in cells}
     baseline = next((row for row in rows.values() if row["method"] == BASELINE), None)
-    metaworld = variant["env"].startswith("metaworld:")
-    header = ["method", "seeds", "probe NMSE, test ↓", "probe NMSE, in-pool ↓", "distractor R² ↓", "episode share ↓", "return / expert ↑", "return / BC ↑"]
+    online = variant.get("simulated", True)
+    metaworld = online and variant["env"].startswith("metaworld:")
+    header = ["method", "seeds", "probe NMSE, test ↓", "probe NMSE, in-pool ↓", "distractor R² ↓", "episode share ↓"]
+    header += ["return / expert ↑", "return / BC ↑"] if online else []
     header += ["success ↑"] if metaworld else []
-    header += ["LAPO NMSE / NMSE", "return / LAPO's"]
+    header += ["LAPO NMSE / NMSE"] + (["return / LAPO's"] if online else [])
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for label, row in rows.items():
         cells = [
@@ -159,11 +162,11 @@ def variant_table(variant: dict[str, Any], budget: int) -> tuple[str, dict[str, 
             fmt(row["in_pool"]),
             fmt(row["distractor"]),
             fmt(row["episode_share"]),
-            fmt(row["by_expert"]),
-            fmt(row["by_bc"]),
         ]
+        cells += [fmt(row["by_expert"]), fmt(row["by_bc"])] if online else []
         cells += [fmt(row["success"], percent=True)] if metaworld else []
-        cells += [ratio(baseline["nmse"], row["nmse"]) if baseline else "—", ratio(row["by_expert"], baseline["by_expert"]) if baseline else "—"]
+        cells += [ratio(baseline["nmse"], row["nmse"]) if baseline else "—"]
+        cells += [ratio(row["by_expert"], baseline["by_expert"]) if baseline else "—"] if online else []
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines), rows
 
