@@ -347,7 +347,7 @@ size = 32
 steps = 20
 episodes = 2
 test_episodes = 1
-labelled_episodes = 1
+labelled_episodes = 2  # the probe cross-validates over labelled train episodes: it needs two
 
 [train]
 preset = "tiny"
@@ -356,7 +356,7 @@ stages = ["optim.steps=2", "batch_size=4", "shuffle_buffer=16"]
 reference = false
 
 [evaluate]
-probe_windows = 8
+probe_windows = 30
 episodes = 1
 """
 

@@ -11,7 +11,7 @@ from masklam.data.schema import ORACLE, SCHEMA_VERSION, Feature, Record, RecordM
 from masklam.errors import UsageError
 from masklam.train.loader import WindowDataset, WindowSpec
 
-FEATURES = {"rgb": Feature("uint8", (4, 4, 3)), "action": Feature("float32", (1,))}
+FEATURES = {"rgb": Feature("uint8", (4, 4, 3)), "state": Feature("float32", (1,)), "action": Feature("float32", (1,))}
 
 
 def write_dataset(root, backend: str, episodes: dict[int, int]):
@@ -21,18 +21,36 @@ def write_dataset(root, backend: str, episodes: dict[int, int]):
         for chunk, start in enumerate(range(0, frames - 1, 4)):  # chunks of 5 frames sharing their boundary frame
             stop = min(start + 5, frames)
             meta = RecordMeta(record_key(episode, chunk), "train", episode, chunk, start, stop - start, frames, episode, True, 0.0)
-            steps = {"rgb": np.full((stop - start, 4, 4, 3), episode, np.uint8), "action": np.zeros((stop - start, 1), np.float32)}
+            steps = {
+                "rgb": np.full((stop - start, 4, 4, 3), episode, np.uint8),
+                "state": np.zeros((stop - start, 1), np.float32),
+                "action": np.zeros((stop - start, 1), np.float32),
+            }
             records.append(Record(meta, steps, {ORACLE: np.zeros((stop - start, 4, 4), np.uint8)}))
     BACKENDS[backend].write_shard(root, "train", 0, records, FEATURES)
     write_index(root, "train", 0, [r.meta for r in records], {})
     atomic_write_json(
         root / "info.json",
-        {
+        {  # every field the schema checks (masklam/data/validate.py), with this dataset's counts
             "schema_version": SCHEMA_VERSION,
+            "masklam_version": "test",
             "backend": backend,
-            "splits": {"train": {"shards": 1}},
+            "env": {"env_id": "synthetic", "render": {"size": 4}, "distractors": {}, "episode_steps": 0},
+            "fps": 10.0,
+            "splits": {
+                "train": {
+                    "shards": 1,
+                    "episodes": len(episodes),
+                    "records": len(records),
+                    "frames": sum(episodes.values()),
+                    "labelled_episodes": len(episodes),
+                }
+            },
             "features": {k: f.to_json() for k, f in FEATURES.items()},
+            "state_names": ["zero"],
+            "action_bounds": {"low": [-1.0], "high": [1.0]},
             "mask_sources": {ORACLE: {}},
+            "collect": {},
         },
     )
     return root
