@@ -30,3 +30,25 @@ def dataset_factory(tmp_path_factory):
         return copy
 
     return make
+
+
+@pytest.fixture(scope="module")
+def small_sam():
+    """A tiny SAM's architecture (random weights: for plumbing tests only, never for mask quality)."""
+    pytest.importorskip("segment_anything", reason="the sam extra is not installed")
+    from masklam.segment.sam import SamArchitecture
+
+    return SamArchitecture(
+        image_size=64, patch_size=16, embed_dim=32, depth=2, num_heads=2, window_size=2, global_attn_indexes=(1,), decoder_depth=2, decoder_mlp_dim=64
+    )
+
+
+@pytest.fixture(scope="module")
+def small_checkpoint(tmp_path_factory, small_sam) -> Path:
+    """A checkpoint of the tiny SAM, seeded."""
+    import torch
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("sam") / "sam_small.pth"
+    torch.save(small_sam.build().state_dict(), path)
+    return path

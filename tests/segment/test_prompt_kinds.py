@@ -5,33 +5,11 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 pytest.importorskip("segment_anything", reason="the sam extra is not installed (pip install 'masklam[sam]' torch==2.14.1 torchvision==0.29.1)")
 
 from masklam.data.dataset import open_dataset  # noqa: E402
 from masklam.segment.run import SegmentConfig, segment_dataset  # noqa: E402
-from masklam.segment.sam import SamArchitecture  # noqa: E402
-
-SMALL = SamArchitecture(
-    image_size=64,
-    patch_size=16,
-    embed_dim=32,
-    depth=2,
-    num_heads=2,
-    window_size=2,
-    global_attn_indexes=(1,),
-    decoder_depth=2,
-    decoder_mlp_dim=64,
-)
-
-
-@pytest.fixture(scope="module")
-def small_checkpoint(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("sam") / "sam_small.pth"
-    torch.save(SMALL.build().state_dict(), path)
-    return path
 
 
 @pytest.mark.parametrize(

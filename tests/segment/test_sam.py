@@ -16,33 +16,13 @@ from masklam.segment.prompts import parse_prompt  # noqa: E402
 from masklam.segment.run import SegmentConfig, segment_dataset  # noqa: E402
 from masklam.segment.sam import SamArchitecture, SamSegmenter, checkpoint_path, load_sam  # noqa: E402
 
-SMALL = SamArchitecture(
-    image_size=64,
-    patch_size=16,
-    embed_dim=32,
-    depth=2,
-    num_heads=2,
-    window_size=2,
-    global_attn_indexes=(1,),
-    decoder_depth=2,
-    decoder_mlp_dim=64,
-)
 
-
-@pytest.fixture(scope="module")
-def small_checkpoint(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("sam") / "sam_small.pth"
-    torch.save(SMALL.build().state_dict(), path)
-    return path
-
-
-def test_the_architecture_is_read_off_the_checkpoint(small_checkpoint):
-    assert SamArchitecture.of(torch.load(small_checkpoint, weights_only=True)) == SMALL
-    other = replace(SMALL, embed_dim=48, num_heads=3, depth=3, global_attn_indexes=(0, 2), decoder_depth=1)
+def test_the_architecture_is_read_off_the_checkpoint(small_checkpoint, small_sam):
+    assert SamArchitecture.of(torch.load(small_checkpoint, weights_only=True)) == small_sam
+    other = replace(small_sam, embed_dim=48, num_heads=3, depth=3, global_attn_indexes=(0, 2), decoder_depth=1)
     assert SamArchitecture.of(other.build().state_dict()) == other
     model, architecture = load_sam(small_checkpoint)
-    assert architecture == SMALL and not model.training
+    assert architecture == small_sam and not model.training
 
 
 def test_batched_encoding_matches_one_frame_at_a_time(small_checkpoint):
