@@ -194,7 +194,7 @@ def test_laom_labels_without_augmentation_trains_logs_its_action_loss_and_report
     first = invoke(*args)
     assert first.exit_code == 0, (first.output, first.exception)
     saved = json.loads((out / "lam-config.json").read_text())
-    assert saved["model"] == {"augment": {"enabled": False}}
+    assert saved["model"] == {"action_weight": 1.0, "augment": {"enabled": False}}  # the tiny preset's lambda, then --set
     rows = [json.loads(line) for line in (out / "lam-metrics.jsonl").read_text().splitlines()]
     assert [row["step"] for row in rows] == [1, 2, 3]
     for row in rows:  # the head's loss beside Var(a), and their ratio: below 1 beats the mean action
