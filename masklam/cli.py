@@ -208,11 +208,19 @@ def export(
 
 @app.command()
 @fails_cleanly
-def info(path: Path = typer.Argument(..., help="dataset folder"), as_json: bool = typer.Option(False, "--json", help="print JSON")) -> None:
+def info(
+    path: str = typer.Argument(..., help="dataset folder or URL"),
+    as_json: bool = typer.Option(False, "--json", help="print JSON"),
+    check: bool = typer.Option(True, "--verify/--no-verify", help="read every shard and checksum first (as `masklam verify`); --no-verify reads the metadata only"),
+) -> None:
     """Episodes, frames, splits, labels, returns, mask coverage and bytes on disk of a dataset."""
     from masklam.data.dataset import open_dataset
     from masklam.data.summary import render_summary, summarize
+    from masklam.data.verify import verify_dataset
 
+    if check and (problems := verify_dataset(path).problems):
+        more = f" and {len(problems) - 1} more; `masklam verify {path}` lists them" if len(problems) > 1 else ""
+        raise UsageError(f"{problems[0]}{more} (`masklam info --no-verify` reads the metadata only)")
     summary = summarize(open_dataset(path))
     typer.echo(json.dumps(summary, indent=1) if as_json else render_summary(summary))
 
@@ -234,7 +242,7 @@ def verify(path: str = typer.Argument(..., help="dataset folder or URL")) -> Non
 @app.command()
 @fails_cleanly
 def view(
-    path: Path = typer.Argument(..., help="dataset folder"),
+    path: str = typer.Argument(..., help="dataset folder or URL"),
     out: Path = typer.Option(..., "--out", help="FILE.png (a grid) or FILE.gif (an animation)"),
     split: str = typer.Option("train", help="train | test"),
     episodes: int = typer.Option(3, help="episodes to show (one row each)"),

@@ -212,10 +212,21 @@ class Dataset:
         return tree_bytes(self.root)
 
 
+def is_folder(root: DataPath) -> bool:
+    """Whether ``root`` is a folder; a remote store that cannot be reached raises its own error (which the CLI
+    turns into one line saying so) rather than reading as "no folder", as fsspec's isdir would have it."""
+    if isinstance(root, Path):
+        return root.is_dir()
+    try:
+        return root.fs.info(root.path)["type"] == "directory"
+    except FileNotFoundError:
+        return False
+
+
 def open_dataset(path: str | Path) -> Dataset:
     """Open a dataset folder: a local path, a file:// URL, or a URL fsspec reads (s3://bucket/prefix, ...)."""
     root = as_data_path(path)
-    if not root.is_dir():
+    if not is_folder(root):
         raise UsageError(f"no dataset folder at {root}: check the path, or make one with `masklam collect`")
     info = read_json(
         root / INFO,

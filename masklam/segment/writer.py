@@ -13,6 +13,7 @@ in info.json (the same bytes whoever writes them), and the source becomes visibl
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -81,12 +82,28 @@ def write_mask_source(
         raise UsageError(f"{dataset.root} has no {missing} masks, which this needs: choose an existing source")
     root: Path = dataset.root
     rank, world_size = rank_and_world_size(rank, world_size)
-    claim_source(root, name, description, name in dataset.info.get("mask_sources", {}), overwrite)
+    registered = name in dataset.info.get("mask_sources", {})
+    fresh = not registered and not (root / SEGMENT_DIR / name).exists()  # nothing of this source on disk yet
+    claim_source(root, name, description, registered, overwrite)
     remove_stale_temp_files(root, same_host=world_size == 1)  # an interrupted run's (ranks elsewhere: by age)
 
     every = [(split, shard) for split in dataset.info["splits"] for shard in dataset.shards(split)]
     mine = every[rank::world_size]
     todo = [(split, shard) for split, shard in mine if not marker_path(root, name, split, shard).exists()]
+    try:
+        write_shards(dataset, name, make_masks, reads, todo, show_progress)
+    except UsageError:
+        # Damaged input: a re-run needs the input mended first, so this run's partial source is no resume point.
+        # Kills and Ctrl-C keep theirs (they resume); other ranks may still be writing theirs.
+        if fresh and world_size == 1:
+            remove_partial_source(dataset, name, every)
+        raise
+    registered = register_if_complete(root, name, description, every)
+    return {"source": name, "shards": len(mine), "written": len(todo), "registered": registered}
+
+
+def write_shards(dataset: Dataset, name: str, make_masks: MaskFunction, reads: tuple[str, ...], todo: list[tuple[str, int]], show_progress: bool) -> None:
+    root: Path = dataset.root
     indexes = {(split, shard): dataset.shard_index(split, shard) for split, shard in todo}
     bar = tqdm(total=sum(meta.frames for metas in indexes.values() for meta in metas), unit="frame", desc=f"segment {name}", disable=not show_progress or None)
     for (split, shard), metas in indexes.items():
@@ -103,8 +120,20 @@ def write_mask_source(
             marker_path(root, name, split, shard), {"frames": sum(meta.frames for meta in metas), "mask_pixels": pixels, "seconds": time.perf_counter() - began}
         )
     bar.close()
-    registered = register_if_complete(root, name, description, every)
-    return {"source": name, "shards": len(mine), "written": len(todo), "registered": registered}
+
+
+def remove_partial_source(dataset: Dataset, name: str, every: list[tuple[str, int]]) -> None:
+    """Remove what this run wrote of source ``name`` (its masks beside each shard, its markers), nothing else."""
+    for split, shard in every:
+        location = dataset.backend.mask_location(dataset.root, split, shard, name)
+        if location.is_dir():
+            shutil.rmtree(location)
+        elif location.exists():
+            location.unlink()
+        for folder in (location.parent, location.parent.parent):  # masks/<name>/<split>, masks/<name> when empty
+            if folder.name in (name, split) and folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+    shutil.rmtree(dataset.root / SEGMENT_DIR / name)
 
 
 def counted(records: Iterator[Record], bar: tqdm) -> Iterator[Record]:

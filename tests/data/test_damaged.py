@@ -2,7 +2,8 @@
 leaves every input file as it was, and `masklam verify` lists the problem.
 
 The base datasets are collected once per session (tiny: 16 px, 8 steps) and copied per case. Commands run
-in-process through typer's CliRunner. Each case goes through `verify` and `info`; the other commands get the
+in-process through typer's CliRunner. Each case goes through `verify` and `info` (which verifies before it
+summarises); the other commands get the
 cases that touch what they read (train lam: the train split's frames, actions and masks; probe: both splits'
 frames and actions; masks transform: frames and masks; publish --dry-run: everything).
 """
@@ -206,6 +207,7 @@ DAMAGE: dict[str, Callable[[Path, str], None]] = {
     **{f"info.json without {field}": edit_info(lambda info, field=field: info.pop(field)) for field in INFO_FIELDS},
     "info.json with a bad split count": edit_info(lambda info: info["splits"]["train"].update(shards="two")),
 }
+# Damage `masklam info --no-verify` still sees: it reads info.json and the shard indexes, not the shards.
 METADATA = {"info.json not JSON", "empty split", "info.json with a bad split count"} | {f"info.json without {field}" for field in INFO_FIELDS}
 # Which damage each command (besides verify and info) is run on: what it reads, one case per kind at least.
 COMMANDS: dict[str, list[str]] = {
@@ -265,9 +267,6 @@ def test_damage_is_one_line_and_exit_2(clean, request, tmp_path, backend, case, 
     result = cli(*command_args(command, data, tmp_path, run))
     after = snapshot(data)
     assert {name: after.get(name) for name in before} == before, "an input file changed"
-    if command == "info" and case not in METADATA:  # info reads metadata only: shards are verify's
-        assert result.exit_code == 0, result.stderr
-        return
     assert result.exit_code == 2, f"exit {result.exit_code}: {result.stderr}{result.exception!r}"
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
@@ -276,6 +275,19 @@ def test_damage_is_one_line_and_exit_2(clean, request, tmp_path, backend, case, 
         assert str(data) in result.stdout, "verify lists each problem, naming the file, on stdout"
     else:
         assert str(data) in lines[0], "the error names the damaged file"
+
+
+@pytest.mark.parametrize("case", ["deleted frames", "flipped mask byte", "info.json not JSON"])
+def test_info_no_verify_reads_the_metadata_only(clean, tmp_path, case):
+    data = tmp_path / "data"
+    shutil.copytree(clean["webdataset"], data)
+    DAMAGE[case](data, "webdataset")
+    result = cli("info", str(data), "--no-verify")
+    if case in METADATA:
+        assert result.exit_code == 2 and str(data) in result.stderr, result.stderr
+    else:  # the shards are not read: the summary comes out, the damage is verify's (and plain info's) to find
+        assert result.exit_code == 0 and "episodes" in result.stdout, result.stderr
+        assert cli("info", str(data)).exit_code == 2
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -309,3 +321,20 @@ def test_old_dataset_without_checksums_still_opens(clean, tmp_path):
         assert not any(name.endswith(CHECKSUM_FIELD) for name in tar.getnames())
     result = cli("verify", str(data))
     assert result.exit_code == 0 and "no checksums: written by an older masklam" in result.stdout, result.stdout
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_transform_stopped_by_damage_leaves_no_partial_source(clean, tmp_path, backend):
+    """The damage is in the second train shard, so the first shard's new masks were written before the error."""
+    data = tmp_path / "data"
+    shutil.copytree(clean[backend], data)
+    if backend == "webdataset":
+        rewrite_tar(data / "masks/oracle/train/shard-000001.tar", lambda k, s, d: flip_byte(d) if s == "mask.npy.gz" else d, fix_checksums=False)
+    else:
+        chunk = sorted(p for p in (data / "data.zarr/train/shard-000001/data/mask/oracle/c").rglob("*") if p.is_file())[0]
+        chunk.write_bytes(flip_byte(chunk.read_bytes()))
+    before = snapshot(data)
+    result = cli("masks", "transform", str(data), "--erode", "1", "--no-progress")
+    assert result.exit_code == 2 and "shard-000001" in result.stderr, result.stderr
+    assert snapshot(data) == before, "the transform left files behind"
+    assert not (data / "segment/oracle_erode1").exists() and not (data / "masks/oracle_erode1").exists()
