@@ -211,7 +211,9 @@ def export(
 def info(
     path: str = typer.Argument(..., help="dataset folder or URL"),
     as_json: bool = typer.Option(False, "--json", help="print JSON"),
-    check: bool = typer.Option(True, "--verify/--no-verify", help="read every shard and checksum first (as `masklam verify`); --no-verify reads the metadata only"),
+    check: bool = typer.Option(
+        True, "--verify/--no-verify", help="read every shard and checksum first (as `masklam verify`); --no-verify reads the metadata only"
+    ),
 ) -> None:
     """Episodes, frames, splits, labels, returns, mask coverage and bytes on disk of a dataset."""
     from masklam.data.dataset import open_dataset
