@@ -33,6 +33,7 @@ from masklam.data.collect import CONFIG_FILE, prepare_output
 from masklam.data.dataset import INFO, get_backend, index_path, read_json, write_index
 from masklam.data.schema import SCHEMA_VERSION, SPLITS, Feature, Record, RecordMeta, record_key
 from masklam.errors import UsageError
+from masklam.threads import torch_threads
 
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".avi", ".mov")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
@@ -542,7 +543,8 @@ def ingest(config: IngestConfig, root: Path, overwrite: bool = False, show_progr
     prepare_output(root, _Identity(identity), overwrite)
     todo = [plan for plan in writer.plans if not writer.is_done(plan)]
     total = sum(len(writer.episodes[i].frames) for plan in todo for _, i in plan.episodes)
-    with tqdm(total=total, unit="frame", desc=f"ingest {Path(config.source).name}", disable=not show_progress or None, smoothing=0.1) as bar:
+    bar = tqdm(total=total, unit="frame", desc=f"ingest {Path(config.source).name}", disable=not show_progress or None, smoothing=0.1)
+    with bar, torch_threads(1):  # the resize runs on one core while FFmpeg's frame threads decode on the others
         for plan in todo:
             writer.write(plan, bar.update)
     return write_info(root, config, source, writer)
