@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 import masklam
 from masklam.atomic import atomic_write_json, remove_stale_temp_files
-from masklam.data.dataset import INFO, check_backend, get_backend, index_path, read_json, write_index
+from masklam.data.dataset import INFO, check_backend, get_backend, index_path, read_json, split_counts, write_index
 from masklam.data.schema import ORACLE, SCHEMA_VERSION, SPLITS, Feature, Record, RecordMeta, record_key, shard_name
 from masklam.data.validate import CHECKSUMS
 from masklam.envs.policies import NoisyPolicy, file_sha256, make_policy, policy_checkpoint
@@ -535,10 +535,7 @@ def write_info(root: Path, config: CollectConfig, plans: list[ShardPlan], env: E
         episodes = {r.episode: r for r in records}
         splits[split] = {
             "shards": len(shard_files),
-            "episodes": len(episodes),
-            "records": len(records),
-            "frames": sum(r.episode_frames for r in episodes.values()),
-            "labelled_episodes": sum(r.labelled for r in episodes.values()),
+            **split_counts(records),
             "mean_return": finite_or_none(np.mean([r.episode_return for r in episodes.values()])) if episodes else None,
         }
         coverage += [f["mask_coverage"] for f in shard_files]

@@ -85,6 +85,17 @@ def read_json(path: DataPath, what: str) -> Any:
         raise UsageError(f"{path} is unreadable ({e}): {what}") from None
 
 
+def split_counts(metas) -> dict[str, int]:
+    """What info.json's splits say of a split (besides its shards), counted from its records' metadata."""
+    episodes = {meta.episode: meta for meta in metas}
+    return {
+        "episodes": len(episodes),
+        "records": len(metas),
+        "frames": sum(meta.episode_frames for meta in episodes.values()),
+        "labelled_episodes": sum(meta.labelled for meta in episodes.values()),
+    }
+
+
 def join_chunks(chunks: list[Record]) -> Record:
     """One episode from its chunks in order: each chunk's last frame is the next chunk's first, kept once.
 

@@ -30,7 +30,7 @@ from tqdm import tqdm
 import masklam
 from masklam.atomic import atomic_write_json
 from masklam.data.collect import CONFIG_FILE, prepare_output
-from masklam.data.dataset import INFO, get_backend, index_path, read_json, write_index
+from masklam.data.dataset import INFO, get_backend, index_path, read_json, split_counts, write_index
 from masklam.data.schema import SCHEMA_VERSION, SPLITS, Feature, Record, RecordMeta, record_key
 from masklam.errors import UsageError
 from masklam.threads import torch_threads
@@ -556,15 +556,7 @@ def write_info(root: Path, config: IngestConfig, source: Source, writer: IngestW
     for split in SPLITS:
         files = [read_json(index_path(root, p.split, p.shard), "re-run the same masklam ingest command") for p in writer.plans if p.split == split]
         records = [RecordMeta.from_json(r) for f in files for r in f["records"]]
-        episodes = {r.episode: r for r in records}
-        splits[split] = {
-            "shards": len(files),
-            "episodes": len(episodes),
-            "records": len(records),
-            "frames": sum(r.episode_frames for r in episodes.values()),
-            "labelled_episodes": sum(r.labelled for r in episodes.values()),
-            "mean_return": None,
-        }
+        splits[split] = {"shards": len(files), **split_counts(records), "mean_return": None}
         if split == "train" and files:
             count = sum(f["action_count"] for f in files)
             sums = np.sum([f["action_sum"] for f in files], axis=0)

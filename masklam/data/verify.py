@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from masklam.data.dataset import Dataset, open_dataset
+from masklam.data.dataset import Dataset, open_dataset, split_counts
 from masklam.errors import UsageError
 
 
@@ -40,17 +40,6 @@ def drain(records) -> tuple[int, int]:
     for record in records:
         count, frames = count + 1, frames + record.meta.frames
     return count, frames
-
-
-def split_counts(metas) -> dict[str, int]:
-    """What info.json's splits say, counted from a split's index."""
-    episodes = {meta.episode: meta for meta in metas}
-    return {
-        "episodes": len(episodes),
-        "records": len(metas),
-        "frames": sum(meta.episode_frames for meta in episodes.values()),
-        "labelled_episodes": sum(meta.labelled for meta in episodes.values()),
-    }
 
 
 def verify_split(dataset: Dataset, split: str, verdict: Verdict) -> None:
