@@ -52,3 +52,26 @@ def small_checkpoint(tmp_path_factory, small_sam) -> Path:
     path = tmp_path_factory.mktemp("sam") / "sam_small.pth"
     torch.save(small_sam.build().state_dict(), path)
     return path
+
+
+@pytest.fixture(scope="module")
+def pil_restored():
+    """Tests that build Ultralytics models import ultralytics, which patches PIL.Image.open for the whole
+    process (changing how other tests' corrupt images fail): their modules use this to undo it."""
+    from PIL import Image
+
+    reader = Image.open
+    yield
+    Image.open = reader
+
+
+@pytest.fixture(scope="session")
+def random_mobile_sam(tmp_path_factory) -> Path:
+    """MobileSAM with random weights (plumbing only), saved under its official file name."""
+    import torch
+    from ultralytics.models.sam.build import build_mobile_sam
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("mobile") / "mobile_sam.pt"
+    torch.save(build_mobile_sam().state_dict(), path)
+    return path

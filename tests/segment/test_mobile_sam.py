@@ -6,11 +6,13 @@ import importlib.util
 
 import numpy as np
 import pytest
-import torch
 
-pytestmark = pytest.mark.skipif(
-    importlib.util.find_spec("ultralytics") is None, reason="MobileSAM's architecture is built by the ultralytics extra (AGPL-3.0, optional)"
-)
+pytestmark = [
+    pytest.mark.skipif(
+        importlib.util.find_spec("ultralytics") is None, reason="MobileSAM's architecture is built by the ultralytics extra (AGPL-3.0, optional)"
+    ),
+    pytest.mark.usefixtures("pil_restored"),
+]
 
 from masklam.data.collect import CollectConfig, collect  # noqa: E402
 from masklam.data.dataset import open_dataset  # noqa: E402
@@ -24,25 +26,6 @@ from masklam.segment.weights import KNOWN, cache_dir, sha256_of  # noqa: E402
 # IoU of the official weights against the oracle on the first 5 frames of cheetah-run, no distractors, 128 px
 # (oracle-box prompt): measured 0.997 on 24 frames (docs/segment.md); the floor leaves room for other CPUs.
 REAL_IOU_FLOOR = 0.9
-
-
-@pytest.fixture(scope="module", autouse=True)
-def pil_restored():
-    from PIL import Image
-
-    reader = Image.open
-    yield
-    Image.open = reader
-
-
-@pytest.fixture(scope="module")
-def random_mobile_sam(tmp_path_factory):
-    from ultralytics.models.sam.build import build_mobile_sam
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("mobile") / "mobile_sam.pt"
-    torch.save(build_mobile_sam().state_dict(), path)
-    return path
 
 
 def tiny(root, steps: int = 2, size: int = 32):

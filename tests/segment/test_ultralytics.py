@@ -8,7 +8,10 @@ import torch
 
 # Not imported at collection: importing ultralytics patches PIL.Image.open for the whole process, which
 # would change how other tests' corrupt images fail. Only this module's tests import it.
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("ultralytics") is None, reason="the ultralytics extra is not installed (AGPL-3.0, optional)")
+pytestmark = [
+    pytest.mark.skipif(importlib.util.find_spec("ultralytics") is None, reason="the ultralytics extra is not installed (AGPL-3.0, optional)"),
+    pytest.mark.usefixtures("pil_restored"),
+]
 
 from masklam.data.dataset import open_dataset  # noqa: E402
 from masklam.errors import UsageError  # noqa: E402
@@ -17,24 +20,9 @@ from masklam.segment.run import SegmentConfig, segment_dataset  # noqa: E402
 from masklam.segment.ultralytics_backend import load_ultralytics  # noqa: E402
 
 
-@pytest.fixture(scope="module", autouse=True)
-def pil_restored():
-    """These tests import ultralytics themselves (building models), which patches PIL.Image.open: undo it."""
-    from PIL import Image
-
-    reader = Image.open
-    yield
-    Image.open = reader
-
-
 @pytest.fixture(scope="module")
-def mobile_sam(tmp_path_factory):
-    from ultralytics.models.sam.build import build_mobile_sam
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("ultralytics") / "mobile_sam.pt"
-    torch.save(build_mobile_sam().state_dict(), path)
-    return path
+def mobile_sam(random_mobile_sam):
+    return random_mobile_sam
 
 
 @pytest.fixture(scope="module")
