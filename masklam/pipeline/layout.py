@@ -5,6 +5,7 @@ it, and reading it imports no training or simulation code (no torch, no MuJoCo).
     RUN/recipe.json                   the recipe as run (with its overrides)
     RUN/steps.json                    finished steps: their settings and wall time (the ledger)
     RUN/data/<variant>/               the datasets (with their extra mask sources)
+    RUN/data/<variant>/compare/       each extra mask source scored against the oracle (masks compare)
     RUN/runs/<variant>/<run>/seed<s>/ LAM, probe.json, bc, decoder, evaluate.json (labels-<n>/ per budget)
     RUN/report/                       results.md, results.json, plots
 """
@@ -104,6 +105,11 @@ def link_shared(run: Path, target: Path) -> None:
             os.link(source, link)
         except OSError:
             shutil.copy2(source, link)
+
+
+def mask_comparison(root: Path, variant: str, source: str) -> Path:
+    """Where `masklam run` stores ``source``'s IoU / precision / recall against the oracle (`masks compare`'s JSON)."""
+    return root / "data" / variant / "compare" / f"compare-{source}-vs-{ORACLE}.json"
 
 
 def read_ledger(root: Path) -> dict[str, Any]:

@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from masklam.atomic import atomic_write_json
-from masklam.pipeline.layout import LEDGER, budget_folder, grid, link_shared, overrides_of, read_ledger
+from masklam.data.schema import ORACLE
+from masklam.pipeline.layout import LEDGER, budget_folder, grid, link_shared, mask_comparison, overrides_of, read_ledger
 from masklam.pipeline.recipe import Recipe, recipe_json
 
 
@@ -47,6 +48,7 @@ def plan(recipe: Recipe, root: Path, workers: int = 1, show_progress: bool = Tru
     from masklam.data.ingest import ingest
     from masklam.eval.probe import PROBE_VERSION, probe_run
     from masklam.eval.rollout import evaluate_run
+    from masklam.segment.compare import compare_sources
     from masklam.segment.run import segment_dataset
     from masklam.segment.transforms import derive_source
     from masklam.train.lam import load_trainer, train_lam
@@ -96,6 +98,18 @@ def plan(recipe: Recipe, root: Path, workers: int = 1, show_progress: bool = Tru
                     lambda t=transform, n=name, s=source, data=data: derive_source(data, s, t, n, show_progress=show_progress),
                 )
             )
+        made_by = {recipe.segment_config(e, "-").source: e for e in recipe.segment} | {recipe.transform(e)[1]: e for e in recipe.transforms}
+        for source in recipe.masks if recipe.simulated else ():  # ingested data has no oracle to score against
+            if source != ORACLE:
+                path = mask_comparison(root, variant, source)
+                steps.append(
+                    Step(
+                        f"compare {variant} {source}",
+                        {"data": variant, "source": source, "made_by": made_by.get(source)},
+                        [path],
+                        lambda d=str(data), s=source, p=path: compare_sources(d, ORACLE, s, out=p.parent),
+                    )
+                )
 
     e = recipe.evaluate
     checked: set[str] = set()

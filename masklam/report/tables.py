@@ -32,6 +32,7 @@ import numpy as np
 
 from masklam.atomic import atomic_write_bytes, atomic_write_json
 from masklam.configs import build
+from masklam.data.schema import ORACLE
 from masklam.errors import UsageError
 
 BASELINE = "lapo"
@@ -97,6 +98,7 @@ def collect_results(root: Path) -> dict[str, Any]:
             "seeds": list(recipe.seeds),
             "wall_seconds": round(seconds),
             "simulated": recipe.simulated,  # ingested data has no simulator: no online returns to report
+            "mask_iou": {source: mask_iou(root, variant, source) for source in recipe.masks} if recipe.simulated else {},
             "runs": defaultdict(dict),
         }
     for run in grid(recipe):
@@ -121,6 +123,16 @@ def collect_results(root: Path) -> dict[str, Any]:
                 cell["by_bc"].append(evaluation["normalised_by_bc_actions"])
                 cell["success"].append(evaluation.get("success_rate"))
     return {"root": str(root), "recipe": recipe.name, "labels": list(recipe.labels), "masks": list(recipe.masks), "variants": variants}
+
+
+def mask_iou(root: Path, variant: str, source: str) -> float | None:
+    """A mask source's IoU against the oracle over every frame of the dataset (1 for the oracle itself)."""
+    from masklam.pipeline.layout import mask_comparison
+
+    if source == ORACLE:
+        return 1.0
+    comparison = read_output(mask_comparison(root, variant, source))
+    return None if comparison is None else comparison["overall"]["iou"]
 
 
 def summarise(cell: dict[str, Any]) -> dict[str, Any]:
@@ -149,15 +161,17 @@ def variant_table(variant: dict[str, Any], budget: int) -> tuple[str, dict[str, 
     baseline = next((row for row in rows.values() if row["method"] == BASELINE), None)
     online = variant.get("simulated", True)
     metaworld = online and variant["env"].startswith("metaworld:")
-    header = ["method", "seeds", "probe NMSE, test ↓", "probe NMSE, in-pool ↓", "distractor R² ↓", "episode share ↓"]
+    ious = variant.get("mask_iou", {})
+    scored = any(source != ORACLE for source in ious)  # a column only where some run trained on model masks
+    header = ["method", "seeds"] + (["mask IoU ↑"] if scored else []) + ["probe NMSE, test ↓", "probe NMSE, in-pool ↓", "distractor R² ↓", "episode share ↓"]
     header += ["return / expert ↑", "return / BC ↑"] if online else []
     header += ["success ↑"] if metaworld else []
     header += ["LAPO NMSE / NMSE"] + (["return / LAPO's"] if online else [])
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for label, row in rows.items():
-        cells = [
-            label,
-            str(row["n"]),
+        iou = ious.get(row["mask"]) if row["mask"] is not None else None
+        cells = [label, str(row["n"])] + ([f"{iou:.3f}" if iou is not None else "—"] if scored else [])
+        cells += [
             fmt(row["nmse"]),
             fmt(row["in_pool"]),
             fmt(row["distractor"]),
@@ -197,7 +211,8 @@ def write_report(roots: list[Path], out: Path, echo: Callable[[str], None] = pri
             "cross-validated over train episodes, scored on the test split (held-out seeds and videos) and in-pool "
             "(held-out train episodes); distractor R²: how much of the distractor states the latent gives away "
             "(in-pool, 0 = nothing; lower is better); episode share: the share of the latent's variance that lies "
-            "between train episodes (lower is better)."
+            "between train episodes (lower is better); mask IoU: the run's mask source against the simulator's oracle "
+            "over every frame of the dataset (`masks compare`)."
         ),
         "",
     ]

@@ -87,7 +87,14 @@ def test_the_report_has_a_row_per_run_and_its_plots(finished):
     for row in rows.values():
         assert row["n"] == 1 and row["nmse"][0] > 0 and row["by_expert"] is not None
     table = (root / "report" / "results.md").read_text()
-    assert "| masklam [oracle_dilate1] | 1 |" in table and "1.00×" in table  # LAPO against itself
+    assert "1.00×" in table  # LAPO against itself
+    # Each row's mask source scored against the oracle by the recipe's compare step: 1 for the oracle itself,
+    # below 1 for dilated masks, none for LAPO (it reads no masks).
+    comparison = json.loads((root / "data" / "low" / "compare" / "compare-oracle_dilate1-vs-oracle.json").read_text())
+    iou = comparison["overall"]["iou"]
+    assert 0.2 < iou < 1 and comparison["overall"]["recall"] == 1.0  # a dilated mask holds all of the oracle's
+    assert f"| masklam [oracle_dilate1] | 1 | {iou:.3f} |" in table
+    assert "| masklam | 1 | 1.000 |" in table and "| lapo | 1 | — |" in table
     for plot in ("tiny-low-bars.png", "tiny-low-labels.png", "tiny-low-masks.png"):
         assert (root / "report" / plot).read_bytes()[:4] == b"\x89PNG"
 
