@@ -71,9 +71,11 @@ def standardise(train_x: np.ndarray, *others: np.ndarray) -> list[np.ndarray]:
 class GroupedRidgeCV:
     """K-fold cross-validation of ridge probes from ``x``, grouped by ``groups`` (episodes).
 
-    One eigendecomposition of each fold's centred Gram matrix serves every ridge value and every target
-    (sklearn's GridSearchCV would refit per ridge value and target: minutes for 8192-d latents). The
-    intercept is not penalised.
+    One eigendecomposition of each fold serves every ridge value and every target (sklearn's GridSearchCV
+    would refit per ridge value and target: minutes for 8192-d latents). The intercept is not penalised.
+    A fold decomposes the smaller of its two Gram matrices: features x features (the primal form) or, when
+    latents are wider than the fold has windows, windows x windows (the dual form; 8192-d latents would
+    otherwise hold a 512 MB matrix per fold). Both give the same predictions.
     """
 
     def __init__(self, x: np.ndarray, groups: np.ndarray, folds: int = FOLDS) -> None:
@@ -83,20 +85,27 @@ class GroupedRidgeCV:
         if n_groups < 2:
             raise ValueError("grouped cross-validation needs windows from at least 2 groups (episodes)")
         self.x = x.astype(np.float64)
-        self.folds = []  # (fit rows, held rows, eigenvalues, eigenvectors, held rows projected on them)
+        self.folds = []  # (fit rows, held rows, eigenvalues, eigenvectors, held rows projected on them, dual?)
         for fit, held in GroupKFold(n_splits=min(folds, n_groups)).split(self.x, groups=groups):
             x_mean = self.x[fit].mean(0)
-            centred = self.x[fit] - x_mean
-            eigenvalues, eigenvectors = np.linalg.eigh(centred.T @ centred)
-            self.folds.append((fit, held, np.clip(eigenvalues, 0.0, None), eigenvectors, (self.x[held] - x_mean) @ eigenvectors))
+            centred, held_centred = self.x[fit] - x_mean, self.x[held] - x_mean
+            dual = centred.shape[1] > centred.shape[0]
+            if dual:  # C C' = U S U', w = C' U (S + r)^-1 U' y
+                eigenvalues, vectors = np.linalg.eigh(centred @ centred.T)
+                projected_held = (held_centred @ centred.T) @ vectors
+            else:  # C'C = V S V', w = V (S + r)^-1 V' C' y
+                eigenvalues, vectors = np.linalg.eigh(centred.T @ centred)
+                projected_held = held_centred @ vectors
+            self.folds.append((fit, held, np.clip(eigenvalues, 0.0, None), vectors, projected_held, dual))
 
     def __call__(self, y: np.ndarray, grid: Iterable[float] = RIDGE_GRID) -> CrossValidated:
         grid = sorted(grid)
         y = y.reshape(len(y), -1).astype(np.float64)
         errors = []  # per fold: summed squared error of its held-out windows at each ridge
-        for fit, held, eigenvalues, eigenvectors, projected_held in self.folds:
+        for fit, held, eigenvalues, vectors, projected_held, dual in self.folds:
             y_mean = y[fit].mean(0)
-            projected_y = eigenvectors.T @ (self.x[fit].T @ (y[fit] - y_mean))  # sum of (x - mean) y' = sum of x y'
+            centred_y = y[fit] - y_mean
+            projected_y = vectors.T @ (centred_y if dual else self.x[fit].T @ centred_y)  # sum of (x - mean) y' = sum of x y'
             fold = []
             for ridge in grid:
                 prediction = projected_held @ (projected_y / (eigenvalues + ridge * len(fit))[:, None]) + y_mean

@@ -89,6 +89,22 @@ def test_the_cross_validation_curve_matches_sklearn_ridge_refits():
     assert cv.ridge == grid[int(np.argmin(squared))] and cv.folds == 3
 
 
+def test_latents_wider_than_a_fold_use_the_dual_form_and_match_sklearn():
+    rng = np.random.default_rng(17)
+    z = rng.normal(size=(60, 200))  # 200-d latents, 40 windows per fitting fold: the dual form
+    a = z[:, :2] @ rng.normal(size=(2, 3)) + 0.1 * rng.normal(size=(60, 3))
+    ids = np.repeat(np.arange(6), 10)
+    grid = (1e-3, 1e-1, 10.0)
+    cv = GroupedRidgeCV(z, ids, folds=3)
+    assert all(fold[-1] for fold in cv.folds) and all(fold[3].shape == (40, 40) for fold in cv.folds)
+    squared = np.zeros(len(grid))
+    for fit, held in GroupKFold(n_splits=3).split(z, groups=ids):
+        for i, ridge in enumerate(grid):
+            probe = Ridge(alpha=ridge * len(fit)).fit(z[fit], a[fit])
+            squared[i] += np.sum((probe.predict(z[held]) - a[held]) ** 2)
+    np.testing.assert_allclose(list(cv(a, grid).curve.values()), squared / a.size, rtol=1e-6)
+
+
 def test_the_in_pool_score_is_no_better_than_the_best_point_of_the_curve():
     z, a, ids = episodes(12, seed=14, nuisance=40)
     cv = grouped_ridge_cv(z, a, ids)
