@@ -252,6 +252,19 @@ def test_an_unreachable_hub_is_one_line_and_leaves_no_folder(tiny, tmp_path, mon
     assert not (tmp_path / "run").exists()
 
 
+def test_an_unreachable_s3_endpoint_is_one_line_and_leaves_no_folder(tmp_path, monkeypatch):
+    pytest.importorskip("s3fs")
+    for name, value in {"AWS_ENDPOINT_URL": "http://127.0.0.1:9", "AWS_MAX_ATTEMPTS": "1", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(name, value)  # nothing listens on port 9; one attempt, not botocore's retries
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.setenv(name, "test")
+    for command in (["info", "s3://bucket/data"], ["train", "lam", "--data", "s3://bucket/data", "--out", tmp_path / "run", *TINY_LAM]):
+        code, _, err = cli(*command)
+        line = one_line_error(code, err)
+        assert "could not reach" in line and "127.0.0.1:9" in line, line  # not "no dataset folder"
+    assert not (tmp_path / "run").exists()
+
+
 # --- 3. workers die with their parent; Ctrl-C stops them quietly ----------------------------------------------
 def session_processes(sid: int) -> list[int]:
     found = []
