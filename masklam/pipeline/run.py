@@ -105,7 +105,7 @@ def plan(recipe: Recipe, root: Path, workers: int = 1, show_progress: bool = Tru
                 steps.append(
                     Step(
                         f"compare {variant} {source}",
-                        {"data": variant, "source": source, "made_by": made_by.get(source)},
+                        {"data": variant, "source": source, "made_by": made_by.get(source), "scores": ["overall", "per split"]},
                         [path],
                         lambda d=str(data), s=source, p=path: compare_sources(d, ORACLE, s, out=p.parent),
                     )

@@ -125,14 +125,16 @@ def collect_results(root: Path) -> dict[str, Any]:
     return {"root": str(root), "recipe": recipe.name, "labels": list(recipe.labels), "masks": list(recipe.masks), "variants": variants}
 
 
-def mask_iou(root: Path, variant: str, source: str) -> float | None:
-    """A mask source's IoU against the oracle over every frame of the dataset (1 for the oracle itself)."""
+def mask_iou(root: Path, variant: str, source: str) -> dict[str, float] | None:
+    """A mask source's IoU against the oracle over every frame of each split (1 for the oracle itself)."""
     from masklam.pipeline.layout import mask_comparison
 
     if source == ORACLE:
-        return 1.0
+        return {"train": 1.0, "test": 1.0}
     comparison = read_output(mask_comparison(root, variant, source))
-    return None if comparison is None else comparison["overall"]["iou"]
+    if comparison is None:
+        return None
+    return {split: scores["iou"] for split, scores in comparison.get("splits", {"all": comparison["overall"]}).items()}
 
 
 def summarise(cell: dict[str, Any]) -> dict[str, Any]:
@@ -163,14 +165,18 @@ def variant_table(variant: dict[str, Any], budget: int) -> tuple[str, dict[str, 
     metaworld = online and variant["env"].startswith("metaworld:")
     ious = variant.get("mask_iou", {})
     scored = any(source != ORACLE for source in ious)  # a column only where some run trained on model masks
-    header = ["method", "seeds"] + (["mask IoU ↑"] if scored else []) + ["probe NMSE, test ↓", "probe NMSE, in-pool ↓", "distractor R² ↓", "episode share ↓"]
+    header = (
+        ["method", "seeds"]
+        + (["mask IoU, train / test ↑"] if scored else [])
+        + ["probe NMSE, test ↓", "probe NMSE, in-pool ↓", "distractor R² ↓", "episode share ↓"]
+    )
     header += ["return / expert ↑", "return / BC ↑"] if online else []
     header += ["success ↑"] if metaworld else []
     header += ["LAPO NMSE / NMSE"] + (["return / LAPO's"] if online else [])
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for label, row in rows.items():
         iou = ious.get(row["mask"]) if row["mask"] is not None else None
-        cells = [label, str(row["n"])] + ([f"{iou:.3f}" if iou is not None else "—"] if scored else [])
+        cells = [label, str(row["n"])] + ([" / ".join(f"{v:.3f}" for v in iou.values()) if iou else "—"] if scored else [])
         cells += [
             fmt(row["nmse"]),
             fmt(row["in_pool"]),
@@ -212,7 +218,7 @@ def write_report(roots: list[Path], out: Path, echo: Callable[[str], None] = pri
             "(held-out train episodes); distractor R²: how much of the distractor states the latent gives away "
             "(in-pool, 0 = nothing; lower is better); episode share: the share of the latent's variance that lies "
             "between train episodes (lower is better); mask IoU: the run's mask source against the simulator's oracle "
-            "over every frame of the dataset (`masks compare`)."
+            "over every frame of the train and of the test split (`masks compare`)."
         ),
         "",
     ]

@@ -41,6 +41,7 @@ def compare_sources(
             raise UsageError(f"{dataset.root} has no '{source}' masks: choose from {', '.join(sorted(sources))}")
     episodes: list[dict[str, Any]] = []
     total = np.zeros(4, np.int64)
+    per_split: dict[str, np.ndarray] = {}
     # The worst frames so far: a heap on -IoU, whose top is the best of them (the one to drop first).
     kept: list[tuple[float, int, tuple]] = []
     seen = 0
@@ -63,6 +64,7 @@ def compare_sources(
         for episode, counts in sorted(per_episode.items()):
             episodes.append({"split": split, "episode": episode, **scores(counts)})
             total += counts
+            per_split[split] = per_split.get(split, 0) + counts
     if not episodes:
         raise UsageError(f"no episodes in splits {list(splits)} of {dataset.root}")
     worst_frames = sorted(kept, reverse=True)  # lowest IoU first
@@ -70,6 +72,7 @@ def compare_sources(
         "ref": ref,
         "pred": pred,
         "overall": scores(total),
+        "splits": {split: scores(counts) for split, counts in per_split.items()},  # test: held-out seeds and videos
         "episodes": episodes,
         "worst_frames": [{"split": s, "episode": e, "frame": f, "iou": round(-negative_iou, 4)} for negative_iou, _, (s, e, f, *_rest) in worst_frames],
     }
@@ -96,6 +99,8 @@ def worst_frames_picture(frames: list[tuple], scale: int = 2) -> bytes:
 def render_comparison(result: dict[str, Any]) -> str:
     lines = [f"{result['pred']} against {result['ref']}", "", "| split | episode | IoU | precision | recall |", "|---|---|---|---|---|"]
     lines += [f"| {e['split']} | {e['episode']} | {e['iou']:.3f} | {e['precision']:.3f} | {e['recall']:.3f} |" for e in result["episodes"]]
+    for split, o in result.get("splits", {}).items():
+        lines.append(f"| {split} | all | {o['iou']:.3f} | {o['precision']:.3f} | {o['recall']:.3f} |")
     o = result["overall"]
     lines.append(f"| all | | {o['iou']:.3f} | {o['precision']:.3f} | {o['recall']:.3f} |")
     if "picture" in result:

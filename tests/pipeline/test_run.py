@@ -91,10 +91,11 @@ def test_the_report_has_a_row_per_run_and_its_plots(finished):
     # Each row's mask source scored against the oracle by the recipe's compare step: 1 for the oracle itself,
     # below 1 for dilated masks, none for LAPO (it reads no masks).
     comparison = json.loads((root / "data" / "low" / "compare" / "compare-oracle_dilate1-vs-oracle.json").read_text())
-    iou = comparison["overall"]["iou"]
-    assert 0.2 < iou < 1 and comparison["overall"]["recall"] == 1.0  # a dilated mask holds all of the oracle's
-    assert f"| masklam [oracle_dilate1] | 1 | {iou:.3f} |" in table
-    assert "| masklam | 1 | 1.000 |" in table and "| lapo | 1 | — |" in table
+    train, test = (comparison["splits"][split]["iou"] for split in ("train", "test"))
+    assert all(0.2 < iou < 1 for iou in (train, test, comparison["overall"]["iou"]))
+    assert comparison["overall"]["recall"] == 1.0  # a dilated mask holds all of the oracle's
+    assert f"| masklam [oracle_dilate1] | 1 | {train:.3f} / {test:.3f} |" in table
+    assert "| masklam | 1 | 1.000 / 1.000 |" in table and "| lapo | 1 | — |" in table
     for plot in ("tiny-low-bars.png", "tiny-low-labels.png", "tiny-low-masks.png"):
         assert (root / "report" / plot).read_bytes()[:4] == b"\x89PNG"
 
