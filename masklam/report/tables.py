@@ -176,7 +176,8 @@ def variant_table(variant: dict[str, Any], budget: int) -> tuple[str, dict[str, 
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for label, row in rows.items():
         iou = ious.get(row["mask"]) if row["mask"] is not None else None
-        cells = [label, str(row["n"])] + ([" / ".join(f"{v:.3f}" for v in iou.values()) if iou else "—"] if scored else [])
+        shown = " / ".join(f"{iou[split]:.3f}" for split in ("train", "test", "all") if split in iou) if iou else "—"
+        cells = [label, str(row["n"])] + ([shown] if scored else [])
         cells += [
             fmt(row["nmse"]),
             fmt(row["in_pool"]),

@@ -44,3 +44,28 @@ def test_means_over_seeds_and_ratios_against_lapo(tmp_path):
     lapo = next(row for row in table.splitlines() if row.startswith("| lapo |"))
     assert "| 0.700 [0.600, 0.800] | 0.350 [0.300, 0.400] |" in lapo
     assert "| — |" in line  # no BC reference was trained
+
+
+def test_model_mask_rows_show_their_source_iou_on_train_and_test(tmp_path):
+    from masklam.pipeline.layout import mask_comparison
+
+    recipe = Recipe(
+        name="r",
+        collect=CollectSettings(env="dmc:cheetah-run", distractors="low"),
+        methods=["lapo", "masklam"],
+        masks=["oracle", "oracle_erode1"],
+        transforms=[{"from": "oracle", "erode": 1}],
+        seeds=[0],
+    )
+    (tmp_path / "recipe.json").write_text(json.dumps(recipe_json(recipe)))
+    for run in grid(recipe):
+        run.folder(tmp_path).mkdir(parents=True)
+        (run.folder(tmp_path) / "probe.json").write_text(json.dumps({"action_nmse": 0.5}))
+    path = mask_comparison(tmp_path, "low", "oracle_erode1")
+    path.parent.mkdir(parents=True)
+    # as `masks compare` writes it: keys sorted, so "test" comes before "train"
+    path.write_text(json.dumps({"overall": {"iou": 0.8}, "splits": {"test": {"iou": 0.6}, "train": {"iou": 0.9}}}, sort_keys=True))
+    write_report([tmp_path], tmp_path / "report", echo=lambda _: None)
+    table = (tmp_path / "report" / "results.md").read_text()
+    assert "| mask IoU, train / test ↑ |" in table
+    assert "| masklam [oracle_erode1] | 1 | 0.900 / 0.600 |" in table and "| masklam | 1 | 1.000 / 1.000 |" in table and "| lapo | 1 | — |" in table
