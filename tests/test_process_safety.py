@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -252,8 +253,17 @@ def test_an_unreachable_hub_is_one_line_and_leaves_no_folder(tiny, tmp_path, mon
     assert not (tmp_path / "run").exists()
 
 
-def test_an_unreachable_s3_endpoint_is_one_line_and_leaves_no_folder(tmp_path, monkeypatch):
-    pytest.importorskip("s3fs")
+@pytest.fixture
+def fresh_s3_filesystems():
+    """fsspec keeps S3 filesystems by their arguments, with the endpoint the environment had when each was made:
+    forget them before and after, so no other test reads through this one's (unreachable) endpoint."""
+    s3fs = pytest.importorskip("s3fs")
+    s3fs.S3FileSystem.clear_instance_cache()
+    yield
+    s3fs.S3FileSystem.clear_instance_cache()
+
+
+def test_an_unreachable_s3_endpoint_is_one_line_and_leaves_no_folder(tmp_path, monkeypatch, fresh_s3_filesystems):
     for name, value in {"AWS_ENDPOINT_URL": "http://127.0.0.1:9", "AWS_MAX_ATTEMPTS": "1", "AWS_DEFAULT_REGION": "us-east-1"}.items():
         monkeypatch.setenv(name, value)  # nothing listens on port 9; one attempt, not botocore's retries
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
@@ -328,6 +338,18 @@ def test_sigkill_of_collect_leaves_no_worker(tmp_path):
     finally:
         for pid in session_processes(process.pid):
             os.kill(pid, signal.SIGKILL)
+
+
+def test_a_ctrl_c_while_workers_start_is_kept_for_after():
+    from masklam.processes import no_interrupts_while_starting
+
+    with pytest.raises(KeyboardInterrupt):
+        with no_interrupts_while_starting():
+            # to the main thread: a process-wide signal may go to a thread that earlier tests started (fsspec's loop)
+            signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)  # lands while the workers' SIG_IGN is set
+            time.sleep(0.05)
+        time.sleep(0.05)  # the pending signal is handled here, on leaving the block
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 @pytest.mark.slow

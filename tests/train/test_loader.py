@@ -285,7 +285,8 @@ def test_action_variance(tmp_path, backend):
 @pytest.fixture(scope="module")
 def s3_endpoint() -> Iterator[str]:
     """A moto S3 server on a free local port, and the AWS variables that point boto and s3fs at it."""
-    pytest.importorskip("s3fs")
+    s3fs = pytest.importorskip("s3fs")
+    s3fs.S3FileSystem.clear_instance_cache()  # filesystems made before hold the endpoint of their day
     ThreadedMotoServer = pytest.importorskip("moto.server").ThreadedMotoServer
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no line per request
