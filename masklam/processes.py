@@ -46,21 +46,20 @@ def _watch_parent(parent_pid: int, every: float = 1.0) -> None:
 
 @contextmanager
 def no_interrupts_while_starting() -> Iterator[None]:
-    """Processes started inside this block ignore Ctrl-C for good (Python keeps an inherited SIG_IGN); the caller
-    gets it once the block is left. Only in the main thread, where signal handlers live.
+    """Processes started inside this block never see Ctrl-C: they inherit a blocked SIGINT, which Python leaves
+    blocked, so they print no KeyboardInterrupt tracebacks and stop when this process stops them. This process
+    still gets it: SIGINT is blocked in its main thread only, so a Ctrl-C is taken by another of its threads (and
+    Python's handler still runs in the main thread) or stays pending until the block is left.
 
-    SIG_IGN alone would drop a Ctrl-C that lands inside the block: SIGINT is also blocked here, and Linux keeps
-    a blocked signal pending even while it is ignored, so it is delivered, to the restored handler, on leaving.
-    (A thread started before the block, which does not block SIGINT, can still take a Ctrl-C and drop it.)"""
+    (Ignoring SIGINT here instead, as before, dropped a Ctrl-C that a renderer or progress-bar thread took while
+    the workers started: collect then ran to the end.) Only in the main thread, where signal handlers live."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 

@@ -340,16 +340,23 @@ def test_sigkill_of_collect_leaves_no_worker(tmp_path):
             os.kill(pid, signal.SIGKILL)
 
 
-def test_a_ctrl_c_while_workers_start_is_kept_for_after():
+def test_a_ctrl_c_while_workers_start_is_kept_for_after_and_spares_the_workers():
     from masklam.processes import no_interrupts_while_starting
 
-    with pytest.raises(KeyboardInterrupt):
-        with no_interrupts_while_starting():
-            # to the main thread: a process-wide signal may go to a thread that earlier tests started (fsspec's loop)
-            signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)  # lands while the workers' SIG_IGN is set
-            time.sleep(0.05)
-        time.sleep(0.05)  # the pending signal is handled here, on leaving the block
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    probe = "import signal; print(signal.SIGINT in signal.pthread_sigmask(signal.SIG_BLOCK, []))"
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # earlier tests may have changed it
+    finished = False
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with no_interrupts_while_starting():
+                signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)  # Ctrl-C while workers start
+                worker = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+                finished = True
+            time.sleep(0.05)  # the pending signal is handled here, on leaving the block
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert finished, "the Ctrl-C stopped the block: its workers would be half started"
+    assert worker.stdout.strip() == "True", "a process started inside the block must not see Ctrl-C"
 
 
 @pytest.mark.slow
