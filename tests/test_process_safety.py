@@ -313,7 +313,15 @@ def start_collect(out: Path) -> subprocess.Popen:
         "--no-progress",
     ]
     env = dict(os.environ, MUJOCO_GL="egl", PYTHONPATH=str(Path(__file__).resolve().parents[1]))
-    return subprocess.Popen(command, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(command, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=as_from_a_terminal)
+
+
+def as_from_a_terminal() -> None:
+    """The child's SIGINT as a shell gives it: handled and not blocked. A child inherits both from this test
+    process, where earlier in-process tests may have left them otherwise (a full CI run once gave the collect a
+    SIGINT it could not receive: it ran to the end, exit 0)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 
 def wait_for_workers(process: subprocess.Popen, count: int = 4, timeout: float = 120) -> None:
