@@ -57,6 +57,7 @@ def plan(recipe: Recipe, root: Path, workers: int = 1, show_progress: bool = Tru
 
     steps: list[Step] = []
     datasets = recipe.datasets()
+    made_by = {recipe.segment_config(e, "-").source: e for e in recipe.segment} | {recipe.transform(e)[1]: e for e in recipe.transforms}
     for variant, settings in datasets.items():
         data = root / "data" / variant
         config = settings.config()
@@ -98,7 +99,6 @@ def plan(recipe: Recipe, root: Path, workers: int = 1, show_progress: bool = Tru
                     lambda t=transform, n=name, s=source, data=data: derive_source(data, s, t, n, show_progress=show_progress),
                 )
             )
-        made_by = {recipe.segment_config(e, "-").source: e for e in recipe.segment} | {recipe.transform(e)[1]: e for e in recipe.transforms}
         for source in recipe.masks if recipe.simulated else ():  # ingested data has no oracle to score against
             if source != ORACLE:
                 path = mask_comparison(root, variant, source)

@@ -134,7 +134,7 @@ def mask_iou(root: Path, variant: str, source: str) -> dict[str, float] | None:
     comparison = read_output(mask_comparison(root, variant, source))
     if comparison is None:
         return None
-    return {split: scores["iou"] for split, scores in comparison.get("splits", {"all": comparison["overall"]}).items()}
+    return {split: scores["iou"] for split, scores in comparison["splits"].items()}
 
 
 def summarise(cell: dict[str, Any]) -> dict[str, Any]:
@@ -176,7 +176,7 @@ def variant_table(variant: dict[str, Any], budget: int) -> tuple[str, dict[str, 
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for label, row in rows.items():
         iou = ious.get(row["mask"]) if row["mask"] is not None else None
-        shown = " / ".join(f"{iou[split]:.3f}" for split in ("train", "test", "all") if split in iou) if iou else "—"
+        shown = " / ".join(f"{iou[split]:.3f}" for split in ("train", "test") if split in iou) if iou else "—"
         cells = [label, str(row["n"])] + ([shown] if scored else [])
         cells += [
             fmt(row["nmse"]),
