@@ -519,6 +519,9 @@ def segment(
     propagate: str = typer.Option(
         "chain", help="later frames: chain (prompted by the mask before them) or video (SAM 2's video predictor carries the first frame's mask)"
     ),
+    imgsz: Optional[int] = typer.Option(
+        None, help="ultralytics: models: the side frames are resized to before encoding (default: the model's, 1024 for SAM; smaller is faster, less exact)"
+    ),
     distill: int = typer.Option(0, help="N > 0: the model labels N frames across episodes, a small student learns them and labels every frame"),
     distill_steps: int = typer.Option(1500, help="training steps of the student"),
     rank: Optional[int] = typer.Option(None, help="this process's rank (default: $RANK)"),
@@ -530,7 +533,7 @@ def segment(
     from masklam.segment.run import SegmentConfig, segment_dataset
 
     config = SegmentConfig.from_options(
-        str(data), model, point, box, prompt, checkpoint, name, batch_size, device, half, distill, distill_steps, propagate, prompts, reprompt
+        str(data), model, point, box, prompt, checkpoint, name, batch_size, device, half, distill, distill_steps, propagate, prompts, reprompt, imgsz
     )
     result = segment_dataset(config, rank, world_size, overwrite, show_progress=progress)
     if "distill" in result:

@@ -30,6 +30,7 @@ class SegmentConfig:
     half: bool = False
     distill: DistillConfig | None = None  # label every frame with a student trained on the teacher's masks
     propagate: str = "chain"  # later frames: prompted by the mask before (chain) or SAM 2's video memory (video)
+    imgsz: int | None = None  # the side Ultralytics' predictor resizes frames to (default: the model's own, 1024 for SAM)
 
     def __post_init__(self) -> None:
         if self.model not in (MOBILE_SAM, *SAM_MODELS, ORACLE) and not self.model.startswith(ULTRALYTICS):
@@ -44,6 +45,10 @@ class SegmentConfig:
             raise UsageError(f"unknown --propagate {self.propagate!r}: choose {' or '.join(PROPAGATE)}")
         if self.propagate == "video" and not (self.model.startswith(ULTRALYTICS) and Path(self.model).name.startswith("sam2")):
             raise UsageError("--propagate video needs SAM 2: --model ultralytics:<path>/sam2_t.pt (or another sam2/sam2.1 file)")
+        if self.imgsz is not None and not self.model.startswith(ULTRALYTICS):
+            raise UsageError(f"--imgsz is for ultralytics:<weights file> models; {self.model} always encodes frames at 1024 px")
+        if self.imgsz is not None and (self.imgsz < 64 or self.imgsz % 32):
+            raise UsageError(f"--imgsz {self.imgsz}: give a multiple of 32 of at least 64 (SAM models were trained at 1024)")
         if self.half and not self.device.startswith("cuda"):
             raise UsageError("--half is for GPUs (--device cuda): CPUs compute half precision slowly or not at all")
 
@@ -65,11 +70,12 @@ class SegmentConfig:
         propagate: str = "chain",
         prompts: str | None = None,
         reprompt: bool = True,
+        imgsz: int | None = None,
     ) -> "SegmentConfig":
         """From `masklam segment`'s flags (or a recipe's [[segment]] table, which takes the same names)."""
         prompts = PromptSpec() if model == ORACLE else parse_prompt(list(point), box, prompt, prompts, reprompt)
         student = DistillConfig(distill, steps=distill_steps) if distill else None
-        return cls(str(data), model, prompts, checkpoint, name, batch_size, device, half, student, propagate)
+        return cls(str(data), model, prompts, checkpoint, name, batch_size, device, half, student, propagate, imgsz)
 
     @property
     def source(self) -> str:
@@ -94,10 +100,10 @@ def mask_function(config: SegmentConfig) -> tuple[Any, dict[str, Any], tuple[str
 
         weights = config.model.removeprefix(ULTRALYTICS)
         if config.propagate == "video":
-            segmenter = ultra.Sam2VideoSegmenter(weights, config.prompts, config.device, config.half)
+            segmenter = ultra.Sam2VideoSegmenter(weights, config.prompts, config.device, config.half, config.imgsz)
         else:
-            segmenter = ultra.UltralyticsSegmenter(ultra.load_ultralytics(weights), config.prompts, config.device, config.half)
-        return segmenter, ultra.describe(weights, config.prompts, config.propagate), reads
+            segmenter = ultra.UltralyticsSegmenter(ultra.load_ultralytics(weights), config.prompts, config.device, config.half, config.imgsz)
+        return segmenter, ultra.describe(weights, config.prompts, config.propagate, config.imgsz), reads
     if config.model == MOBILE_SAM:
         return (*mobile_sam_segmenter(config), reads)
     from masklam.segment.sam import SamSegmenter, checkpoint_path, describe, load_sam  # SAM_MODELS

@@ -106,9 +106,9 @@ def prompt_options(prompt: Prompt, fastsam: bool = False) -> dict:
 
 
 class UltralyticsSegmenter(PromptChain):
-    def __init__(self, model, prompts: PromptSpec, device: str = "cpu", half: bool = False) -> None:
+    def __init__(self, model, prompts: PromptSpec, device: str = "cpu", half: bool = False, imgsz: int | None = None) -> None:
         super().__init__(prompts, batch_size=1)
-        self.model, self.device, self.half = model, device, half
+        self.model, self.device, self.half, self.imgsz = model, device, half, imgsz
         self.fastsam = type(model).__name__ == "FastSAM"  # takes one object's points as a flat list
 
     def encode(self, frames: np.ndarray) -> np.ndarray:
@@ -119,6 +119,8 @@ class UltralyticsSegmenter(PromptChain):
         bgr = np.ascontiguousarray(feature[0][..., ::-1])  # Ultralytics reads arrays as OpenCV's BGR
         if self.half:
             options["half"] = True
+        if self.imgsz:
+            options["imgsz"] = self.imgsz
         result = self.model.predict(bgr, verbose=False, device=self.device, **options)[0]
         if result.masks is None or len(result.masks.data) == 0:
             return np.zeros((frame_size, frame_size), np.uint8)
@@ -131,7 +133,7 @@ class Sam2VideoSegmenter(PromptChain):
     its memory of the frames before. A chunk that continues an episode is prompted by the previous chunk's last
     mask (its box and interior points), as the prompt chain does."""
 
-    def __init__(self, weights: str, prompts: PromptSpec, device: str = "cpu", half: bool = False) -> None:
+    def __init__(self, weights: str, prompts: PromptSpec, device: str = "cpu", half: bool = False, imgsz: int | None = None) -> None:
         super().__init__(prompts, batch_size=1)
         path = check_weights(weights)
         import_ultralytics()
@@ -140,7 +142,7 @@ class Sam2VideoSegmenter(PromptChain):
         settings = {
             "task": "segment",
             "mode": "predict",
-            "imgsz": 1024,
+            "imgsz": imgsz or 1024,
             "conf": 0.25,
             "retina_masks": True,
             "model": str(path),
@@ -174,6 +176,7 @@ class Sam2VideoSegmenter(PromptChain):
         return np.stack(masks)
 
 
-def describe(weights: str, prompts: PromptSpec, propagate: str = "chain") -> dict:
+def describe(weights: str, prompts: PromptSpec, propagate: str = "chain", imgsz: int | None = None) -> dict:
     path = Path(weights)
-    return {"kind": f"ultralytics:{path.name}", "checkpoint_sha256": file_sha256(path)[:16], "propagate": propagate, **prompts.describe()}
+    size = {"imgsz": imgsz} if imgsz else {}  # without it, the model's own size
+    return {"kind": f"ultralytics:{path.name}", "checkpoint_sha256": file_sha256(path)[:16], "propagate": propagate, **size, **prompts.describe()}

@@ -37,13 +37,14 @@ def sam2_t(tmp_path_factory):
 
 @pytest.mark.slow
 def test_segment_with_an_ultralytics_model(dataset_factory, mobile_sam):
-    data = dataset_factory(steps=2)  # 4 shards of 3 frames: every frame is encoded at 1024 px
-    config = SegmentConfig(str(data), f"ultralytics:{mobile_sam}", parse_prompt([], None, "oracle-box"))
+    data = dataset_factory(steps=2)  # 4 shards of 3 frames, each encoded at 256 px (1024 by default: 16x the work)
+    config = SegmentConfig(str(data), f"ultralytics:{mobile_sam}", parse_prompt([], None, "oracle-box"), imgsz=256)
     assert config.source == "ultralytics_mobile_sam"
     result = segment_dataset(config, show_progress=False)
     assert result["registered"] and result["written"] == 4
     dataset = open_dataset(data)
-    assert dataset.info["mask_sources"]["ultralytics_mobile_sam"]["kind"] == "ultralytics:mobile_sam.pt"
+    described = dataset.info["mask_sources"]["ultralytics_mobile_sam"]
+    assert described["kind"] == "ultralytics:mobile_sam.pt" and described["imgsz"] == 256
     for record in dataset.records("train", mask_sources=("oracle", "ultralytics_mobile_sam")):
         masks = record.masks["ultralytics_mobile_sam"]
         assert masks.shape == record.masks["oracle"].shape and set(np.unique(masks)) <= {0, 1}
@@ -67,7 +68,7 @@ def test_sam2_follows_the_prompt_chain(sam2_t):
     from masklam.segment.prompts import Prompt
     from masklam.segment.ultralytics_backend import UltralyticsSegmenter
 
-    segmenter = UltralyticsSegmenter(load_ultralytics(str(sam2_t)), parse_prompt(["16,16"], None, None))
+    segmenter = UltralyticsSegmenter(load_ultralytics(str(sam2_t)), parse_prompt(["16,16"], None, None), imgsz=256)
     frames = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
     masks = segmenter.segment(frames, Prompt(((16.0, 16.0),), (1,), (4.0, 4.0, 28.0, 28.0)))
     assert masks.shape == (2, 32, 32) and masks.dtype == np.uint8
@@ -78,12 +79,12 @@ def test_sam2_video_predictor_masks_every_frame_of_a_clip(sam2_t):
     from masklam.segment.prompts import Prompt
     from masklam.segment.ultralytics_backend import Sam2VideoSegmenter
 
-    segmenter = Sam2VideoSegmenter(str(sam2_t), parse_prompt(["16,16"], None, None))
-    # Every frame costs a SAM 2 pass at 1024 px: the shortest clips that show it (2 frames, then 1).
+    segmenter = Sam2VideoSegmenter(str(sam2_t), parse_prompt(["16,16"], None, None), imgsz=256)
+    # Every frame costs a SAM 2 pass: at 256 px, the shortest clips that show it (2 frames, then 1).
     frames = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
     first = Prompt(((16.0, 16.0),), (1,), (4.0, 4.0, 28.0, 28.0))
     masks = segmenter.segment(frames, first)
-    assert masks.shape == (2, 32, 32) and masks.dtype == np.uint8
+    assert masks.shape == (2, 32, 32) and masks.dtype == np.uint8 and masks.any()
     assert np.array_equal(segmenter.segment(frames, first), masks)  # each clip starts from a fresh memory
     assert segmenter.segment(frames[:1], first).shape == (1, 32, 32)
 
@@ -98,6 +99,17 @@ def test_video_propagation_needs_sam2(tmp_path):
     with pytest.raises(UsageError, match="unknown --propagate"):
         SegmentConfig(str(tmp_path), "sam_vit_b", propagate="flow")
     assert SegmentConfig(str(tmp_path), "ultralytics:w/sam2.1_t.pt", propagate="video").propagate == "video"
+
+
+def test_imgsz_is_for_ultralytics_models_and_a_multiple_of_32(tmp_path):
+    from masklam.segment.run import SegmentConfig
+
+    with pytest.raises(UsageError, match="--imgsz is for ultralytics"):
+        SegmentConfig(str(tmp_path), "mobile_sam", imgsz=512)
+    for bad in (0, 100, 32):
+        with pytest.raises(UsageError, match=f"--imgsz {bad}: give a multiple of 32"):
+            SegmentConfig(str(tmp_path), "ultralytics:w/sam_b.pt", imgsz=bad)
+    assert SegmentConfig(str(tmp_path), "ultralytics:w/sam_b.pt", imgsz=512).imgsz == 512
 
 
 def test_missing_or_renamed_weights_are_refused_without_downloading(tmp_path):
