@@ -4,8 +4,9 @@
 
 The videos are made here with PyAV's libx264 (a moving pattern over noise, so the codec has work to do).
 "Decoding alone" is PyAV decoding every frame of every video with the same threading as ingest uses, and
-converting each frame to an RGB array at its own size (what any reader of the frames has to do). Ingest is
-the whole command: packet probe, decode, scale to --size, write shards and index, info.json. Each is timed
+converting each frame to an RGB array at its own size (what a reader of the frames does). "Decoding, no RGB"
+stops at the decoder's own frames (YUV), the floor of any reader. Ingest is the whole command: packet probe,
+decode, crop and scale to --size (RGB made at that size), write shards and index, info.json. Each is timed
 --repeats times, alternating, and the best of each is reported, by wall-clock time and by the CPU time of
 the process (all its threads): on a shared, overloaded machine the CPU time is the steadier of the two.
 """
@@ -42,14 +43,15 @@ def make_videos(folder: Path, count: int, frames: int, width: int, height: int) 
             container.mux(stream.encode())
 
 
-def decode_alone(folder: Path) -> tuple[int, float, float]:
+def decode_alone(folder: Path, rgb: bool = True) -> tuple[int, float, float]:
     start, cpu, frames = time.perf_counter(), time.process_time(), 0
     for path in sorted(folder.glob("*.mp4")):
         with av.open(str(path)) as container:
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"  # as masklam.data.ingest.decode_video
             for frame in container.decode(stream):
-                frame.to_ndarray(format="rgb24")
+                if rgb:
+                    frame.to_ndarray(format="rgb24")
                 frames += 1
     return frames, time.perf_counter() - start, time.process_time() - cpu
 
@@ -80,6 +82,7 @@ def main() -> None:
         for _ in range(args.repeats):
             for name, run in (
                 ("decode alone", lambda: decode_alone(folder)),
+                ("decoding, no RGB", lambda: decode_alone(folder, rgb=False)),
                 ("ingest webdataset", lambda: ingest_once(folder, work / "out", args.size, "webdataset")),
                 ("ingest zarr", lambda: ingest_once(folder, work / "out", args.size, "zarr")),
             ):

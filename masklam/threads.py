@@ -23,8 +23,6 @@ import math
 import os
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 ENV = "MASKLAM_THREADS"
@@ -156,17 +154,3 @@ def leave_for_workers(workers: int) -> None:
         import torch
 
         torch.set_num_threads(max(1, _chosen - workers))
-
-
-@contextmanager
-def torch_threads(count: int) -> Iterator[None]:
-    """torch's intra-op threads set to ``count`` inside the block (e.g. 1 beside a decoder's own threads, which
-    would otherwise take turns with torch's spinning OpenMP threads on the same cores), restored after."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)

@@ -6,10 +6,11 @@ is a pure function of the source and the settings: episode ``i`` is a fixed span
 video (or LeRobot episode), the test split is a seeded choice of episodes, and a shard holds a fixed list of
 episodes. Shards are written atomically; a re-run skips the finished ones (resume) and writes the same bytes.
 
-Frames are decoded with PyAV and converted to RGB at their own size (FFmpeg's fast unscaled path), then resized
-in blocks with torch's antialiased bilinear filter on uint8 (PIL's filter; scaling in swscale measured slower, with
-its area filter 4x slower): ``--resize crop`` cuts the centre square out, then resizes it; ``--resize squash``
-resizes the whole frame to a square, changing its aspect.
+Frames are decoded with PyAV and scaled by FFmpeg's own filters in one C pass per frame (``FrameScaler``):
+``--resize crop`` cuts the centre square out, ``--resize squash`` keeps the whole frame (changing its aspect);
+then swscale's area-averaging filter scales it to ``--size`` and converts it to RGB last, so only the small
+frame is converted (3x less CPU than converting the full frame and resizing it, measured: docs/performance.md).
+Image files go through the same filters, so every source is scaled alike.
 
 An ingested dataset has no simulator: info.json says ``"simulator": false`` and where the data came from
 (``source``); it has no oracle masks, and commands that need a simulator refuse it (``require_simulator``).
@@ -20,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,14 +35,12 @@ from masklam.data.collect import CONFIG_FILE, prepare_output
 from masklam.data.dataset import INFO, get_backend, index_path, read_json, split_counts, write_index
 from masklam.data.schema import SCHEMA_VERSION, SPLITS, Feature, Record, RecordMeta, record_key
 from masklam.errors import UsageError
-from masklam.threads import torch_threads
 
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".avi", ".mov")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 RESIZE_MODES = ("crop", "squash")
 SIDECAR = ".actions.npy"
 HUB_PREFIX = "hf://datasets/"
-BLOCK = 4  # frames resized together: a few full-size frames stay in cache (measured: 4 beats 1 and 32)
 
 
 @dataclass(frozen=True)
@@ -125,27 +125,41 @@ def _import_av():
     return av
 
 
-def square_frames(frames: np.ndarray | list[np.ndarray], size: int, resize: str) -> np.ndarray:
-    """(n, H, W, 3) uint8 RGB frames of one size as (n, size, size, 3): centre square cropped (crop) or not (squash),
-    then resized with torch's antialiased bilinear filter on uint8 (PIL's filter; 4x faster than swscale's area)."""
-    import torch
+class FrameScaler:
+    """PyAV video frames (any size and pixel format) to (size, size, 3) uint8 RGB arrays, with FFmpeg's filters:
+    crop (centre square, for ``crop``), scale (swscale's area average; bilinear when enlarging), rgb24. The
+    filter graph is built for the first frame's geometry and rebuilt if a later frame's differs."""
 
-    batch = torch.from_numpy(np.ascontiguousarray(np.stack(frames) if isinstance(frames, list) else frames))
-    height, width = batch.shape[1:3]
-    if resize == "crop":
-        side = min(height, width)
-        top, left = (height - side) // 2, (width - side) // 2
-        batch = batch[:, top : top + side, left : left + side]
-    if batch.shape[1:3] == (size, size):
-        return batch.numpy().copy()
-    channels_last = batch.permute(0, 3, 1, 2)  # NCHW view of NHWC memory: the uint8 kernel's layout
-    scaled = torch.nn.functional.interpolate(channels_last, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    return scaled.permute(0, 2, 3, 1).contiguous().numpy()
+    def __init__(self, size: int, resize: str) -> None:
+        self.size, self.resize = size, resize
+        self.graph: Any = None
+        self.geometry: tuple[int, int, str] | None = None
 
+    def __call__(self, frame: Any) -> np.ndarray:
+        geometry = (frame.width, frame.height, frame.format.name)
+        if geometry != self.geometry:
+            self.graph, self.geometry = self._build(*geometry), geometry
+        self.graph.push(frame)
+        return self.graph.pull().to_ndarray()
 
-def scale_image(image: Any, size: int, resize: str) -> np.ndarray:
-    """A PIL image as a (size, size, 3) uint8 RGB array."""
-    return square_frames(np.array(image.convert("RGB"))[None], size, resize)[0]  # a writable copy: torch wants one
+    def _build(self, width: int, height: int, pixel_format: str) -> Any:
+        from fractions import Fraction
+
+        av = _import_av()
+        graph = av.filter.Graph()
+        chain = [graph.add_buffer(width=width, height=height, format=pixel_format, time_base=Fraction(1, 1000))]
+        if self.resize == "crop":
+            side = min(width, height)
+            chain.append(graph.add("crop", f"{side}:{side}"))  # centred by default
+        chain += [graph.add("scale", f"{self.size}:{self.size}:flags=area+full_chroma_int"), graph.add("format", "rgb24"), graph.add("buffersink")]
+        for upstream, downstream in zip(chain, chain[1:]):
+            upstream.link_to(downstream)
+        graph.configure()
+        return graph
+
+    def image(self, image: Any) -> np.ndarray:
+        """A PIL image, scaled by the same filters as video frames."""
+        return self(_import_av().VideoFrame.from_ndarray(np.asarray(image.convert("RGB")), format="rgb24"))
 
 
 def probe_video(path: Path) -> tuple[np.ndarray, float]:
@@ -175,24 +189,21 @@ def decode_video(path: Path, keep: np.ndarray, size: int, resize: str) -> np.nda
     """The frames ``keep`` (indices in presentation order) of a video file, scaled."""
     av = _import_av()
     out = np.empty((len(keep), size, size, 3), np.uint8)
-    block: list[np.ndarray] = []  # full-size frames, resized BLOCK at a time
-    done, position, last = 0, 0, int(keep[-1])
+    scale = FrameScaler(size, resize)
+    position, last = 0, int(keep[-1])
     try:
         with av.open(str(path)) as container:
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
             for index, frame in enumerate(container.decode(stream)):
                 if index == keep[position]:
-                    block.append(frame.to_ndarray(format="rgb24"))
+                    out[position] = scale(frame)
                     position += 1
-                    if len(block) == BLOCK or index == last:
-                        out[done : done + len(block)] = square_frames(block, size, resize)
-                        done, block = done + len(block), []
                     if index == last:
                         break
     except (av.error.FFmpegError, OSError, ValueError) as error:
         raise UsageError(f"cannot decode video {path} ({_one_line(error)}): re-encode or delete the file") from None
-    if done != len(keep):
+    if position != len(keep):
         raise UsageError(f"video {path} decoded to {position} of its {len(keep)} planned frames: re-encode the file")
     return out
 
@@ -238,12 +249,12 @@ def _frames_clip(folder: Path, config: IngestConfig) -> tuple[Clip, float, list[
         raise UsageError(f"folder {folder} holds no frames ({', '.join(IMAGE_EXTENSIONS)}): add frames or remove it")
 
     def load(keep: np.ndarray) -> dict[str, np.ndarray]:
-        frames = []
+        frames, scale = [], FrameScaler(config.size, config.resize)
         for index in keep:
             try:
                 with Image.open(paths[index]) as image:
                     image.draft("RGB", (config.size, config.size))  # JPEG: decode at a reduced scale, still >= size
-                    frames.append(scale_image(image, config.size, config.resize))
+                    frames.append(scale.image(image))
             except (OSError, ValueError) as error:
                 raise UsageError(f"cannot read frame {paths[index]} ({_one_line(error)}): replace or delete it") from None
         return {"rgb": np.stack(frames)}
@@ -307,13 +318,13 @@ def lerobot_source(path: Path, config: IngestConfig, hub: dict[str, Any] | None 
         def load(keep: np.ndarray, episode=episode) -> dict[str, np.ndarray]:
             rows = folder.rows(episode)
             out: dict[str, np.ndarray] = {}
+            scale = FrameScaler(config.size, config.resize)
             if folder.camera_is_video:
                 start, stop = episode.video[2], episode.video[3]
-                full = decode_span(folder.video_path(episode), start, stop, episode.timestamps[keep], lambda frame: frame.to_ndarray(format="rgb24"))
-                out["rgb"] = square_frames(full, config.size, config.resize)
+                out["rgb"] = decode_span(folder.video_path(episode), start, stop, episode.timestamps[keep], scale)
             else:
                 cells = rows[folder.camera].to_pylist()
-                out["rgb"] = np.stack([scale_image(decode_png_struct(cells[i], path), config.size, config.resize) for i in keep])
+                out["rgb"] = np.stack([scale.image(decode_png_struct(cells[i], path)) for i in keep])
             if "observation.state" in rows.column_names:
                 out["state"] = np.asarray(rows["observation.state"].to_pylist(), np.float32)[keep]
             return out
@@ -463,7 +474,8 @@ class IngestWriter:
             steps["action"] = action
         return steps
 
-    def write(self, plan: ShardPlan, progress: Callable[[int], None] | None = None) -> None:
+    def read(self, plan: ShardPlan, progress: Callable[[int], None] | None = None) -> tuple[list[Record], dict[str, Any]]:
+        """A shard's records (decoded and scaled) and its action statistics, ready for ``save``."""
         records, sums, squares, count = [], 0.0, 0.0, 0
         for split_episode, episode_id in plan.episodes:
             episode = self.episodes[episode_id]
@@ -482,8 +494,11 @@ class IngestWriter:
             records += episode_records(plan.split, split_episode, episode_id, labelled, steps, extra, self.config.chunk_steps)
             if progress is not None:
                 progress(frames)
-        self.backend.write_shard(self.root, plan.split, plan.shard, records, self.features)
         stats = {"action_count": count, "action_sum": np.asarray(sums).tolist(), "action_sq_sum": np.asarray(squares).tolist()}
+        return records, stats
+
+    def save(self, plan: ShardPlan, records: list[Record], stats: dict[str, Any]) -> None:
+        self.backend.write_shard(self.root, plan.split, plan.shard, records, self.features)
         write_index(self.root, plan.split, plan.shard, [r.meta for r in records], stats)
 
 
@@ -544,9 +559,16 @@ def ingest(config: IngestConfig, root: Path, overwrite: bool = False, show_progr
     todo = [plan for plan in writer.plans if not writer.is_done(plan)]
     total = sum(len(writer.episodes[i].frames) for plan in todo for _, i in plan.episodes)
     bar = tqdm(total=total, unit="frame", desc=f"ingest {Path(config.source).name}", disable=not show_progress or None, smoothing=0.1)
-    with bar, torch_threads(1):  # the resize runs on one core while FFmpeg's frame threads decode on the others
+    # A shard is written (compressed, fsynced) on a thread of its own while the next one decodes.
+    with bar, ThreadPoolExecutor(1, thread_name_prefix="masklam-write") as saver:
+        saving: Future | None = None
         for plan in todo:
-            writer.write(plan, bar.update)
+            shard = writer.read(plan, bar.update)
+            if saving is not None:
+                saving.result()
+            saving = saver.submit(writer.save, plan, *shard)
+        if saving is not None:
+            saving.result()
     return write_info(root, config, source, writer)
 
 

@@ -195,3 +195,23 @@ def test_the_probe_runs_on_ingested_videos_with_sidecar_actions(rollout_videos, 
 
     with pytest.raises(UsageError, match="no simulator"):
         evaluate_run(tmp_path / "run", episodes=1)
+
+
+def test_frames_are_cropped_then_scaled_by_ffmpeg_alike_for_videos_and_images(tmp_path):
+    from masklam.data.ingest import FrameScaler, decode_video
+
+    video = moving_square(12, height=48, width=64)
+    write_mp4(tmp_path / "clip.mp4", video)
+    keep = np.array([0, 3, 4, 11])
+    frames = decode_video(tmp_path / "clip.mp4", keep, 32, "crop")
+    assert frames.shape == (4, 32, 32, 3) and frames.dtype == np.uint8
+    # crop: the centre 48x48 square, area-averaged to 32 px; PIL's box filter is the same average, so they agree
+    # up to the codec's error; squash (the whole width) does not.
+    centre = video[keep][:, :, 8:56]
+    pil = np.stack([np.asarray(Image.fromarray(frame).resize((32, 32), Image.BOX)) for frame in centre]).astype(int)
+    assert np.abs(pil - frames).mean() < 4
+    assert np.abs(pil - decode_video(tmp_path / "clip.mp4", keep, 32, "squash")).mean() > 8
+    scaler = FrameScaler(32, "crop")  # image files go through the same filters
+    images = np.stack([scaler.image(Image.fromarray(frame)) for frame in video[keep]]).astype(int)
+    assert np.abs(images - pil).mean() < 3
+    assert scaler.image(Image.fromarray(video[0, :32])).shape == (32, 32, 3)  # another geometry: a new graph
