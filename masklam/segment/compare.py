@@ -40,8 +40,7 @@ def compare_sources(
         if source not in sources:
             raise UsageError(f"{dataset.root} has no '{source}' masks: choose from {', '.join(sorted(sources))}")
     episodes: list[dict[str, Any]] = []
-    total = np.zeros(4, np.int64)
-    per_split: dict[str, np.ndarray] = {}
+    per_split: dict[str, np.ndarray] = {}  # (intersection, union, predicted, reference) pixel counts
     # The worst frames so far: a heap on -IoU, whose top is the best of them (the one to drop first).
     kept: list[tuple[float, int, tuple]] = []
     seen = 0
@@ -61,17 +60,16 @@ def compare_sources(
                     heapq.heappush(kept, item)
                 elif item[0] > kept[0][0]:
                     heapq.heapreplace(kept, item)
-        for episode, counts in sorted(per_episode.items()):
-            episodes.append({"split": split, "episode": episode, **scores(counts)})
-            total += counts
-            per_split[split] = per_split.get(split, 0) + counts
+        episodes += [{"split": split, "episode": episode, **scores(counts)} for episode, counts in sorted(per_episode.items())]
+        if per_episode:
+            per_split[split] = sum(per_episode.values())
     if not episodes:
         raise UsageError(f"no episodes in splits {list(splits)} of {dataset.root}")
     worst_frames = sorted(kept, reverse=True)  # lowest IoU first
     result = {
         "ref": ref,
         "pred": pred,
-        "overall": scores(total),
+        "overall": scores(sum(per_split.values())),
         "splits": {split: scores(counts) for split, counts in per_split.items()},  # test: held-out seeds and videos
         "episodes": episodes,
         "worst_frames": [{"split": s, "episode": e, "frame": f, "iou": round(-negative_iou, 4)} for negative_iou, _, (s, e, f, *_rest) in worst_frames],
