@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,7 +30,8 @@ if TYPE_CHECKING:
 
 LEDGER = "steps.json"
 # Files of a run folder that every label budget's decoder shares (linked into labels-<n>/).
-SHARED = ("lam.pt", "lam-config.json", "bc.pt", "bc-config.json", "bc-actions.pt", "bc-actions-config.json")
+REFERENCE_FILES = ("bc-actions.pt", "bc-actions-config.json")  # BC on true actions, as a run folder holds it
+SHARED = ("lam.pt", "lam-config.json", "bc.pt", "bc-config.json", *REFERENCE_FILES)
 
 
 @dataclass(frozen=True)
@@ -92,12 +94,17 @@ def budget_folder(recipe: Recipe, run: Path, budget: int) -> Path:
 
 
 def link_shared(run: Path, target: Path) -> None:
-    """A label budget's folder sees its run's LAM and policies (hard links; copies across file systems)."""
-    if target == run:
-        return
+    """A label budget's folder sees its run's LAM and policies."""
+    if target != run:
+        link_files(run, target, SHARED)
+
+
+def link_files(source_folder: Path, target: Path, names: Iterable[str]) -> None:
+    """``names`` of ``source_folder`` seen in ``target`` (hard links; copies across file systems). Writers
+    replace files rather than rewrite them, so a source written again later leaves the link as it was."""
     target.mkdir(parents=True, exist_ok=True)
-    for name in SHARED:
-        source, link = run / name, target / name
+    for name in names:
+        source, link = source_folder / name, target / name
         if not source.exists():
             continue
         link.unlink(missing_ok=True)

@@ -20,7 +20,7 @@ from typing import Any
 
 from masklam.atomic import atomic_write_json
 from masklam.data.schema import ORACLE
-from masklam.pipeline.layout import LEDGER, budget_folder, grid, link_shared, mask_comparison, overrides_of, read_ledger
+from masklam.pipeline.layout import LEDGER, REFERENCE_FILES, budget_folder, grid, link_files, link_shared, mask_comparison, overrides_of, read_ledger
 from masklam.pipeline.recipe import Recipe, recipe_json
 
 
@@ -113,6 +113,7 @@ def plan(recipe: Recipe, root: Path, workers: int = 1, show_progress: bool = Tru
 
     e = recipe.evaluate
     checked: set[str] = set()
+    reference_owners: dict[str, tuple[Path, dict[str, Any]]] = {}  # BC on true actions: who trains each distinct one
     for run in grid(recipe):
         data, folder = str(root / "data" / run.variant), run.folder(root)
         lam = load_trainer(recipe.trainer(run.method), [*recipe.lam_overrides(run.method), *overrides_of(dict(run.sweep)), f"seed={run.seed}"], data, run.mask)
@@ -138,15 +139,31 @@ def plan(recipe: Recipe, root: Path, workers: int = 1, show_progress: bool = Tru
             ),
         ]
         if recipe.train.reference and recipe.simulated:  # the reference only normalises online returns
-            steps.append(
-                Step(
-                    f"train bc-actions {name}",
-                    {"lam": to_dict(lam), "stage": to_dict(stage)},
-                    [folder / "bc-actions.pt"],
-                    lambda f=folder, s=stage, d=data: train_action_bc(f, s, show_progress, lam_data=d),
-                    stage_files(folder, "bc-actions"),
+            # BC on true actions reads frames and actions, never the LAM's weights or masks: runs that share its
+            # dataset, frame stack and stage settings (every method of one seed, as a rule) share one network.
+            reference = json.dumps([lam.data.path, lam.data.stack, to_dict(stage)], sort_keys=True, default=str)
+            if reference not in reference_owners:
+                settings = {"lam": to_dict(lam), "stage": to_dict(stage)}
+                reference_owners[reference] = (folder, settings)
+                steps.append(
+                    Step(
+                        f"train bc-actions {name}",
+                        settings,
+                        [folder / "bc-actions.pt"],
+                        lambda f=folder, s=stage, d=data: train_action_bc(f, s, show_progress, lam_data=d),
+                        stage_files(folder, "bc-actions"),
+                    )
                 )
-            )
+            else:
+                owner, settings = reference_owners[reference]
+                steps.append(
+                    Step(
+                        f"share bc-actions {name}",
+                        {"trained in": str(owner), **settings},
+                        [folder / "bc-actions.pt"],
+                        lambda o=owner, f=folder: link_files(o, f, REFERENCE_FILES),
+                    )
+                )
         for budget in recipe.labels:
             target = budget_folder(recipe, folder, budget)
             decoder = replace(stage, labelled=budget)

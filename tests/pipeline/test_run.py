@@ -122,6 +122,45 @@ def test_a_second_run_skips_finished_steps_and_a_change_reruns_only_what_it_touc
 
 
 @pytest.mark.slow
+def test_bc_on_true_actions_is_trained_once_per_seed_and_shared(finished, tmp_path):
+    import shutil
+
+    import torch
+
+    from masklam.configs import build
+    from masklam.train.loop import read_run_config
+    from masklam.train.stages import StageConfig, train_action_bc
+
+    _, root = finished
+    ledger = json.loads((root / "steps.json").read_text())
+    assert sorted(step for step in ledger if "bc-actions" in step) == [
+        "share bc-actions low masklam [oracle_dilate1] seed0",
+        "share bc-actions low masklam seed0",
+        "train bc-actions low lapo seed0",
+    ]
+    runs = root / "runs" / "low"
+    trained = torch.load(runs / "lapo" / "seed0" / "bc-actions.pt", weights_only=False)["model"]
+    returns = set()
+    for run in ("lapo", "masklam", "masklam-oracle_dilate1"):
+        shared = runs / run / "seed0" / "bc-actions.pt"
+        assert shared.read_bytes() == (runs / "lapo" / "seed0" / "bc-actions.pt").read_bytes()
+        for budget in (40, 0):
+            returns.add(json.loads((runs / run / "seed0" / f"labels-{budget}" / "evaluate.json").read_text())["bc_actions_return"])
+    assert len(returns) == 1  # one network, the same evaluation episodes
+    # Why sharing is sound: trained in MaskLAM's own run folder (whose windows carry masks), the network is the
+    # one trained in LAPO's.
+    own = tmp_path / "masklam"
+    own.mkdir()
+    for name in ("lam.pt", "lam-config.json"):
+        shutil.copy2(runs / "masklam" / "seed0" / name, own / name)
+    stage = build(StageConfig, read_run_config(runs / "lapo" / "seed0", "bc-actions"), "bc-actions-config")
+    train_action_bc(own, stage, show_progress=False, lam_data=str(root / "data" / "low"))
+    retrained = torch.load(own / "bc-actions.pt", weights_only=False)["model"]
+    assert retrained.keys() == trained.keys()
+    assert all(torch.equal(retrained[key], trained[key]) for key in trained)
+
+
+@pytest.mark.slow
 def test_report_command_and_dry_run(masklam_cli, finished, tmp_path):
     recipe, root = finished
     done = masklam_cli("report", str(root), "--out", str(tmp_path / "report"))
