@@ -501,8 +501,15 @@ def segment(
         None, help="weights file (default: mobile_sam's fetched file; SAM's official file name in $MASKLAM_SAM_CHECKPOINTS or ~/.cache/masklam/sam)"
     ),
     name: Optional[str] = typer.Option(None, help="name of the new mask source (default: the model's)"),
-    point: list[str] = typer.Option([], "--point", help="prompt point on each episode's first frame, x,y (positive) or neg:x,y (repeatable)"),
-    box: Optional[str] = typer.Option(None, help="prompt box on each episode's first frame: x0,y0,x1,y1"),
+    point: list[str] = typer.Option(
+        [], "--point", help="prompt point, x,y (positive) or neg:x,y (repeatable), in the dataset's pixels: on the --on frame, else on each episode's first"
+    ),
+    box: Optional[str] = typer.Option(None, help="prompt box x0,y0,x1,y1 in the dataset's pixels: on the --on frame, else on each episode's first"),
+    on: Optional[str] = typer.Option(
+        None,
+        "--on",
+        help="one click for the whole dataset: the frame SPLIT/EPISODE/FRAME (e.g. train/0/0) the --point/--box prompt marks; masklam finds the agent on every other frame",
+    ),
     prompt: Optional[str] = typer.Option(
         None,
         help="auto: chosen by the model, no human (mobile_sam, sam_vit_*); oracle-box: the box of the oracle mask of each episode's first frame (simulated data)",
@@ -510,7 +517,7 @@ def segment(
     prompts: Optional[str] = typer.Option(
         None,
         "--prompts",
-        help='a prompt per episode: FILE.json ({"0": {"box": [x0,y0,x1,y1]}, "*": {"points": [[x,y]]}}) or FILE.csv (episode,x0,y0,x1,y1 or episode,x,y[,label])',
+        help='a prompt per episode, FILE.json ({"0": {"box": [x0,y0,x1,y1]}, "*": {"points": [[x,y]]}}) or FILE.csv (episode,x0,y0,x1,y1 or episode,x,y[,label]); or marked frames, keys SPLIT/EPISODE/FRAME ({"train/0/0": {"points": [[x,y]]}})',
     ),
     reprompt: bool = typer.Option(True, help="re-prompt a frame whose followed mask jumps (area, centroid) or drifts from the episode's first mask"),
     batch_size: Optional[int] = typer.Option(None, help="frames encoded together (default: 1 on a CPU, where batches are slower; 8 on a GPU)"),
@@ -524,6 +531,12 @@ def segment(
     ),
     distill: int = typer.Option(0, help="N > 0: the model labels N frames across episodes, a small student learns them and labels every frame"),
     distill_steps: int = typer.Option(1500, help="training steps of the student"),
+    distill_composite: float = typer.Option(
+        0.6, help="share of the student's training frames whose background is replaced (procedural textures, other frames), so it holds on new videos"
+    ),
+    teacher_on: Optional[str] = typer.Option(
+        None, help="with --distill: splits the teacher itself labels, every frame (e.g. test); the others get the student's masks"
+    ),
     rank: Optional[int] = typer.Option(None, help="this process's rank (default: $RANK)"),
     world_size: Optional[int] = typer.Option(None, help="number of ranks (default: $WORLD_SIZE)"),
     overwrite: bool = typer.Option(False, help="replace a source of the same name, or one being made with other settings"),
@@ -533,13 +546,41 @@ def segment(
     from masklam.segment.run import SegmentConfig, segment_dataset
 
     config = SegmentConfig.from_options(
-        str(data), model, point, box, prompt, checkpoint, name, batch_size, device, half, distill, distill_steps, propagate, prompts, reprompt, imgsz
+        str(data),
+        model,
+        point,
+        box,
+        prompt,
+        checkpoint,
+        name,
+        batch_size,
+        device,
+        half,
+        distill,
+        distill_steps,
+        propagate,
+        prompts,
+        reprompt,
+        imgsz,
+        on,
+        teacher_on,
+        distill_composite,
     )
     result = segment_dataset(config, rank, world_size, overwrite, show_progress=progress)
     if "distill" in result:
         report = result["distill"]
         typer.echo(
             f"student trained on {report['train_frames']} teacher-labelled frames: IoU {report['student_iou_vs_teacher']:.3f} against the teacher on {report['held_out_frames']} held-out frames"
+        )
+    if "marked" in result:
+        marked = result["marked"]
+        typer.echo(
+            f"marked frames: {marked['marked_frames']} ({marked['teacher_frames_marked']} teacher frames); proposer IoU on them {marked['proposer_iou_on_marked']:.3f}"
+        )
+    if "teacher_counts" in result:
+        counts = result["teacher_counts"]
+        typer.echo(
+            f"teacher frames re-prompted: {counts['reprompted']}, of which kept from the frame before: {counts['held']}; refused for not looking like the agent: {counts['slid']}"
         )
     state = "registered in info.json" if result["registered"] else "waiting for the other ranks' shards"
     typer.echo(f"'{result['source']}' masks: {result['written']} of this rank's {result['shards']} shards written; {state}")

@@ -46,10 +46,15 @@ class DistillConfig:
     width: int = 16
     held_out: float = 0.2
     seed: int = 0
+    # Share of training frames whose background is replaced (the teacher's agent pixels over a procedural
+    # texture or another frame's background), so the student learns the agent, not the training videos.
+    composite: float = 0.6
 
     def __post_init__(self) -> None:
         if self.frames < 10 or self.steps < 1 or self.batch_size < 1 or not 0 < self.held_out < 1:
             raise UsageError("--distill needs at least 10 frames; steps and batch size must be positive")
+        if not 0 <= self.composite <= 1:
+            raise UsageError(f"--distill-composite {self.composite}: give a share of frames between 0 and 1")
 
 
 def block(inputs: int, outputs: int) -> nn.Sequential:
@@ -101,17 +106,78 @@ def iou(prediction: np.ndarray, target: np.ndarray) -> float:
     return ratio(int(np.logical_and(prediction, target).sum()), int(np.logical_or(prediction, target).sum()))
 
 
-def train_student(frames: np.ndarray, masks: np.ndarray, config: DistillConfig, show_progress: bool) -> Student:
+def textures(count: int, size: int, rng: np.random.Generator) -> np.ndarray:
+    """``count`` procedural backgrounds (count, size, size, 3) uint8: coloured 1/f^a noise, a between 1 and 3
+    (from fine grain to smooth blobs, as natural images and videos have), each with its own colours."""
+    fy, fx = np.meshgrid(np.fft.fftfreq(size), np.fft.rfftfreq(size), indexing="ij")
+    radius = np.maximum(np.hypot(fy, fx), 1.0 / size)
+    out = np.empty((count, size, size, 3), np.uint8)
+    for i in range(count):
+        spectrum = rng.normal(size=(3, *radius.shape)) + 1j * rng.normal(size=(3, *radius.shape))
+        noise = np.fft.irfft2(spectrum / radius ** rng.uniform(1.0, 3.0), s=(size, size))  # (3, size, size)
+        noise = (noise - noise.mean(axis=(1, 2), keepdims=True)) / (noise.std() + 1e-8)
+        mix = rng.normal(size=(3, 3)) * rng.uniform(20, 70)  # correlated channels: coloured, not grey, noise
+        image = np.einsum("cij,cd->ijd", noise, mix) + rng.uniform(30, 225, size=3)
+        out[i] = np.clip(image, 0, 255).astype(np.uint8)
+    return out
+
+
+def erase_agent(frames: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """Backgrounds of labelled frames: each frame's agent pixels (grown by 2 px) filled from the same frame
+    shifted by half its width, so the agent's own colours do not stay behind as an unlabelled agent."""
+    from scipy.ndimage import binary_dilation
+
+    grown = binary_dilation(masks.astype(bool), iterations=2, structure=np.ones((1, 3, 3), bool))
+    shifted = np.roll(frames, frames.shape[2] // 2, axis=2)
+    return np.where(grown[..., None], shifted, frames)
+
+
+class Composer:
+    """Training batches that do not let the student learn the training backgrounds: a share of the frames get
+    their background replaced (the agent's pixels kept, by the teacher's mask) by a procedural texture or the
+    agent-free background of another labelled frame; then every frame gets a colour jitter (per-channel gain
+    and offset) and a small zoom and shift, and half are flipped left-right (the agent faces both ways)."""
+
+    def __init__(self, frames: np.ndarray, masks: np.ndarray, composite: float, rng: np.random.Generator, bank: int = 256) -> None:
+        self.frames, self.masks = torch.from_numpy(frames), torch.from_numpy(masks).float()
+        self.composite, self.rng = composite, rng
+        self.backgrounds = torch.from_numpy(erase_agent(frames, masks))
+        self.textures = torch.from_numpy(textures(bank, frames.shape[1], rng)) if composite > 0 else None
+
+    def batch(self, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        rng = self.rng
+        pick = torch.from_numpy(rng.integers(0, len(self.frames), size))
+        images, target = self.frames[pick].float(), self.masks[pick]
+        if self.composite > 0:
+            swap = torch.from_numpy(rng.random(size) < self.composite)
+            texture = torch.from_numpy(rng.random(size) < 0.5)
+            other = self.backgrounds[torch.from_numpy(rng.integers(0, len(self.backgrounds), size))].float()
+            noise = self.textures[torch.from_numpy(rng.integers(0, len(self.textures), size))].float()
+            background = torch.where(texture[:, None, None, None], noise, other)
+            agent = target[..., None]
+            images = torch.where(swap[:, None, None, None], agent * images + (1 - agent) * background, images)
+        gain = torch.from_numpy(rng.uniform(0.75, 1.25, (size, 1, 1, 3))).float()
+        offset = torch.from_numpy(rng.uniform(-25, 25, (size, 1, 1, 3))).float()
+        images = (images * gain + offset).clamp(0, 255)
+        # Zoom 0.9-1.1 and shift up to 6 % of the side, one draw per frame; the mask moves with its frame.
+        scale = torch.from_numpy(rng.uniform(0.9, 1.1, size)).float()
+        shift = torch.from_numpy(rng.uniform(-0.12, 0.12, (size, 2))).float()
+        flip = torch.from_numpy(np.where(rng.random(size) < 0.5, -1.0, 1.0)).float()
+        theta = torch.zeros(size, 2, 3)
+        theta[:, 0, 0], theta[:, 1, 1], theta[:, :, 2] = scale * flip, scale, shift
+        grid = F.affine_grid(theta, (size, 4, *images.shape[1:3]), align_corners=False)
+        stacked = torch.cat([images.permute(0, 3, 1, 2), target[:, None]], 1)
+        warped = F.grid_sample(stacked, grid, mode="bilinear", padding_mode="border", align_corners=False)
+        return warped[:, :3].permute(0, 2, 3, 1), (warped[:, 3] > 0.5).float()
+
+
+def train_student(frames: np.ndarray, masks: np.ndarray, config: DistillConfig, show_progress: bool, desc: str = "distil student") -> Student:
     torch.manual_seed(config.seed)
     student = Student(config.width)
     optimizer = torch.optim.AdamW(student.parameters(), lr=config.lr)
-    rng = np.random.default_rng(config.seed)
-    images, targets = torch.from_numpy(frames), torch.from_numpy(masks).float()
-    for _ in tqdm(range(config.steps), unit="step", desc="distil student", disable=not show_progress or None):
-        pick = torch.from_numpy(rng.integers(0, len(images), config.batch_size))
-        batch, target = images[pick], targets[pick]
-        if rng.random() < 0.5:  # left-right flips: the agent faces both ways
-            batch, target = batch.flip(2), target.flip(2)
+    composer = Composer(frames, masks, config.composite, np.random.default_rng(config.seed))
+    for _ in tqdm(range(config.steps), unit="step", desc=desc, disable=not show_progress or None):
+        batch, target = composer.batch(config.batch_size)
         logits = student(batch)
         probability = logits.sigmoid()
         dice = 1 - (2 * (probability * target).sum() + 1) / (probability.sum() + target.sum() + 1)
@@ -136,16 +202,25 @@ def student_function(student: Student) -> MaskFunction:
     return label
 
 
-def teacher_labels(folder: Path, runs: list[Record], teacher: MaskFunction, key: dict[str, Any], show_progress: bool) -> list[np.ndarray]:
-    """The teacher's masks of each run, cached one file per run in ``folder`` (written atomically): with a
-    foundation model on a CPU the teacher phase takes hours, and a killed job resumes at the first missing run.
-    The cache belongs to one teacher and one sampling (``key``); another one starts it afresh."""
+CACHED = ("run-*.npy", "record-*.npy", "marked-*.npz", "proposer.pt", "marked.json")  # what the teacher's cache holds
+
+
+def open_teacher_cache(folder: Path, key: dict[str, Any]) -> Path:
+    """The teacher's cache folder, emptied of masklam's cached files when they were made by another teacher or
+    sampling (``key``): with a foundation model on a CPU the teacher phase takes hours, so it is kept otherwise."""
     key_path = folder / "key.json"
     if not key_path.is_file() or json.loads(key_path.read_text()) != json.loads(json.dumps(key)):
-        for old in folder.glob("run-*.npy"):
-            old.unlink()
+        for pattern in CACHED:
+            for old in folder.glob(pattern):
+                old.unlink()
         folder.mkdir(parents=True, exist_ok=True)
         atomic_write_json(key_path, key)
+    return folder
+
+
+def teacher_labels(folder: Path, runs: list[Record], teacher: MaskFunction, show_progress: bool) -> list[np.ndarray]:
+    """The teacher's masks of each run, cached one file per run in ``folder`` (written atomically, see
+    ``open_teacher_cache``): a killed job resumes at the first missing run."""
     labels = []
     for index, run in enumerate(tqdm(runs, unit="run", desc="teacher", disable=not show_progress or None)):
         path = folder / f"run-{index:05d}.npy"
@@ -159,6 +234,31 @@ def teacher_labels(folder: Path, runs: list[Record], teacher: MaskFunction, key:
     return labels
 
 
+def teacher_on_splits(student: MaskFunction, teacher: MaskFunction, splits: tuple[str, ...], folder: Path) -> MaskFunction:
+    """Records of ``splits`` labelled by the teacher (cached one file per record in ``folder``, so a killed job
+    resumes), the others by the student. Each record is its own chain (a chunked episode's chain restarts)."""
+
+    def label(records: Iterator[Record]) -> Iterator[np.ndarray]:
+        for record in records:
+            if record.meta.split not in splits:
+                yield next(iter(student(iter([record]))))
+                continue
+            path = folder / f"record-{record.meta.split}-{record.key}.npy"
+            if path.is_file():
+                yield np.load(path)
+                continue
+            masks = next(iter(teacher(iter([record]))))
+            with atomic_file(path) as f:
+                np.save(f, masks)
+            yield masks
+
+    return label
+
+
+def cache_key(config: DistillConfig | None, teacher: dict[str, Any] | None) -> dict[str, Any]:
+    return {"config": None if config is None else dataclasses.asdict(config), "teacher": teacher}
+
+
 def distill(
     data: str | Path,
     name: str,
@@ -167,9 +267,9 @@ def distill(
     config: DistillConfig,
     show_progress: bool = True,
     teacher_key: dict[str, Any] | None = None,
-) -> tuple[MaskFunction, dict[str, Any]]:
-    """Train (or reload) the student for source ``name``; its mask function and report. ``teacher_key`` says
-    which teacher labelled the cached runs (its description in info.json)."""
+) -> tuple[Student, dict[str, Any]]:
+    """Train (or reload) the student for source ``name``; the student and its report. ``teacher_key``
+    says which teacher labelled the cached runs (its description in info.json)."""
     dataset = open_dataset(data)
     folder = Path(dataset.root) / SEGMENT_DIR / name
     weights, report_path = folder / "student.pt", folder / "distill.json"
@@ -178,18 +278,19 @@ def distill(
         if report["config"] == dataclasses.asdict(config):
             student = Student(config.width)
             student.load_state_dict(torch.load(weights, weights_only=True))
-            return student_function(student.eval()), report
+            return student.eval(), report
     size = dataset.info["env"]["render"]["size"]
     if size % 4:
         raise UsageError(f"--distill needs an image size divisible by 4 (the dataset's is {size})")
     rng = np.random.default_rng(config.seed)
     records = list(dataset.records("train", mask_sources=tuple(set(reads) | ({ORACLE} & set(dataset.info["mask_sources"]))), fields=("rgb",)))
     runs = sample_runs(records, config.frames, rng)
-    labels = teacher_labels(folder / "teacher", runs, teacher, {"config": dataclasses.asdict(config), "teacher": teacher_key}, show_progress)
     order = rng.permutation(len(runs))
     held = set(order[: max(1, round(config.held_out * len(runs)))].tolist())
     if len(held) == len(runs):
         raise UsageError("--distill needs at least 2 train records (one is held out to score the student)")
+    cache = open_teacher_cache(folder / "teacher", cache_key(config, teacher_key))
+    labels = teacher_labels(cache, runs, teacher, show_progress)
     train = [i for i in range(len(runs)) if i not in held]
     frames = np.concatenate([runs[i].steps["rgb"] for i in train])
     masks = np.concatenate([labels[i] for i in train])
@@ -211,4 +312,4 @@ def distill(
     with atomic_file(weights) as f:
         torch.save(student.state_dict(), f)
     atomic_write_json(report_path, report)
-    return student_function(student), report
+    return student.eval(), report

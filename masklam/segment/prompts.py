@@ -18,6 +18,7 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -61,6 +62,32 @@ class Prompt:
 
 
 @dataclass(frozen=True)
+class Mark:
+    """The user's prompt on one frame of the dataset: SPLIT/EPISODE/FRAME (frame within the episode)."""
+
+    split: str
+    episode: int
+    frame: int
+    prompt: Prompt
+
+    @property
+    def key(self) -> str:
+        return f"{self.split}/{self.episode}/{self.frame}"
+
+
+def frame_key(text: str, where: str) -> tuple[str, int, int]:
+    """'train/0/12' -> ('train', 0, 12)."""
+    parts = str(text).strip().split("/")
+    try:
+        split, episode, frame = parts[0], int(parts[1]), int(parts[2])
+    except (IndexError, ValueError):
+        raise UsageError(f"{where}: a frame is SPLIT/EPISODE/FRAME, e.g. train/0/0 (got {text!r})") from None
+    if len(parts) != 3 or not split or episode < 0 or frame < 0:
+        raise UsageError(f"{where}: a frame is SPLIT/EPISODE/FRAME with episode and frame from 0, e.g. train/0/0 (got {text!r})")
+    return split, episode, frame
+
+
+@dataclass(frozen=True)
 class PromptSpec:
     """The dataset-level prompt of the command line."""
 
@@ -74,6 +101,12 @@ class PromptSpec:
     default: Prompt | None = None  # --prompts FILE's "*": for episodes the file does not list
     source: str | None = None  # the --prompts file's name, for info.json
     reprompt: bool = True  # refuse masks that jump or drift (see JUMP_AREA, JUMP_CENTROID, DRIFT_AREA)
+    marks: tuple[Mark, ...] = ()  # --on SPLIT/EPISODE/FRAME or a --prompts file keyed so: one click carried everywhere
+
+    @property
+    def marked(self) -> bool:
+        """One click per dataset (masklam.segment.marked): prompts on chosen frames, not on each episode's first."""
+        return bool(self.marks)
 
     def first(self, oracle_first_mask: np.ndarray | None, episode: int | None = None) -> Prompt:
         """The prompt of an episode's first frame (empty for --prompt auto: the chain picks it)."""
@@ -91,6 +124,12 @@ class PromptSpec:
 
     def describe(self) -> dict:
         common = {"follow_points": self.follow_points, "reprompt": self.reprompt}
+        if self.marks:
+            marks = {
+                m.key: {"points": [list(p) for p in m.prompt.points], "labels": list(m.prompt.labels), "box": list(m.prompt.box) if m.prompt.box else None}
+                for m in self.marks
+            }
+            return {"prompt": "marked", "marks": marks, **({"prompts_file": self.source} if self.source else {}), **common}
         if self.oracle_box:
             return {"prompt": ORACLE_BOX, **common}
         if self.auto:
@@ -100,15 +139,20 @@ class PromptSpec:
         return {"points": [list(p) for p in self.points], "labels": list(self.labels), "box": list(self.box) if self.box else None, **common}
 
 
-def parse_prompt(points: list[str], box: str | None, prompt: str | None, prompts_file: str | None = None, reprompt: bool = True) -> PromptSpec:
-    """--point x,y (positive) or --point neg:x,y (negative), --box x0,y0,x1,y1, --prompts FILE, --prompt oracle-box|auto."""
+def parse_prompt(
+    points: list[str], box: str | None, prompt: str | None, prompts_file: str | None = None, reprompt: bool = True, on: str | None = None
+) -> PromptSpec:
+    """--point x,y (positive) or --point neg:x,y (negative), --box x0,y0,x1,y1, --prompts FILE, --prompt oracle-box|auto;
+    --on SPLIT/EPISODE/FRAME: the --point/--box prompt marks that one frame (one click for the whole dataset)."""
     if prompt is not None and prompt not in NAMED_PROMPTS:
         raise UsageError(f"unknown --prompt {prompt!r}: choose {' or '.join(NAMED_PROMPTS)}")
     if sum((prompt is not None, bool(points or box), prompts_file is not None)) > 1:
         raise UsageError("pass one kind of prompt: --point/--box, --prompts FILE, or --prompt oracle-box|auto")
+    if on is not None and not (points or box):
+        raise UsageError("--on SPLIT/EPISODE/FRAME says which frame the prompt marks: give the prompt with --point x,y and/or --box x0,y0,x1,y1")
     if prompts_file is not None:
-        per_episode, default = read_prompts_file(Path(prompts_file))
-        return PromptSpec(per_episode=per_episode, default=default, source=Path(prompts_file).name, reprompt=reprompt)
+        per_episode, default, marks = read_prompts_file(Path(prompts_file))
+        return PromptSpec(per_episode=per_episode, default=default, source=Path(prompts_file).name, reprompt=reprompt, marks=marks)
     parsed, labels = [], []
     for text in points:
         negative = text.startswith("neg:")
@@ -121,13 +165,18 @@ def parse_prompt(points: list[str], box: str | None, prompt: str | None, prompts
         raise UsageError(
             "no prompt: pass --point x,y (repeatable), --box x0,y0,x1,y1, --prompts FILE, --prompt auto, or --prompt oracle-box for simulated data"
         )
+    if on is not None:
+        split, episode, frame = frame_key(on, "--on")
+        spec = PromptSpec(reprompt=reprompt, marks=(Mark(split, episode, frame, Prompt(spec.points, spec.labels, spec.box)),))
     return spec
 
 
-def read_prompts_file(path: Path) -> tuple[tuple[tuple[int, Prompt], ...], Prompt | None]:
+def read_prompts_file(path: Path) -> tuple[tuple[tuple[int, Prompt], ...], Prompt | None, tuple[Mark, ...]]:
     """Prompts per episode. JSON: {"0": {"box": [x0, y0, x1, y1]}, "1": {"points": [[x, y], ...], "labels": [1, 0]},
     "*": {...}} ("*": every episode not listed; labels default to positive). CSV with a header: episode,x0,y0,x1,y1
-    (a box per row) or episode,x,y[,label] (a point per row, several rows per episode allowed); episode may be *."""
+    (a box per row) or episode,x,y[,label] (a point per row, several rows per episode allowed); episode may be *.
+    Keys of the form SPLIT/EPISODE/FRAME ("train/0/0") mark single frames instead (one click per dataset, carried
+    everywhere by masklam.segment.marked); a file holds one kind of key or the other."""
     if not path.is_file():
         raise UsageError(f"--prompts {path}: no such file")
     try:
@@ -139,6 +188,12 @@ def read_prompts_file(path: Path) -> tuple[tuple[tuple[int, Prompt], ...], Promp
             raise UsageError(f"--prompts {path}: expected a .json or .csv file")
     except (json.JSONDecodeError, AttributeError, KeyError, UnicodeDecodeError, csv.Error) as error:
         raise UsageError(f"--prompts {path} cannot be read ({type(error).__name__}: {error})") from None
+    framed = [key for key in entries if "/" in key]
+    if framed:
+        if len(framed) != len(entries):
+            raise UsageError(f"--prompts {path}: keys are all SPLIT/EPISODE/FRAME (marked frames) or all episodes, not both")
+        marks = tuple(Mark(*frame_key(key, f"--prompts {path}"), prompt) for key, prompt in entries.items())
+        return (), None, tuple(sorted(marks, key=lambda m: (m.split, m.episode, m.frame)))
     default = entries.pop("*", None)
     try:
         per_episode = tuple(sorted((int(key), prompt) for key, prompt in entries.items()))
@@ -146,7 +201,7 @@ def read_prompts_file(path: Path) -> tuple[tuple[tuple[int, Prompt], ...], Promp
         raise UsageError(f"--prompts {path}: episodes are numbers (or * for every other one), got {sorted(entries)}") from None
     if not per_episode and default is None:
         raise UsageError(f"--prompts {path} has no prompt")
-    return per_episode, default
+    return per_episode, default, ()
 
 
 def prompt_of(entry: dict, where: str) -> Prompt:
@@ -217,6 +272,26 @@ def follow(mask: np.ndarray, points: int = FOLLOW_POINTS) -> Prompt:
     return Prompt(tuple(chosen), (1,) * len(chosen), box)
 
 
+def largest_component(mask: np.ndarray) -> np.ndarray:
+    """The mask's largest 8-connected region (a student's stray pixels elsewhere dropped)."""
+    from scipy.ndimage import label
+
+    regions, count = label(mask.astype(bool), structure=np.ones((3, 3), bool))
+    if count <= 1:
+        return mask.astype(np.uint8)
+    sizes = np.bincount(regions.ravel())[1:]
+    return (regions == 1 + int(np.argmax(sizes))).astype(np.uint8)
+
+
+MIN_PROPOSAL = 4  # pixels: a smaller proposed region is noise, not an agent
+
+
+def proposal_prompt(mask: np.ndarray) -> Prompt:
+    """A prompt from a student's proposed mask: the box and inner points of its largest region; empty if none."""
+    region = largest_component(mask)
+    return follow(region) if region.sum() >= MIN_PROPOSAL else Prompt()
+
+
 def mask_stats(mask: np.ndarray) -> tuple[float, float, float]:
     """(area, centroid x, centroid y) of a mask, in pixels."""
     ys, xs = np.nonzero(mask)
@@ -225,13 +300,30 @@ def mask_stats(mask: np.ndarray) -> tuple[float, float, float]:
 
 @dataclass
 class Track:
-    """One episode's chain: its first prompt, the last accepted mask and the stats of its first mask."""
+    """One episode's chain: its first prompt, the last accepted mask and the stats of its first mask.
+
+    With one click per dataset (masklam.segment.marked) a track also carries, for the frames of the record being
+    segmented, the student's proposed masks (a fresh prompt for any frame, better than the episode's first
+    prompt once the agent has moved) and the agent's appearance (a check that the mask still covers the agent's
+    colours, catching a chain that slid onto a background region of the same size and place)."""
 
     first: Prompt
     previous: np.ndarray | None = None
     anchor: tuple[float, float, float] | None = None
     reprompts: int = 0  # frames whose followed mask was refused
     held: int = 0  # frames where the first prompt failed too and the mask before was kept
+    proposals: np.ndarray | None = None  # (T, H, W) the student's masks of this record's frames
+    appearance: Any = None  # masklam.segment.marked.Appearance: agent_share(frame, mask) -> fraction in [0, 1]
+    index: int = 0  # frame of the record being segmented
+    slides: int = 0  # frames whose mask was refused for not looking like the agent
+
+    def fresh(self) -> Prompt:
+        """The prompt for a frame that needs one afresh: the student's proposal for it, else the first prompt."""
+        if self.proposals is not None:
+            proposed = proposal_prompt(self.proposals[self.index])
+            if not proposed.empty:
+                return proposed
+        return self.first
 
 
 class PromptChain:
@@ -246,7 +338,7 @@ class PromptChain:
 
     def __init__(self, prompts: PromptSpec, batch_size: int = 1) -> None:
         self.prompts, self.batch_size = prompts, batch_size
-        self.reprompts = self.held = 0  # counted over every episode, for the caller's report
+        self.reprompts = self.held = self.slides = 0  # counted over every episode, for the caller's report
 
     def encode(self, frames: np.ndarray):  # pragma: no cover - implemented by each model
         raise NotImplementedError
@@ -262,12 +354,16 @@ class PromptChain:
         prompt = first if previous is None else follow(previous, self.prompts.follow_points)
         return first if prompt.empty else prompt
 
-    def plausible(self, mask: np.ndarray, track: Track, followed: bool = True) -> bool:
+    def plausible(self, mask: np.ndarray, track: Track, followed: bool = True, frame: np.ndarray | None = None) -> bool:
         """Whether a mask may be the agent still: not empty, no drift from the episode's first mask (area) and, for a
         followed mask, no jump from the mask before (area, centroid). A fresh prompt's mask is not held to the mask
-        before, which may be the one that drifted."""
+        before, which may be the one that drifted. Where the track knows the agent's appearance, a mask whose
+        pixels are mostly not the agent's colours has slid off it (counted in ``track.slides``)."""
         if not self.prompts.reprompt or track.previous is None or track.anchor is None:
             return True
+        if track.appearance is not None and frame is not None and mask.any() and track.appearance.slid(frame, mask):
+            track.slides += 1
+            return False
         area, x, y = mask_stats(mask)
         before, bx, by = mask_stats(track.previous)
         if area == 0:
@@ -277,13 +373,14 @@ class PromptChain:
         drift = max(area / track.anchor[0], track.anchor[0] / area) > DRIFT_AREA
         return not (jump or drift)
 
-    def step(self, feature, track: Track, frame_size: int) -> np.ndarray:
+    def step(self, feature, track: Track, frame_size: int, frame: np.ndarray | None = None) -> np.ndarray:
         """One frame's mask from its feature: followed from the mask before, re-prompted when that is implausible."""
-        mask = self.decode(feature[None], self.next_prompt(track.first, track.previous), frame_size)
-        if track.previous is not None and not self.plausible(mask, track):
+        mask = self.decode(feature[None], self.next_prompt(track.fresh(), track.previous), frame_size)
+        if track.previous is not None and not self.plausible(mask, track, frame=frame):
             track.reprompts += 1
-            mask = self.decode(feature[None], track.first, frame_size) if not track.first.empty else mask
-            if not self.plausible(mask, track, followed=False):
+            fresh = track.fresh()
+            mask = self.decode(feature[None], fresh, frame_size) if not fresh.empty else mask
+            if not self.plausible(mask, track, followed=False, frame=frame):
                 track.held += 1
                 mask = track.previous  # the agent rarely vanishes: keep the last good mask until a prompt finds it
         if track.anchor is None and mask.any():
@@ -301,13 +398,15 @@ class PromptChain:
         then carries the chain on (chunks of one episode)."""
         track = first if isinstance(first, Track) else Track(first, previous)
         masks = []
-        for feature in self.features(frames):
+        for index, feature in enumerate(self.features(frames)):
             if track.previous is None and self.prompts.auto and track.first.empty:
                 track.first = self.auto_prompt(feature, frames.shape[1])
-            masks.append(self.step(feature, track, frames.shape[1]))
+            track.index = index
+            masks.append(self.step(feature, track, frames.shape[1], frames[index]))
         self.reprompts += track.reprompts
         self.held += track.held
-        track.reprompts = track.held = 0
+        self.slides += track.slides
+        track.reprompts = track.held = track.slides = 0
         return np.stack(masks)
 
     def auto_prompt(self, feature, frame_size: int) -> Prompt:
@@ -360,3 +459,49 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
     a, b = a.astype(bool), b.astype(bool)
     union = (a | b).sum()
     return float((a & b).sum() / union) if union else 1.0
+
+
+def check_prompts(spec: PromptSpec, size: int, episodes: dict[str, dict[int, int]]) -> None:
+    """Prompts that cannot be right, refused before any model runs: points outside the frame, boxes inverted,
+    empty or outside it, and prompts for splits, episodes or frames the dataset does not have. ``episodes``:
+    split -> {episode: frames}. Coordinates are the dataset's pixels; numbers beyond the frame usually come from
+    the full-size source video, and the message says so."""
+    hint = f"coordinates are the dataset's pixels, 0 to {size} across its {size}x{size} frames (not the source video's: scale those by {size}/its width)"
+
+    def check(prompt: Prompt, where: str) -> None:
+        for (x, y), label in zip(prompt.points, prompt.labels):
+            if not (0 <= x < size and 0 <= y < size):
+                raise UsageError(f"{where}: the point {'neg:' if label == 0 else ''}{x:g},{y:g} is outside the frame; {hint}")
+        if prompt.box is not None:
+            x0, y0, x1, y1 = prompt.box
+            if x1 <= x0 or y1 <= y0:
+                raise UsageError(f"{where}: the box {x0:g},{y0:g},{x1:g},{y1:g} is inverted or empty: give x0,y0,x1,y1 with x0 < x1 and y0 < y1")
+            if min(x0, y0) < 0 or max(x1, y1) > size:
+                raise UsageError(f"{where}: the box {x0:g},{y0:g},{x1:g},{y1:g} is outside the frame; {hint}")
+
+    if spec.source is not None:
+        where = f"--prompts {spec.source}"
+    else:
+        where = "--point/--box"
+    for episode, prompt in spec.per_episode:
+        if not any(episode in by_split for by_split in episodes.values()):
+            raise UsageError(f"{where}: there is no episode {episode} (episodes are numbered from 0 within each split: {describe_episodes(episodes)})")
+        check(prompt, f"{where} episode {episode}")
+    for prompt in (spec.default, Prompt(spec.points, spec.labels, spec.box)):
+        if prompt is not None:
+            check(prompt, where)
+    for mark in spec.marks:
+        at = f"{where if spec.source else '--on'} {mark.key}"
+        if mark.split not in episodes:
+            raise UsageError(f"{at}: the dataset has no split {mark.split!r} (it has {', '.join(episodes)})")
+        if mark.episode not in episodes[mark.split]:
+            raise UsageError(f"{at}: split {mark.split!r} has no episode {mark.episode} ({describe_episodes({mark.split: episodes[mark.split]})})")
+        if mark.frame >= episodes[mark.split][mark.episode]:
+            raise UsageError(
+                f"{at}: episode {mark.episode} of {mark.split!r} has {episodes[mark.split][mark.episode]} frames (0 to {episodes[mark.split][mark.episode] - 1})"
+            )
+        check(mark.prompt, at)
+
+
+def describe_episodes(episodes: dict[str, dict[int, int]]) -> str:
+    return "; ".join(f"{split} 0 to {max(by_split)}" if by_split else f"{split} none" for split, by_split in episodes.items())

@@ -8,9 +8,9 @@ from typing import Any
 
 from masklam.data.schema import ORACLE
 from masklam.errors import UsageError
-from masklam.segment.distill import DistillConfig, distill
-from masklam.segment.prompts import PromptSpec, parse_prompt
-from masklam.segment.writer import write_mask_source
+from masklam.segment.distill import DistillConfig, cache_key, distill, open_teacher_cache, student_function, teacher_on_splits
+from masklam.segment.prompts import PromptChain, PromptSpec, check_prompts, parse_prompt
+from masklam.segment.writer import SEGMENT_DIR, write_mask_source
 
 SAM_MODELS = ("sam_vit_h", "sam_vit_l", "sam_vit_b")
 MOBILE_SAM = "mobile_sam"  # weights from `masklam weights fetch mobile_sam`, architecture built by Ultralytics
@@ -31,6 +31,7 @@ class SegmentConfig:
     distill: DistillConfig | None = None  # label every frame with a student trained on the teacher's masks
     propagate: str = "chain"  # later frames: prompted by the mask before (chain) or SAM 2's video memory (video)
     imgsz: int | None = None  # the side Ultralytics' predictor resizes frames to (default: the model's own, 1024 for SAM)
+    teacher_splits: tuple[str, ...] = ()  # with distill: these splits labelled by the teacher itself, every frame
 
     def __post_init__(self) -> None:
         if self.model not in (MOBILE_SAM, *SAM_MODELS, ORACLE) and not self.model.startswith(ULTRALYTICS):
@@ -49,6 +50,12 @@ class SegmentConfig:
             raise UsageError(f"--imgsz is for ultralytics:<weights file> models; {self.model} always encodes frames at 1024 px")
         if self.imgsz is not None and (self.imgsz < 64 or self.imgsz % 32):
             raise UsageError(f"--imgsz {self.imgsz}: give a multiple of 32 of at least 64 (SAM models were trained at 1024)")
+        if self.teacher_splits and self.distill is None:
+            raise UsageError("--teacher-on SPLITS picks splits the teacher labels instead of the student: it needs --distill N")
+        if self.prompts.marked and (self.model == ORACLE or self.propagate == "video"):
+            raise UsageError(
+                "--on / a --prompts file keyed by SPLIT/EPISODE/FRAME needs a prompted model that follows masks (mobile_sam, sam_vit_*, ultralytics:<SAM weights>)"
+            )
         if self.half and not self.device.startswith("cuda"):
             raise UsageError("--half is for GPUs (--device cuda): CPUs compute half precision slowly or not at all")
 
@@ -71,11 +78,15 @@ class SegmentConfig:
         prompts: str | None = None,
         reprompt: bool = True,
         imgsz: int | None = None,
+        on: str | None = None,
+        teacher_on: str | list[str] | None = None,
+        distill_composite: float = DistillConfig.composite,
     ) -> "SegmentConfig":
         """From `masklam segment`'s flags (or a recipe's [[segment]] table, which takes the same names)."""
-        prompts = PromptSpec() if model == ORACLE else parse_prompt(list(point), box, prompt, prompts, reprompt)
-        student = DistillConfig(distill, steps=distill_steps) if distill else None
-        return cls(str(data), model, prompts, checkpoint, name, batch_size, device, half, student, propagate, imgsz)
+        prompts = PromptSpec() if model == ORACLE else parse_prompt(list(point), box, prompt, prompts, reprompt, on)
+        student = DistillConfig(distill, steps=distill_steps, composite=distill_composite) if distill else None
+        splits = tuple(s.strip() for s in (teacher_on.split(",") if isinstance(teacher_on, str) else teacher_on or ()) if s.strip())
+        return cls(str(data), model, prompts, checkpoint, name, batch_size, device, half, student, propagate, imgsz, splits)
 
     @property
     def source(self) -> str:
@@ -136,18 +147,56 @@ def mobile_sam_segmenter(config: SegmentConfig) -> tuple[Any, dict[str, Any]]:
     return segmenter, {"kind": MOBILE_SAM, "checkpoint": path.name, "checkpoint_sha256": file_sha256(path)[:16], **config.prompts.describe()}
 
 
+def check_before_models(config: SegmentConfig) -> None:
+    """What can be checked without a model, checked before one is loaded: the prompts against the dataset's frames,
+    splits and episodes, the simulator for oracle prompts, the splits for --teacher-on, enough records to distil."""
+    from masklam.data.dataset import open_dataset
+    from masklam.data.ingest import require_simulator
+
+    dataset = open_dataset(config.data)
+    if config.model == ORACLE or config.prompts.oracle_box:
+        require_simulator(dataset.info, config.data, "oracle masks (--model oracle, --prompt oracle-box)")
+    episodes = {split: {meta.episode: meta.episode_frames for meta in dataset.index(split)} for split in dataset.info["splits"]}
+    check_prompts(config.prompts, dataset.info["env"]["render"]["size"], episodes)
+    unknown = [split for split in config.teacher_splits if split not in episodes]
+    if unknown:
+        raise UsageError(f"--teacher-on {','.join(config.teacher_splits)}: the dataset has no split {unknown[0]!r} (it has {', '.join(episodes)})")
+    if config.distill is not None:
+        records = len(dataset.index("train")) if "train" in episodes else 0
+        if records < 2:
+            raise UsageError(f"--distill needs at least 2 train records (one is held out to score the student); {config.data} has {records}")
+
+
 def segment_dataset(
     config: SegmentConfig, rank: int | None = None, world_size: int | None = None, overwrite: bool = False, show_progress: bool = True
 ) -> dict[str, Any]:
-    if config.model == ORACLE or config.prompts.oracle_box:
-        from masklam.data.dataset import open_dataset
-        from masklam.data.ingest import require_simulator
-
-        require_simulator(open_dataset(config.data).info, config.data, "oracle masks (--model oracle, --prompt oracle-box)")
+    check_before_models(config)
     make_masks, description, reads = mask_function(config)
-    report = None
+    teacher, report, teacher_description = make_masks, {}, description
+    cache = Path(config.data) / SEGMENT_DIR / config.source / "teacher"
+    if config.prompts.marked:
+        from masklam.data.dataset import open_dataset
+        from masklam.segment.marked import one_click
+
+        if not isinstance(make_masks, PromptChain):
+            raise UsageError(f"--on needs a model whose masks follow from frame to frame; {config.model} does not")
+        open_teacher_cache(cache, cache_key(config.distill, teacher_description))
+        proposer_settings = config.distill or DistillConfig(frames=10)
+        teacher, report["marked"] = one_click(open_dataset(config.data), make_masks, config.prompts, proposer_settings, cache, show_progress)
+        description = {**description, "marked": report["marked"]}
     if config.distill is not None:
-        make_masks, report = distill(config.data, config.source, make_masks, reads, config.distill, show_progress, description)
-        description, reads = {**description, "student": report}, ()
+        student, report["distill"] = distill(config.data, config.source, teacher, reads, config.distill, show_progress, teacher_description)
+        make_masks = student_function(student)
+        if config.teacher_splits:
+            if config.prompts.marked:
+                teacher.proposer = student  # the student, trained on far more frames, proposes better than the proposer
+            make_masks = teacher_on_splits(make_masks, teacher, config.teacher_splits, cache)
+        description = {**description, "student": report["distill"], **({"teacher_on": list(config.teacher_splits)} if config.teacher_splits else {})}
+        reads = reads if config.teacher_splits else ()
+    else:
+        make_masks = teacher
     result = write_mask_source(config.data, config.source, description, make_masks, reads, rank, world_size, overwrite, show_progress)
-    return result if report is None else {**result, "distill": report}
+    if isinstance(teacher, PromptChain) or hasattr(teacher, "counts"):
+        counts = teacher.counts if hasattr(teacher, "counts") else {"reprompted": teacher.reprompts, "held": teacher.held, "slid": teacher.slides}
+        result["teacher_counts"] = counts
+    return {**result, **report}

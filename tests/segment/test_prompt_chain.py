@@ -32,10 +32,10 @@ class Scripted(PromptChain):
             return self.fresh[self.t]
         return self.followed[self.t]
 
-    def step(self, feature, track, frame_size):
+    def step(self, feature, track, frame_size, frame=None):
         self.t += 1
         self.first = track.first
-        return super().step(feature, track, frame_size)
+        return super().step(feature, track, frame_size, frame)
 
 
 FIRST = Prompt(box=(10.0, 10.0, 18.0, 18.0))
