@@ -49,6 +49,9 @@ class DistillConfig:
     # Share of training frames whose background is replaced (the teacher's agent pixels over a procedural
     # texture or another frame's background), so the student learns the agent, not the training videos.
     composite: float = 0.6
+    # Frames of the test split the teacher labels too (never trained on): the student's agreement with its teacher
+    # on videos it never saw, which a user without a simulator can read as well.
+    test_frames: int = 32
 
     def __post_init__(self) -> None:
         if self.frames < 10 or self.steps < 1 or self.batch_size < 1 or not 0 < self.held_out < 1:
@@ -202,7 +205,7 @@ def student_function(student: Student) -> MaskFunction:
     return label
 
 
-CACHED = ("run-*.npy", "record-*.npy", "marked-*.npz", "proposer.pt", "marked.json")  # what the teacher's cache holds
+CACHED = ("run-*.npy", "test-run-*.npy", "record-*.npy", "marked-*.npz", "proposer.pt", "marked.json")  # what the teacher's cache holds
 
 
 def open_teacher_cache(folder: Path, key: dict[str, Any]) -> Path:
@@ -218,12 +221,12 @@ def open_teacher_cache(folder: Path, key: dict[str, Any]) -> Path:
     return folder
 
 
-def teacher_labels(folder: Path, runs: list[Record], teacher: MaskFunction, show_progress: bool) -> list[np.ndarray]:
+def teacher_labels(folder: Path, runs: list[Record], teacher: MaskFunction, show_progress: bool, prefix: str = "run") -> list[np.ndarray]:
     """The teacher's masks of each run, cached one file per run in ``folder`` (written atomically, see
     ``open_teacher_cache``): a killed job resumes at the first missing run."""
     labels = []
     for index, run in enumerate(tqdm(runs, unit="run", desc="teacher", disable=not show_progress or None)):
-        path = folder / f"run-{index:05d}.npy"
+        path = folder / f"{prefix}-{index:05d}.npy"
         if path.is_file():
             labels.append(np.load(path))
             continue
@@ -308,8 +311,26 @@ def distill(
         oracle = np.concatenate([runs[i].masks[ORACLE] for i in sorted(held)])
         report["student_iou_vs_oracle"] = round(iou(predict(student, held_frames), oracle), 4)
         report["teacher_iou_vs_oracle"] = round(iou(held_masks, oracle), 4)
+    if config.test_frames and "test" in dataset.info["splits"]:
+        report["test_sample"] = test_sample(dataset, student, teacher, reads, config, cache, show_progress)
     folder.mkdir(parents=True, exist_ok=True)
     with atomic_file(weights) as f:
         torch.save(student.state_dict(), f)
     atomic_write_json(report_path, report)
     return student.eval(), report
+
+
+def test_sample(dataset, student: Student, teacher: MaskFunction, reads: tuple[str, ...], config: DistillConfig, cache: Path, show_progress: bool) -> dict:
+    """The student against its teacher (and the oracle, where there is one) on runs of test-split frames: videos
+    the student never saw. Teacher masks cached like the training runs'."""
+    sources = tuple(set(reads) | ({ORACLE} & set(dataset.info["mask_sources"])))
+    runs = sample_runs(list(dataset.records("test", mask_sources=sources, fields=("rgb",))), config.test_frames, np.random.default_rng(config.seed + 1))
+    labels = np.concatenate(teacher_labels(cache, runs, teacher, show_progress, prefix="test-run"))
+    frames = np.concatenate([run.steps["rgb"] for run in runs])
+    predicted = predict(student, frames)
+    sample = {"frames": int(len(frames)), "student_iou_vs_teacher": round(iou(predicted, labels), 4)}
+    if all(ORACLE in run.masks for run in runs):
+        oracle = np.concatenate([run.masks[ORACLE] for run in runs])
+        sample["student_iou_vs_oracle"] = round(iou(predicted, oracle), 4)
+        sample["teacher_iou_vs_oracle"] = round(iou(labels, oracle), 4)
+    return sample

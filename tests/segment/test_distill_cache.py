@@ -17,7 +17,7 @@ def counting_oracle(calls: list):
 
 def test_teacher_labels_are_cached_per_run_and_reused(dataset_factory):
     data = dataset_factory()
-    config = DistillConfig(20, steps=2)
+    config = DistillConfig(20, steps=2, test_frames=0)
     calls: list = []
     _, report = distill(data, "taught", counting_oracle(calls), (ORACLE,), config, show_progress=False, teacher_key={"kind": "oracle"})
     cache = data / "segment" / "taught" / "teacher"
@@ -38,3 +38,13 @@ def test_teacher_labels_are_cached_per_run_and_reused(dataset_factory):
     distill(data, "taught", counting_oracle(calls), (ORACLE,), config, show_progress=False, teacher_key={"kind": "mobile_sam"})
     assert len(calls) == 3
     assert np.load(runs[0]).shape == (7, 32, 32)
+
+
+def test_the_student_is_scored_on_test_frames_it_never_saw(dataset_factory):
+    data = dataset_factory()
+    calls: list = []
+    _, report = distill(data, "taught", counting_oracle(calls), (ORACLE,), DistillConfig(20, steps=2, test_frames=6), show_progress=False)
+    sample = report["test_sample"]
+    assert sample["frames"] == 6 and sample["teacher_iou_vs_oracle"] == 1.0 and 0.0 <= sample["student_iou_vs_teacher"] <= 1.0
+    assert sample["student_iou_vs_teacher"] == sample["student_iou_vs_oracle"]  # the teacher here is the oracle
+    assert len(list((data / "segment" / "taught" / "teacher").glob("test-run-*.npy"))) == 1  # the test split's one episode

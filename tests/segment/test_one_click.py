@@ -237,3 +237,34 @@ def test_one_click_resumes_from_its_cache(masklam_cli, dataset_factory, small_ch
     other = masklam_cli(*base, "--point", "10,12", "--on", "train/0/0", "--overwrite")
     assert other.returncode == 0, other.stderr
     assert (cache / "marked-000.npz").stat().st_mtime_ns != kept["marked-000.npz"]
+
+
+def test_one_click_on_an_ingested_video_with_no_simulator(masklam_cli, small_checkpoint, tmp_path):
+    """Videos nobody simulated (encoded with libx264, ingested back): one click on one frame masks every frame of
+    both splits, with no oracle anywhere (tiny random-weight SAM: plumbing, not quality)."""
+    import av
+
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    rng = np.random.default_rng(0)
+    for clip in range(3):
+        with av.open(str(videos / f"clip{clip}.mp4"), "w") as container:
+            stream = container.add_stream("libx264", rate=20, options={"crf": "10", "threads": "1"})
+            stream.width, stream.height, stream.pix_fmt = 32, 32, "yuv420p"
+            for t in range(12):
+                frame = np.full((32, 32, 3), rng.integers(0, 255, 3), np.uint8)
+                frame[10:20, 8 + t // 2 : 16 + t // 2] = (230, 140, 40)
+                container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+            container.mux(stream.encode())
+    data = tmp_path / "data"
+    assert masklam_cli("ingest", str(videos), "--out", str(data), "--size", "32", "--test-episodes", "1", "--no-progress").returncode == 0
+    args = ("--model", "sam_vit_b", "--checkpoint", str(small_checkpoint), "--distill", "12", "--distill-steps", "5", "--no-progress")
+    done = masklam_cli("segment", str(data), "--box", "7,9,17,21", "--on", "train/0/0", *args)
+    assert done.returncode == 0, done.stderr
+    dataset = open_dataset(data)
+    assert dataset.info["mask_sources"]["sam_vit_b_student"]["prompt"] == "marked"
+    for split in ("train", "test"):
+        for record in dataset.records(split, mask_sources=("sam_vit_b_student",)):
+            assert record.masks["sam_vit_b_student"].shape == (record.meta.frames, 32, 32)
+    oracle = masklam_cli("segment", str(data), "--prompt", "oracle-box", *args)  # what the recipes used: needs a simulator
+    assert oracle.returncode == 2 and "simulator" in oracle.stderr and len(oracle.stderr.strip().splitlines()) == 1, oracle.stderr
