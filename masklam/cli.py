@@ -249,13 +249,34 @@ def view(
     split: str = typer.Option("train", help="train | test"),
     episodes: int = typer.Option(3, help="episodes to show (one row each)"),
     frames: int = typer.Option(6, help="frames per episode in a PNG"),
-    mask_source: str = typer.Option("oracle", help="which mask source to overlay"),
+    mask_source: Optional[str] = typer.Option(None, help="which mask source to overlay, or none (default: oracle, else the only source, else none)"),
+    at: Optional[str] = typer.Option(
+        None, "--at", help="one frame, SPLIT/EPISODE/FRAME, scaled up with a pixel grid: read a prompt's coordinates off it (for segment --on)"
+    ),
+    point: list[str] = typer.Option([], "--point", help="with --at: draw this prompt point, x,y or neg:x,y (repeatable), to check a click"),
+    box: Optional[str] = typer.Option(None, help="with --at: draw this prompt box, x0,y0,x1,y1"),
 ) -> None:
-    """Frames with the agent mask overlaid, as a PNG grid or a GIF."""
+    """Frames with the agent mask overlaid, as a PNG grid or a GIF; or one frame with a pixel grid (--at)."""
     from masklam.data.dataset import open_dataset
     from masklam.data.view import view as run_view
+    from masklam.data.view import view_frame
 
-    typer.echo(f"wrote {run_view(open_dataset(path), out, split=split, episodes=episodes, frames=frames, mask_source=mask_source)}")
+    dataset = open_dataset(path)
+    if at is None:
+        if point or box:
+            raise UsageError("--point and --box are drawn on the one frame that --at SPLIT/EPISODE/FRAME names")
+        typer.echo(f"wrote {run_view(dataset, out, split=split, episodes=episodes, frames=frames, mask_source=mask_source)}")
+        return
+    from masklam.segment.prompts import Mark, Prompt, check_prompts, frame_key, parse_prompt
+
+    where = frame_key(at, "--at")
+    prompt = None
+    if point or box:
+        spec = parse_prompt(point, box, None)
+        prompt = Prompt(spec.points, spec.labels, spec.box)
+        episodes_of = {s: {m.episode: m.episode_frames for m in dataset.index(s)} for s in dataset.info["splits"]}
+        check_prompts(type(spec)(marks=(Mark(*where, prompt),)), dataset.info["env"]["render"]["size"], episodes_of, flag="--at")
+    typer.echo(f"wrote {view_frame(dataset, out, *where, prompt=prompt)}")
 
 
 expert_app = typer.Typer(help="State-based expert policies for DMC (Meta-World's are scripted).", no_args_is_help=True)

@@ -107,6 +107,21 @@ def test_collect_info_view(masklam_cli, tmp_path, backend):
                 assert picture.size == (128, 2 * 128) and picture.n_frames == 6  # every frame of a 5-step episode
     bad = masklam_cli("view", str(out), "--out", str(tmp_path / "v.png"), "--mask-source", "sam_vit_h")
     assert bad.returncode == 2 and "oracle" in bad.stderr
+    frames_only = masklam_cli("view", str(out), "--out", str(tmp_path / "plain.png"), "--episodes", "1", "--frames", "3", "--mask-source", "none")
+    assert frames_only.returncode == 0, frames_only.stderr
+    with Image.open(tmp_path / "plain.png") as picture:
+        assert picture.size == (3 * 128, 128)  # frames only, no overlay row
+    # One frame with a pixel grid, and the click drawn on it, to read and check a prompt for `segment --on`.
+    clicked = masklam_cli("view", str(out), "--out", str(tmp_path / "click.png"), "--at", "train/0/2", "--box", "4,4,20,20", "--point", "neg:2,30")
+    assert clicked.returncode == 0, clicked.stderr
+    with Image.open(tmp_path / "click.png") as picture:
+        plain = masklam_cli("view", str(out), "--out", str(tmp_path / "frame.png"), "--at", "train/0/2")
+        assert plain.returncode == 0 and Image.open(tmp_path / "frame.png").size == picture.size
+        assert picture.getpixel((28 + 4 * 8 + 40, 28 + 4 * 8)) == (255, 220, 0)  # the box's top edge
+        assert picture.getpixel((28 + 2 * 8 + 4, 28 + 30 * 8 + 4)) == (220, 0, 0)  # the negative point
+    outside = masklam_cli("view", str(out), "--out", str(tmp_path / "x.png"), "--at", "train/0/2", "--point", "40,3")
+    assert outside.returncode == 2 and "--at train/0/2: the point 40,3 is outside the frame" in outside.stderr
+    assert masklam_cli("view", str(out), "--out", str(tmp_path / "x.png"), "--at", "train/0/99").returncode == 2
 
 
 @pytest.fixture(scope="module")

@@ -25,27 +25,42 @@ def overlay(rgb: np.ndarray, mask: np.ndarray, alpha: float = 0.45) -> np.ndarra
     return out.astype(np.uint8)
 
 
+NONE = "none"  # --mask-source none: frames only
+
+
+def default_mask_source(dataset: Dataset) -> str:
+    """The oracle where there is one, else the only source, else none (an ingested video before `segment`)."""
+    sources = list(dataset.info.get("mask_sources", {}))
+    return "oracle" if "oracle" in sources else sources[0] if len(sources) == 1 else NONE
+
+
 def _episodes(dataset: Dataset, split: str, count: int, mask_source: str):
     metas = [r for r in dataset.index(split) if r.chunk == 0][:count]
     if not metas:
         raise UsageError(f"split '{split}' of {dataset.root} has no episodes: choose --split train or test")
-    if mask_source not in dataset.info["mask_sources"]:
-        raise UsageError(f"mask source '{mask_source}' is not in {dataset.root}: choose one of {', '.join(dataset.info['mask_sources'])}")
-    return [dataset.episode(split, m.episode, mask_sources=(mask_source,)) for m in metas]
+    if mask_source != NONE and mask_source not in dataset.info["mask_sources"]:
+        choices = ", ".join([*dataset.info["mask_sources"], NONE])
+        raise UsageError(f"mask source '{mask_source}' is not in {dataset.root}: choose one of {choices}")
+    return [dataset.episode(split, m.episode, mask_sources=() if mask_source == NONE else (mask_source,)) for m in metas]
 
 
 def _upscale(image: np.ndarray, scale: int) -> Image.Image:
     return Image.fromarray(image).resize((image.shape[1] * scale, image.shape[0] * scale), Image.NEAREST)
 
 
-def _pair(rgb: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """The frame above the same frame with its mask overlaid."""
-    return np.concatenate([rgb, overlay(rgb, mask)], axis=0)
+def _pair(rgb: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+    """The frame above the same frame with its mask overlaid (the frame alone without a mask)."""
+    return rgb if mask is None else np.concatenate([rgb, overlay(rgb, mask)], axis=0)
 
 
-def view(dataset: Dataset, out: Path, split: str = "train", episodes: int = 3, frames: int = 6, mask_source: str = "oracle", cell: int = 128) -> Path:
+def _mask(record, mask_source: str) -> np.ndarray | None:
+    return None if mask_source == NONE else record.masks[mask_source]
+
+
+def view(dataset: Dataset, out: Path, split: str = "train", episodes: int = 3, frames: int = 6, mask_source: str | None = None, cell: int = 128) -> Path:
     """PNG: one row per episode, ``frames`` frames spread over it, each as frame above mask overlay.
-    GIF: every frame of the episodes side by side."""
+    GIF: every frame of the episodes side by side. ``mask_source`` None: see default_mask_source."""
+    mask_source = default_mask_source(dataset) if mask_source is None else mask_source
     import io
 
     out = Path(out)
@@ -59,14 +74,57 @@ def view(dataset: Dataset, out: Path, split: str = "train", episodes: int = 3, f
     if out.suffix.lower() == ".png":
         rows = []
         for record in records:
-            rgb, mask = record.steps["rgb"], record.masks[mask_source]
+            rgb, mask = record.steps["rgb"], _mask(record, mask_source)
             picks = np.linspace(0, len(rgb) - 1, frames).round().astype(int)
-            rows.append(np.concatenate([_pair(rgb[t], mask[t]) for t in picks], axis=1))
+            rows.append(np.concatenate([_pair(rgb[t], None if mask is None else mask[t]) for t in picks], axis=1))
         _upscale(np.concatenate(rows, axis=0), scale).save(buffer, format="PNG")
     else:
         length = min(len(r.steps["rgb"]) for r in records)
-        pictures = [_upscale(np.concatenate([_pair(r.steps["rgb"][t], r.masks[mask_source][t]) for r in records], axis=1), scale) for t in range(length)]
+        masks = [_mask(r, mask_source) for r in records]
+        pictures = [
+            _upscale(np.concatenate([_pair(r.steps["rgb"][t], None if m is None else m[t]) for r, m in zip(records, masks)], axis=1), scale)
+            for t in range(length)
+        ]
         frame_ms = max(20, round(1000 / dataset.info.get("fps", 25)))
         pictures[0].save(buffer, format="GIF", save_all=True, append_images=pictures[1:], duration=frame_ms, loop=0)
+    atomic_write_bytes(out, buffer.getvalue())
+    return out
+
+
+def view_frame(dataset: Dataset, out: Path, split: str, episode: int, frame: int, prompt=None, scale: int = 8, grid: int = 8) -> Path:
+    """One frame, scaled up, with a labelled pixel grid every ``grid`` pixels (to read a prompt's coordinates off
+    it) and, if given, a prompt drawn on it (points green, negative points red, the box yellow) to check a
+    click before `masklam segment --on` uses it."""
+    import io
+
+    from PIL import ImageDraw
+
+    out = Path(out)
+    if out.suffix.lower() != ".png":
+        raise UsageError(f"--out {out}: a single frame is drawn as a .png")
+    record = dataset.episode(split, episode, mask_sources=())
+    if not 0 <= frame < len(record.steps["rgb"]):
+        raise UsageError(f"episode {episode} of {split!r} has {len(record.steps['rgb'])} frames (0 to {len(record.steps['rgb']) - 1})")
+    rgb = record.steps["rgb"][frame]
+    size = rgb.shape[1]
+    margin = 28  # room for the coordinates
+    picture = Image.new("RGB", (size * scale + 2 * margin, rgb.shape[0] * scale + 2 * margin), "white")
+    picture.paste(_upscale(rgb, scale), (margin, margin))
+    draw = ImageDraw.Draw(picture)
+    for at in range(0, size + 1, grid):
+        x, y = margin + at * scale, margin + at * scale
+        draw.line([(x, margin), (x, margin + rgb.shape[0] * scale)], fill=(255, 255, 255), width=1)
+        draw.line([(margin, y), (margin + size * scale, y)], fill=(255, 255, 255), width=1)
+        draw.text((x - 4, 4), str(at), fill=(0, 0, 0))
+        draw.text((2, y - 5), str(at), fill=(0, 0, 0))
+    if prompt is not None:
+        if prompt.box is not None:
+            x0, y0, x1, y1 = (margin + v * scale for v in prompt.box)
+            draw.rectangle([x0, y0, x1, y1], outline=(255, 220, 0), width=2)
+        for (px, py), label in zip(prompt.points, prompt.labels):
+            cx, cy = margin + (px + 0.5) * scale, margin + (py + 0.5) * scale
+            draw.ellipse([cx - 4, cy - 4, cx + 4, cy + 4], fill=(0, 200, 0) if label else (220, 0, 0), outline=(0, 0, 0))
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG")
     atomic_write_bytes(out, buffer.getvalue())
     return out

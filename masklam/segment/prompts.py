@@ -461,7 +461,7 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
     return float((a & b).sum() / union) if union else 1.0
 
 
-def check_prompts(spec: PromptSpec, size: int, episodes: dict[str, dict[int, int]]) -> None:
+def check_prompts(spec: PromptSpec, size: int, episodes: dict[str, dict[int, int]], flag: str = "--on") -> None:
     """Prompts that cannot be right, refused before any model runs: points outside the frame, boxes inverted,
     empty or outside it, and prompts for splits, episodes or frames the dataset does not have. ``episodes``:
     split -> {episode: frames}. Coordinates are the dataset's pixels; numbers beyond the frame usually come from
@@ -491,7 +491,7 @@ def check_prompts(spec: PromptSpec, size: int, episodes: dict[str, dict[int, int
         if prompt is not None:
             check(prompt, where)
     for mark in spec.marks:
-        at = f"{where if spec.source else '--on'} {mark.key}"
+        at = f"{where if spec.source else flag} {mark.key}"
         if mark.split not in episodes:
             raise UsageError(f"{at}: the dataset has no split {mark.split!r} (it has {', '.join(episodes)})")
         if mark.episode not in episodes[mark.split]:

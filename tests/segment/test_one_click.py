@@ -258,6 +258,9 @@ def test_one_click_on_an_ingested_video_with_no_simulator(masklam_cli, small_che
             container.mux(stream.encode())
     data = tmp_path / "data"
     assert masklam_cli("ingest", str(videos), "--out", str(data), "--size", "32", "--test-episodes", "1", "--no-progress").returncode == 0
+    # Before any masks: look at the frames, and at the frame to click on with the click drawn.
+    assert masklam_cli("view", str(data), "--out", str(tmp_path / "frames.png")).returncode == 0
+    assert masklam_cli("view", str(data), "--out", str(tmp_path / "click.png"), "--at", "train/0/0", "--box", "7,9,17,21").returncode == 0
     args = ("--model", "sam_vit_b", "--checkpoint", str(small_checkpoint), "--distill", "12", "--distill-steps", "5", "--no-progress")
     done = masklam_cli("segment", str(data), "--box", "7,9,17,21", "--on", "train/0/0", *args)
     assert done.returncode == 0, done.stderr
