@@ -555,6 +555,7 @@ def segment(
     distill_composite: float = typer.Option(
         0.6, help="share of the student's training frames whose background is replaced (procedural textures, other frames), so it holds on new videos"
     ),
+    distill_test_frames: int = typer.Option(32, help="test-split frames the teacher also labels, to score the student on videos it never saw (0: none)"),
     teacher_on: Optional[str] = typer.Option(
         None, help="with --distill: splits the teacher itself labels, every frame (e.g. test); the others get the student's masks"
     ),
@@ -586,6 +587,7 @@ def segment(
         on,
         teacher_on,
         distill_composite,
+        distill_test_frames,
     )
     result = segment_dataset(config, rank, world_size, overwrite, show_progress=progress)
     if "distill" in result:
@@ -593,6 +595,9 @@ def segment(
         typer.echo(
             f"student trained on {report['train_frames']} teacher-labelled frames: IoU {report['student_iou_vs_teacher']:.3f} against the teacher on {report['held_out_frames']} held-out frames"
         )
+    if "test_sample" in result.get("distill", {}):
+        sample = result["distill"]["test_sample"]
+        typer.echo(f"on {sample['frames']} test-split frames it never saw: IoU {sample['student_iou_vs_teacher']:.3f} against the teacher")
     if "marked" in result:
         marked = result["marked"]
         typer.echo(

@@ -56,6 +56,8 @@ class DistillConfig:
     def __post_init__(self) -> None:
         if self.frames < 10 or self.steps < 1 or self.batch_size < 1 or not 0 < self.held_out < 1:
             raise UsageError("--distill needs at least 10 frames; steps and batch size must be positive")
+        if self.test_frames < 0:
+            raise UsageError(f"--distill-test-frames {self.test_frames}: give 0 (none) or more frames")
         if not 0 <= self.composite <= 1:
             raise UsageError(f"--distill-composite {self.composite}: give a share of frames between 0 and 1")
 

@@ -80,8 +80,7 @@ class MarkedSegmenter:
 
     @property
     def counts(self) -> dict[str, int]:
-        """Frames re-prompted, kept from the frame before, and refused for not looking like the agent."""
-        return {"reprompted": self.teacher.reprompts, "held": self.teacher.held, "slid": self.teacher.slides}
+        return self.teacher.counts
 
     def __call__(self, records: Iterator[Record]) -> Iterator[np.ndarray]:
         from masklam.segment.distill import predict

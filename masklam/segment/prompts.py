@@ -340,6 +340,11 @@ class PromptChain:
         self.prompts, self.batch_size = prompts, batch_size
         self.reprompts = self.held = self.slides = 0  # counted over every episode, for the caller's report
 
+    @property
+    def counts(self) -> dict[str, int]:
+        """Frames re-prompted, kept from the frame before, and refused for not looking like the agent."""
+        return {"reprompted": self.reprompts, "held": self.held, "slid": self.slides}
+
     def encode(self, frames: np.ndarray):  # pragma: no cover - implemented by each model
         raise NotImplementedError
 

@@ -81,10 +81,11 @@ class SegmentConfig:
         on: str | None = None,
         teacher_on: str | list[str] | None = None,
         distill_composite: float = DistillConfig.composite,
+        distill_test_frames: int = DistillConfig.test_frames,
     ) -> "SegmentConfig":
         """From `masklam segment`'s flags (or a recipe's [[segment]] table, which takes the same names)."""
         prompts = PromptSpec() if model == ORACLE else parse_prompt(list(point), box, prompt, prompts, reprompt, on)
-        student = DistillConfig(distill, steps=distill_steps, composite=distill_composite) if distill else None
+        student = DistillConfig(distill, steps=distill_steps, composite=distill_composite, test_frames=distill_test_frames) if distill else None
         splits = tuple(s.strip() for s in (teacher_on.split(",") if isinstance(teacher_on, str) else teacher_on or ()) if s.strip())
         return cls(str(data), model, prompts, checkpoint, name, batch_size, device, half, student, propagate, imgsz, splits)
 
@@ -196,7 +197,6 @@ def segment_dataset(
     else:
         make_masks = teacher
     result = write_mask_source(config.data, config.source, description, make_masks, reads, rank, world_size, overwrite, show_progress)
-    if isinstance(teacher, PromptChain) or hasattr(teacher, "counts"):
-        counts = teacher.counts if hasattr(teacher, "counts") else {"reprompted": teacher.reprompts, "held": teacher.held, "slid": teacher.slides}
-        result["teacher_counts"] = counts
+    if hasattr(teacher, "counts"):  # a prompted model's chains (masklam's own, or one click's)
+        result["teacher_counts"] = teacher.counts
     return {**result, **report}

@@ -199,19 +199,20 @@ def test_one_click_with_the_official_mobile_sam_holds_on_both_splits(masklam_cli
     if not (cache_dir() / KNOWN["mobile_sam"].filename).is_file():
         pytest.skip("no pretrained MobileSAM: run `masklam weights fetch mobile_sam` (scripts/test.sh does)")
     data = tmp_path / "data"
-    env = EnvSpec("dmc:cheetah-run", RenderSpec(size=64), distractor_preset("low"), episode_steps=24)
+    env = EnvSpec("dmc:cheetah-run", RenderSpec(size=32), distractor_preset("low"), episode_steps=16)
     collect(CollectConfig(env=env, episodes=3, test_episodes=1, episodes_per_shard=2, seed=11), data, show_progress=False)
     # The user's one click: a box around the agent on one frame (read here off that frame's oracle mask, as a
     # person would draw it; no other frame sees the oracle).
     first = open_dataset(data).episode("train", 0).masks["oracle"][0]
     x0, y0, x1, y1 = mask_box(first)
-    box = f"{x0 - 1:g},{y0 - 1:g},{min(64, x1 + 1):g},{min(64, y1 + 1):g}"
-    args = ("segment", str(data), "--model", "mobile_sam", "--box", box, "--on", "train/0/0", "--distill", "18", "--distill-steps", "400", "--no-progress")
-    done = masklam_cli(*args)
+    box = f"{max(0, x0 - 1):g},{max(0, y0 - 1):g},{min(32, x1 + 1):g},{min(32, y1 + 1):g}"
+    args = ("segment", str(data), "--model", "mobile_sam", "--box", box, "--on", "train/0/0", "--distill", "12")
+    done = masklam_cli(*args, "--distill-steps", "200", "--distill-test-frames", "4", "--no-progress")
     assert done.returncode == 0, done.stderr
     source = open_dataset(data).info["mask_sources"]["mobile_sam_student"]
     assert source["prompt"] == "marked" and "oracle" not in json.dumps(source["marks"])
     scores = compare_sources(data, "oracle", "mobile_sam_student")
+    print("one-click IoU by split:", scores["splits"], "distill:", source["student"])
     for split, floor in ONE_CLICK_IOU_FLOOR.items():
         assert scores["splits"][split]["iou"] >= floor, (split, scores["splits"])
 
