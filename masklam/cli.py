@@ -267,15 +267,14 @@ def view(
             raise UsageError("--point and --box are drawn on the one frame that --at SPLIT/EPISODE/FRAME names")
         typer.echo(f"wrote {run_view(dataset, out, split=split, episodes=episodes, frames=frames, mask_source=mask_source)}")
         return
-    from masklam.segment.prompts import Mark, Prompt, check_prompts, frame_key, parse_prompt
+    from masklam.segment.prompts import Mark, Prompt, PromptSpec, check_prompts, frame_key, parse_prompt
 
     where = frame_key(at, "--at")
     prompt = None
     if point or box:
         spec = parse_prompt(point, box, None)
         prompt = Prompt(spec.points, spec.labels, spec.box)
-        episodes_of = {s: {m.episode: m.episode_frames for m in dataset.index(s)} for s in dataset.info["splits"]}
-        check_prompts(type(spec)(marks=(Mark(*where, prompt),)), dataset.info["env"]["render"]["size"], episodes_of, flag="--at")
+        check_prompts(PromptSpec(marks=(Mark(*where, prompt),)), dataset.info["env"]["render"]["size"], dataset.episode_frames(), flag="--at")
     typer.echo(f"wrote {view_frame(dataset, out, *where, prompt=prompt)}")
 
 

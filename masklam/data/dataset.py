@@ -142,6 +142,10 @@ class Dataset:
     def index(self, split: str) -> list[RecordMeta]:
         return [meta for shard in self.shards(split) for meta in self.shard_index(split, shard)]
 
+    def episode_frames(self) -> dict[str, dict[int, int]]:
+        """split -> {episode: frames in the whole episode}, from the index (no frames read)."""
+        return {split: {meta.episode: meta.episode_frames for meta in self.index(split)} for split in self.info["splits"]}
+
     def check_fields(self, fields: Sequence[str]) -> None:
         unknown = sorted(set(fields) - set(self.info["features"]))
         if unknown:

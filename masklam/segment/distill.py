@@ -146,8 +146,9 @@ class Composer:
     def __init__(self, frames: np.ndarray, masks: np.ndarray, composite: float, rng: np.random.Generator, bank: int = 256) -> None:
         self.frames, self.masks = torch.from_numpy(frames), torch.from_numpy(masks).float()
         self.composite, self.rng = composite, rng
-        self.backgrounds = torch.from_numpy(erase_agent(frames, masks))
-        self.textures = torch.from_numpy(textures(bank, frames.shape[1], rng)) if composite > 0 else None
+        if composite > 0:  # what composites are made of; nothing to prepare without them
+            self.backgrounds = torch.from_numpy(erase_agent(frames, masks))
+            self.textures = torch.from_numpy(textures(bank, frames.shape[1], rng))
 
     def batch(self, size: int) -> tuple[torch.Tensor, torch.Tensor]:
         rng = self.rng
@@ -226,17 +227,22 @@ def open_teacher_cache(folder: Path, key: dict[str, Any]) -> Path:
 def teacher_labels(folder: Path, runs: list[Record], teacher: MaskFunction, show_progress: bool, prefix: str = "run") -> list[np.ndarray]:
     """The teacher's masks of each run, cached one file per run in ``folder`` (written atomically, see
     ``open_teacher_cache``): a killed job resumes at the first missing run."""
-    labels = []
-    for index, run in enumerate(tqdm(runs, unit="run", desc="teacher", disable=not show_progress or None)):
-        path = folder / f"{prefix}-{index:05d}.npy"
-        if path.is_file():
-            labels.append(np.load(path))
-            continue
-        masks = next(iter(teacher(iter([run]))))  # each run is its own chain: labelled alone, as in one pass
-        with atomic_file(path) as f:
-            np.save(f, masks)
-        labels.append(masks)
-    return labels
+    # Each run is its own chain: labelled alone, as in one pass.
+    return [
+        cached_masks(folder / f"{prefix}-{index:05d}.npy", teacher, run)
+        for index, run in enumerate(tqdm(runs, unit="run", desc="teacher", disable=not show_progress or None))
+    ]
+
+
+def cached_masks(path: Path, make_masks: MaskFunction, record: Record) -> np.ndarray:
+    """``make_masks``' masks of one record, read from ``path`` if an earlier run saved them, else made and saved
+    atomically (a killed job leaves no partial file)."""
+    if path.is_file():
+        return np.load(path)
+    masks = next(iter(make_masks(iter([record]))))
+    with atomic_file(path) as f:
+        np.save(f, masks)
+    return masks
 
 
 def teacher_on_splits(student: MaskFunction, teacher: MaskFunction, splits: tuple[str, ...], folder: Path) -> MaskFunction:
@@ -247,15 +253,8 @@ def teacher_on_splits(student: MaskFunction, teacher: MaskFunction, splits: tupl
         for record in records:
             if record.meta.split not in splits:
                 yield next(iter(student(iter([record]))))
-                continue
-            path = folder / f"record-{record.meta.split}-{record.key}.npy"
-            if path.is_file():
-                yield np.load(path)
-                continue
-            masks = next(iter(teacher(iter([record]))))
-            with atomic_file(path) as f:
-                np.save(f, masks)
-            yield masks
+            else:
+                yield cached_masks(folder / f"record-{record.meta.split}-{record.key}.npy", teacher, record)
 
     return label
 

@@ -31,7 +31,7 @@ import torch
 from masklam.atomic import atomic_file, atomic_write_json
 from masklam.data.dataset import Dataset
 from masklam.data.schema import Record
-from masklam.segment.prompts import Mark, PromptChain, PromptSpec, Track
+from masklam.segment.prompts import Mark, PromptChain, PromptSpec, Track, iou
 
 MARK_RUN = 8  # frames the teacher follows from each marked frame to train the proposer
 PROPOSER_STEPS = 600  # training steps of the proposer, at most the student's (it only has to find the agent: the teacher draws the mask)
@@ -137,9 +137,3 @@ def one_click(
     report["appearance_reference"] = round(appearance.reference, 4)
     atomic_write_json(folder / "marked.json", report)
     return MarkedSegmenter(teacher, proposer, appearance, prompts.marks[0]), report
-
-
-def iou(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a.astype(bool), b.astype(bool)
-    union = (a | b).sum()
-    return float((a & b).sum() / union) if union else 1.0

@@ -157,7 +157,7 @@ def check_before_models(config: SegmentConfig) -> None:
     dataset = open_dataset(config.data)
     if config.model == ORACLE or config.prompts.oracle_box:
         require_simulator(dataset.info, config.data, "oracle masks (--model oracle, --prompt oracle-box)")
-    episodes = {split: {meta.episode: meta.episode_frames for meta in dataset.index(split)} for split in dataset.info["splits"]}
+    episodes = dataset.episode_frames()
     check_prompts(config.prompts, dataset.info["env"]["render"]["size"], episodes)
     unknown = [split for split in config.teacher_splits if split not in episodes]
     if unknown:
