@@ -82,20 +82,30 @@ class MarkedSegmenter:
     def counts(self) -> dict[str, int]:
         return self.teacher.counts
 
-    def __call__(self, records: Iterator[Record]) -> Iterator[np.ndarray]:
+    def track(self, frames: np.ndarray, carried: Track | None = None) -> Track:
+        """The chain's state for these frames: a new episode's (or ``carried`` on), with the proposer's masks."""
         from masklam.segment.distill import predict
 
+        track = carried if carried is not None else Track(self.fallback.prompt, appearance=self.appearance)
+        track.proposals = predict(self.proposer, frames)
+        return track
+
+    def __call__(self, records: Iterator[Record]) -> Iterator[np.ndarray]:
         last = None
         for record in records:
             meta, frames = record.meta, record.steps["rgb"]
-            if last is not None and last[:2] == (meta.episode, meta.chunk - 1):
-                track = last[2]  # a later chunk continues its episode's chain
-            else:
-                track = Track(self.fallback.prompt, appearance=self.appearance)
-            track.proposals = predict(self.proposer, frames)
+            continues = last is not None and last[:2] == (meta.episode, meta.chunk - 1)
+            track = self.track(frames, last[2] if continues else None)  # a later chunk continues its episode's chain
             masks = self.teacher.segment(frames, track)
             last = (meta.episode, meta.chunk, track)
             yield masks
+
+
+def train_proposer(frames: np.ndarray, masks: np.ndarray, config, show_progress: bool):
+    """The proposer: the distilled student's network and recipe, on the marked frames, for PROPOSER_STEPS at most."""
+    from masklam.segment.distill import train_student
+
+    return train_student(frames, masks, dataclasses.replace(config, steps=min(PROPOSER_STEPS, config.steps)), show_progress, desc="proposer")
 
 
 def one_click(
@@ -103,7 +113,7 @@ def one_click(
 ) -> tuple[MarkedSegmenter, dict[str, float | int]]:
     """The teacher's masks of the marked frames, the proposer trained on them and the agent's appearance (cached
     in ``folder``, which belongs to one teacher and one set of marks); the mask function that uses them."""
-    from masklam.segment.distill import Student, predict, train_student
+    from masklam.segment.distill import Student, predict
 
     folder.mkdir(parents=True, exist_ok=True)
     frames, masks = [], []
@@ -121,14 +131,13 @@ def one_click(
         frames.append(run)
         masks.append(labels)
     frames, masks = np.concatenate(frames), np.concatenate(masks)
-    settings = dataclasses.replace(config, steps=min(PROPOSER_STEPS, config.steps))
     weights = folder / "proposer.pt"
-    proposer = Student(settings.width)
+    proposer = Student(config.width)
     if weights.is_file():
         proposer.load_state_dict(torch.load(weights, weights_only=True))
         proposer.eval()
     else:
-        proposer = train_student(frames, masks, settings, show_progress, desc="proposer")
+        proposer = train_proposer(frames, masks, config, show_progress)
         with atomic_file(weights) as f:
             torch.save(proposer.state_dict(), f)
     appearance = Appearance(frames, masks)
