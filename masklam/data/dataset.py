@@ -110,6 +110,9 @@ def join_chunks(chunks: list[Record]) -> Record:
     return Record(dataclasses.replace(chunks[0].meta, frames=chunks[0].meta.episode_frames), steps, masks)
 
 
+IN_POOL_SHARE = 5  # one labelled train episode in five is held out of training, for the probe's in-pool score
+
+
 @dataclass
 class Dataset:
     root: DataPath  # a local folder, or a UPath for a URL (see open_dataset)
@@ -141,6 +144,16 @@ class Dataset:
 
     def index(self, split: str) -> list[RecordMeta]:
         return [meta for shard in self.shards(split) for meta in self.shard_index(split, shard)]
+
+    def in_pool_episodes(self) -> frozenset[int]:
+        """Train episodes whose actions only the probe reads, for its in-pool score: the last fifth (rounded up)
+        of the labelled train episodes, when at least 3 are labelled (the probe needs 2 others to cross-validate).
+        No stage that learns from actions sees theirs (masklam.train.loader.WindowSpec.labels)."""
+        if "train" not in self.info["splits"]:
+            return frozenset()
+        labelled = sorted({meta.episode for meta in self.index("train") if meta.labelled})
+        held = -(-len(labelled) // IN_POOL_SHARE) if len(labelled) >= 3 else 0
+        return frozenset(labelled[len(labelled) - held :])
 
     def episode_frames(self) -> dict[str, dict[int, int]]:
         """split -> {episode: frames in the whole episode}, from the index (no frames read)."""

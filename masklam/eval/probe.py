@@ -10,9 +10,11 @@ The action probe is a ridge regression from z_t to a_t:
 3. a probe with that ridge is fitted on every train window and scored twice:
 
    - test NMSE: on the test split (held-out seeds and background videos): MSE_test / Var(a);
-   - in-pool NMSE: on held-out train episodes (same background pool, the MaskLAM authors' kind of split),
-     the cross-validated MSE / Var(a). Each fold is scored with the ridge the *other* folds' errors choose,
-     so no fold's score picks its own ridge.
+   - in-pool NMSE: on the in-pool episodes (same background pool, the MaskLAM authors' kind of split):
+     a fifth of the labelled train episodes (``Dataset.in_pool_episodes``) that no training stage read the
+     actions of (LAOM-Labels' head, the decoder and BC on actions see them unlabelled), and that the probe
+     neither fits nor cross-validates on. Before probe version 3 it was the cross-validated MSE over every
+     train episode, which LAOM-Labels' head had trained on.
 
    Var(a) is the mean per-dimension variance of the train split's actions; 1.0 means no better than the mean.
 
@@ -45,7 +47,7 @@ from masklam.errors import UsageError
 # least squares to enough to shrink any standardised latent of up to ~10^4 dimensions to the mean.
 RIDGE_GRID = tuple(float(r) for r in np.logspace(-6, 5, 23))
 FOLDS = 5  # at most; fewer when the train windows come from fewer episodes
-PROBE_VERSION = 2  # 1: ridge 1e-3 on raw latents, scored on the test split only
+PROBE_VERSION = 3  # 1: ridge 1e-3 on raw latents, test split only; 2: in-pool = cross-validation; 3: in-pool held out
 
 
 @dataclass(frozen=True)
@@ -146,19 +148,29 @@ def action_probe(
     test_a: np.ndarray,
     variance: float | None = None,
     folds: GroupedRidgeCV | None = None,
+    in_pool: tuple[np.ndarray, np.ndarray] | None = None,
+    test_episodes: np.ndarray | None = None,
 ) -> dict:
     """Test-split and in-pool NMSE of the cross-validated ridge probe z -> a, and the chosen ridge.
 
     ``variance``: Var(a) (default: the mean per-dimension variance of train_a). ``folds``: the cross-validation
-    of the standardised train_z, if already made (it does not depend on the target)."""
+    of the standardised train_z, if already made (it does not depend on the target). ``in_pool``: (z, a) of
+    held-out train episodes to score in-pool; without them the in-pool NMSE is the cross-validated one.
+    ``test_episodes``: each test window's episode, for the test NMSE of each episode (what the report resamples)."""
     variance = max(feature_variance(train_a) if variance is None else variance, 1e-12)
-    train_x, test_x = standardise(train_z, test_z)
+    train_x, test_x, *pool_x = standardise(train_z, test_z, *([] if in_pool is None else [in_pool[0]]))
     cv = (folds or GroupedRidgeCV(train_x, episodes))(train_a)
     probe = fit_ridge(train_x, train_a, cv.ridge)
-    test_mse = float(np.mean((probe.predict(test_x) - test_a.reshape(len(test_a), -1)) ** 2))
+
+    def nmse(x: np.ndarray, a: np.ndarray) -> float:
+        return float(np.mean((probe.predict(x) - a.reshape(len(a), -1)) ** 2)) / variance
+
+    per_episode = {} if test_episodes is None else {str(int(e)): nmse(test_x[test_episodes == e], test_a[test_episodes == e]) for e in np.unique(test_episodes)}
     return {
-        "test_nmse": test_mse / variance,
-        "in_pool_nmse": cv.in_pool_mse / variance,
+        "test_nmse": nmse(test_x, test_a),
+        "test_nmse_per_episode": per_episode,
+        "in_pool_nmse": cv.in_pool_mse / variance if in_pool is None else nmse(pool_x[0], in_pool[1]),
+        "cross_validated_nmse": cv.in_pool_mse / variance,
         "ridge": cv.ridge,
         "ridge_at_grid_edge": cv.at_grid_edge,
         "folds": cv.folds,
@@ -240,7 +252,8 @@ def probe_run(run_dir, data: str, windows: int = 20000, batch_size: int = 64, sh
         raise UsageError(f"--windows {windows}: the probes need at least 1 train window")
     run_dir = Path(run_dir)
     config, model, _ = frozen_lam(run_dir, fallback=data)  # --data gives the model's shapes if the run's data moved
-    info = open_dataset(data).info
+    dataset = open_dataset(data)
+    info = dataset.info
     # Distractor states to probe: those that mean the same in every episode. Not the background's: its frame
     # index counts frames within a clip (the same index is another picture in another clip), and the clip's
     # index, probed one-hot, read 0.06 for LAPO and 0.08 for MaskLAM on the dcs-cheetah-run-low data, where
@@ -248,23 +261,36 @@ def probe_run(run_dir, data: str, windows: int = 20000, batch_size: int = 64, sh
     # for the background instead.
     background = ("distractor_bg_frame", "distractor_bg_video")
     distractors = tuple(name for name in info["features"] if name.startswith("distractor_") and name not in background)
-    spec = window_spec(config, labelled_only=True, fields=distractors)
+    spec = replace(window_spec(config, labelled_only=True, fields=distractors), labels="all")  # the yardstick reads every label
 
     def latents(split: str, limit: int):
-        stream = WindowDataset(data, split, replace(spec, episode=split == "train"), seed=config.seed, shuffle_buffer=256, epochs=1)
-        fields = ("action", *distractors, *(("episode",) if split == "train" else ()))
+        stream = WindowDataset(data, split, replace(spec, episode=True), seed=config.seed, shuffle_buffer=256, epochs=1)
+        fields = ("action", *distractors, "episode")
         return collect_latents(model.latent, make_loader(stream, batch_size), fields, limit, f"probe {split}", show_progress)
 
     train_z, train_values = latents("train", windows)
     test_z, test_values = latents("test", max(windows // 4, 1))
     episodes = train_values["episode"]
-    if len(np.unique(episodes)) < 2:
+    held = np.isin(episodes, sorted(dataset.in_pool_episodes()))  # scored in-pool, never fitted on
+    fit = ~held
+    if len(np.unique(episodes[fit])) < 2:
         raise UsageError(
-            f"the probe cross-validates over train episodes, and its {len(train_z)} train windows come from one: "
-            "probe more windows (--windows) or label more train episodes"
+            f"the probe cross-validates over train episodes (the in-pool ones aside), and its {int(fit.sum())} train windows "
+            "there come from one: probe more windows (--windows) or label more train episodes"
         )
-    folds = GroupedRidgeCV(standardise(train_z)[0], episodes)  # shared by every target
-    action = action_probe(train_z, train_values["action"], episodes, test_z, test_values["action"], float(np.mean(action_variance(data))), folds)
+    action = action_probe(
+        train_z[fit],
+        train_values["action"][fit],
+        episodes[fit],
+        test_z,
+        test_values["action"],
+        float(np.mean(action_variance(data))),
+        in_pool=(train_z[held], train_values["action"][held]) if held.any() else None,
+        test_episodes=test_values["episode"],
+    )
+    if not held.any():
+        action["in_pool_nmse"] = None  # no episode whose actions training never read: no in-pool score
+    folds = GroupedRidgeCV(standardise(train_z)[0], episodes)  # the distractor probes' (no action read)
     distractor = {name.removeprefix("distractor_"): distractor_probe(train_z, train_values[name], episodes, folds) for name in distractors}
     result = {
         "run": str(run_dir),
@@ -273,6 +299,8 @@ def probe_run(run_dir, data: str, windows: int = 20000, batch_size: int = 64, sh
         "probe_version": PROBE_VERSION,
         "windows": {"train": len(train_z), "test": len(test_z)},
         "train_episodes": len(np.unique(episodes)),
+        "in_pool_episodes": sorted(int(e) for e in np.unique(episodes[held])),
+        "in_pool_windows": int(held.sum()),
         "action_nmse": action["test_nmse"],  # the headline number: held-out seeds and videos
         "in_pool_nmse": action["in_pool_nmse"],
         "ridge": action["ridge"],
@@ -293,8 +321,12 @@ def render_probe(result: dict) -> str:
         f"{result['method']} on {result['data']} ({windows})",
         f"ridge                  {action['ridge']:.3g}{edge}   (chosen by {action['folds']}-fold cross-validation over train episodes, standardised latents)",
         f"action NMSE, test      {action['test_nmse']:.4f}   (held-out seeds and videos; 1.0 = no better than the mean action)",
-        f"action NMSE, in-pool   {action['in_pool_nmse']:.4f}   (held-out train episodes, same background pool)",
     ]
+    if action["in_pool_nmse"] is not None:
+        lines.append(
+            f"action NMSE, in-pool   {action['in_pool_nmse']:.4f}   ({len(result['in_pool_episodes'])} held-out train episodes, same background "
+            "pool; no training stage read their actions)"
+        )
     share = result["episode_share"]
     if share["latent"] is not None:
         lines.append(

@@ -52,6 +52,7 @@ def plan(recipe: Recipe, root: Path, workers: int = 1, show_progress: bool = Tru
     from masklam.segment.run import segment_dataset
     from masklam.segment.transforms import derive_source
     from masklam.train.lam import load_trainer, train_lam
+    from masklam.train.loader import LABEL_POLICY
     from masklam.train.loop import stage_files
     from masklam.train.stages import stage_config, train_action_bc, train_bc, train_decoder
 
@@ -120,9 +121,15 @@ def plan(recipe: Recipe, root: Path, workers: int = 1, show_progress: bool = Tru
         stage = stage_config(recipe.train.stages, "train.stages", preset=lam.preset, seed=run.seed)
         check_settings(lam, stage, datasets[run.variant].size, checked)
         name = f"{run.variant} {run.label} seed{run.seed}"
+        # Steps that learn from actions carry the label policy: runs made when they read the in-pool episodes' labels re-run.
+        labels = {"labels": LABEL_POLICY}
         steps += [
             Step(
-                f"train lam {name}", to_dict(lam), [folder / "lam.pt"], lambda lam=lam, f=folder: train_lam(lam, f, show_progress), stage_files(folder, "lam")
+                f"train lam {name}",
+                {**to_dict(lam), **(labels if lam.method == "laom-labels" else {})},
+                [folder / "lam.pt"],
+                lambda lam=lam, f=folder: train_lam(lam, f, show_progress),
+                stage_files(folder, "lam"),
             ),
             Step(
                 f"probe {name}",
@@ -143,7 +150,7 @@ def plan(recipe: Recipe, root: Path, workers: int = 1, show_progress: bool = Tru
             # dataset, frame stack and stage settings (every method of one seed, as a rule) share one network.
             reference = json.dumps([lam.data.path, lam.data.stack, to_dict(stage)], sort_keys=True, default=str)
             if reference not in reference_owners:
-                settings = {"lam": to_dict(lam), "stage": to_dict(stage)}
+                settings = {"lam": to_dict(lam), "stage": to_dict(stage), **labels}
                 reference_owners[reference] = (folder, settings)
                 steps.append(
                     Step(
@@ -176,7 +183,7 @@ def plan(recipe: Recipe, root: Path, workers: int = 1, show_progress: bool = Tru
             steps.append(
                 Step(
                     f"train decoder {where}",
-                    {"lam": to_dict(lam), "stage": to_dict(decoder), "reference": recipe.train.reference},
+                    {"lam": to_dict(lam), "stage": to_dict(decoder), "reference": recipe.train.reference, **labels},
                     [target / "decoder.pt"],
                     decode,
                     stage_files(target, "decoder"),
@@ -186,7 +193,7 @@ def plan(recipe: Recipe, root: Path, workers: int = 1, show_progress: bool = Tru
                 steps.append(
                     Step(
                         f"evaluate {where}",
-                        {"lam": to_dict(lam), "stage": to_dict(decoder), "evaluate": asdict(e)},
+                        {"lam": to_dict(lam), "stage": to_dict(decoder), "evaluate": asdict(e), **labels},
                         [target / "evaluate.json"],
                         lambda t=target, d=data: evaluate_run(t, e.episodes, e.seed, e.steps, show_progress=show_progress, data=d),
                     )

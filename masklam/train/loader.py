@@ -6,7 +6,7 @@ A *window* is one transition o_t -> o_{t+1} of a record, with the frame stacks a
     "future"    uint8 (stack, H, W, 3)   frames t+k-stack+1 .. t+k, k ~ U{1..K} clipped to the record's end
     "next"      uint8 (H, W, 3)          frame t+1
     "obs_mask", "future_mask" uint8 (stack, H, W), "next_mask" uint8 (H, W)   masks of the same frames
-    "action"    float32 (A,)             a_t; zeros when the record is unlabelled
+    "action"    float32 (A,)             a_t; zeros when the record is unlabelled, or in-pool (below)
     "labelled"  bool, "k" int64, and each extra field at t
     "episode"   int64                    the record's episode index within its split (WindowSpec(episode=True))
 
@@ -26,6 +26,12 @@ A window is cut from its record (copied) only when it enters the buffer, so a pr
 for both backends), never the dataset. A 64 px window with stack 3 and masks is 112 KiB: the default buffer
 holds about 224 MiB per worker.
 
+Labels held out. The probe's in-pool score is taken on train episodes whose actions no stage learnt from
+(``Dataset.in_pool_episodes``: a fifth of the labelled train episodes). By default (``WindowSpec.labels =
+"training"``) their windows come unlabelled, exactly like an unlabelled record's, so a stage that learns from
+actions (LAOM-Labels' action head, the latent-to-action decoder, BC on true actions) cannot read them; only the
+probe asks for ``labels="all"``.
+
 Remote datasets are read through fsspec, which takes its options from the environment: for S3 the AWS
 variables (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_PROFILE, ...) or fsspec's own
 FSSPEC_S3_<OPTION> (e.g. FSSPEC_S3_ENDPOINT_URL), read when fsspec is imported. s3:// needs s3fs installed.
@@ -33,6 +39,7 @@ FSSPEC_S3_<OPTION> (e.g. FSSPEC_S3_ENDPOINT_URL), read when fsspec is imported. 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
 import os
@@ -52,6 +59,8 @@ from masklam.ranks import rank_and_world_size
 
 Window = dict[str, Any]
 T = TypeVar("T")
+LABEL_POLICY = 2  # 1: training read every labelled train episode; 2: in-pool episodes held out (in run settings)
+LABELS = ("training", "all")
 WINDOW_KEYS = frozenset({"obs", "future", "next", "obs_mask", "future_mask", "next_mask", "action", "labelled", "k", "episode"})
 
 
@@ -65,8 +74,11 @@ class WindowSpec:
     labelled_only: bool = False  # only windows of labelled records (those whose a_t is stored)
     fields: tuple[str, ...] = ()  # extra per-step arrays to return at t (e.g. "state", "distractor_bg_frame")
     episode: bool = False  # also return the episode index (probes cross-validate grouped by episode)
+    labels: str = "training"  # "training": in-pool train episodes come unlabelled; "all": the probe's, every label
 
     def __post_init__(self) -> None:
+        if self.labels not in LABELS:
+            raise UsageError(f"labels={self.labels!r}: choose one of {', '.join(LABELS)}")
         if self.stack < 1 or self.future_max < 1:
             raise UsageError(f"stack ({self.stack}) and future_max ({self.future_max}) must be at least 1")
         clashing = sorted(WINDOW_KEYS.intersection(self.fields))
@@ -140,8 +152,10 @@ class WindowDataset(IterableDataset):
             raise UsageError(f"{dataset.root} has no '{spec.mask_source}' masks (it has {sorted(sources) or 'none'}): choose a stored mask source, or none")
         dataset.check_fields(spec.fields)
         self.shards = dataset.shards(split)
+        # Episodes whose labels this stream hides: the probe's in-pool episodes, unless it is the probe's stream.
+        self.held = dataset.in_pool_episodes() if split == "train" and spec.labels == "training" else frozenset()
         if spec.labelled_only:  # the shard index says which shards hold labelled records: read only those
-            self.shards = [s for s in self.shards if any(meta.labelled for meta in dataset.shard_index(split, s))]
+            self.shards = [s for s in self.shards if any(self.labelled(meta) for meta in dataset.shard_index(split, s))]
             if not self.shards:
                 raise UsageError(f"split {split!r} of {dataset.root} has no labelled records: drop labelled_only")
         self.decoded_fields = ("rgb", "action", *spec.fields)
@@ -173,11 +187,21 @@ class WindowDataset(IterableDataset):
             records = self._deal(every_record, worker_id, workers)
         windows = (
             window
-            for record in records
+            for record in map(self.hide_held_labels, records)
             if record.meta.labelled or not self.spec.labelled_only
             for window in record_windows(record, self.spec, self.action_shape, rng)
         )
         return shuffled(windows, self.shuffle_buffer, rng)
+
+    def labelled(self, meta) -> bool:
+        return meta.labelled and meta.episode not in self.held
+
+    def hide_held_labels(self, record: Record) -> Record:
+        """An in-pool episode's record as if it were unlabelled (its actions gone), when this stream hides them."""
+        if record.meta.episode not in self.held:
+            return record
+        steps = {name: array for name, array in record.steps.items() if name != "action"}
+        return Record(dataclasses.replace(record.meta, labelled=False), steps, record.masks)
 
     def _deal(self, items: Iterable[T], worker_id: int, workers: int) -> Iterator[T]:
         """Every (world_size)-th item to this rank, then every (workers)-th of those to this worker."""

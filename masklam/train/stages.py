@@ -4,7 +4,8 @@
    (o_t, o_{t+1}) (k = 1), on every train transition, labelled or not; MSE.
 2. `decoder`: with the latent policy frozen, an MLP (256 hidden, 2 layers) maps its latent to the real
    action, trained only on labelled transitions: the first ``labelled`` of a seeded shuffled pass
-   (0 = all), whose latents are computed once and kept in memory.
+   (0 = all), whose latents are computed once and kept in memory. The probe's in-pool episodes are never
+   among them (masklam.train.loader: labels held out).
 
 Both write into the LAM's run folder: bc.pt / decoder.pt, their configs and metrics.
 """
@@ -158,8 +159,11 @@ def frozen_policy(run_dir: Path, lam: torch.nn.Module) -> LatentPolicy:
 
 
 def labelled_transitions(data: str) -> int:
-    """Labelled train transitions of a dataset, from its index (every record's frames but its last)."""
-    return sum(meta.frames - 1 for meta in open_dataset(data).index("train") if meta.labelled)
+    """Labelled train transitions a stage may learn from, from the index (every record's frames but its last);
+    the probe's in-pool episodes are not among them."""
+    dataset = open_dataset(data)
+    held = dataset.in_pool_episodes()
+    return sum(meta.frames - 1 for meta in dataset.index("train") if meta.labelled and meta.episode not in held)
 
 
 def check_labelled(data: str, labelled: int) -> None:
@@ -168,7 +172,9 @@ def check_labelled(data: str, labelled: int) -> None:
     if available == 0:
         raise UsageError(f"{data} has no labelled train transitions, which the action decoder trains on: collect with --labelled-episodes > 0")
     if labelled > available:
-        raise UsageError(f"--labelled {labelled}: the dataset has only {available} labelled train transitions (pass at most {available}, or 0 for all)")
+        raise UsageError(
+            f"--labelled {labelled}: the dataset has only {available} labelled train transitions outside the probe's in-pool episodes (pass at most {available}, or 0 for all)"
+        )
 
 
 def labelled_latents(run_dir: Path, stage: StageConfig, lam_data: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -148,6 +148,7 @@ def test_the_printout_shows_the_ridge_and_both_scores():
         "data": "d",
         "windows": {"train": len(ids), "test": len(test_a)},
         "train_episodes": 6,
+        "in_pool_episodes": [5],
         "action": action,
         "distractor": {"bg_frame": {"r2": 0.25}},
         "episode_share": {"latent": 0.5, "action": 0.01},

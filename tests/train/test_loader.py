@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from masklam.atomic import atomic_write_json
-from masklam.data.dataset import BACKENDS, write_index
+from masklam.data.dataset import BACKENDS, open_dataset, write_index
 from masklam.data.schema import ORACLE, SCHEMA_VERSION, Feature, Record, RecordMeta, record_key
 from masklam.errors import UsageError
 from masklam.train.loader import WindowDataset, WindowSpec, action_variance, make_loader, shuffled
@@ -129,7 +129,12 @@ def test_windows_hold_the_right_frames(tmp_path, backend, chunk_frames):
 
     assert sorted(map(window_id, windows)) == transitions(LAYOUT)
     frames = {e: n for shard in LAYOUT for e, n, _ in shard}
-    labelled = {e: flag for shard in LAYOUT for e, _, flag in shard}
+    in_pool = open_dataset(root).in_pool_episodes()
+    assert in_pool  # the layout labels enough episodes that one is held out for the probe
+    # A stage that learns from actions sees the probe's in-pool episodes unlabelled; the probe (labels="all") not.
+    labelled = {e: flag and e not in in_pool for shard in LAYOUT for e, _, flag in shard}
+    every_label = {int(w["episode"]) for w in WindowDataset(root, "train", WindowSpec(labels="all", episode=True), epochs=1) if w["labelled"]}
+    assert every_label == {e for shard in LAYOUT for e, _, flag in shard if flag}
     ks = collections.Counter()
     for w in windows:
         episode, t = window_id(w)
@@ -334,3 +339,13 @@ def test_reads_from_s3_and_file_urls(tmp_path, backend, s3_endpoint):
     url = f"s3://{bucket}/data/cheetah"
     assert_same_windows(read_windows(url), local)
     assert_same_windows(read_windows(url, workers=2), read_windows(root, workers=2))  # forked workers read S3 too
+
+
+@pytest.mark.parametrize(
+    ("labelled", "held"),
+    [((True, True), set()), ((True, False, True, True), {3}), ((True,) * 10, {8, 9}), ((True, True, False, True, False), {3})],
+)
+def test_the_probes_in_pool_episodes_are_the_last_fifth_of_the_labelled(tmp_path, labelled, held):
+    """Rounded up, of labelled train episodes only, and none with fewer than 3 labelled (the probe needs 2 to fit)."""
+    layout = [[(episode, 3, flag) for episode, flag in enumerate(labelled)]]
+    assert open_dataset(write_dataset(tmp_path, "webdataset", layout, 0)).in_pool_episodes() == held
