@@ -25,8 +25,8 @@ towards the mean action instead.
 Distractor decodability: the same cross-validated probe from z_t to each distractor state that means the
 same in every episode (camera offsets, colour offsets, object positions), scored only in-pool (on held-out
 train episodes). It is reported as R^2 = 1 - in-pool NMSE (each dimension with its own ridge, over its own
-train variance, averaged), clipped at 0: the fraction of the distractor's variance the latent gives away
-linearly. 0 = nothing of it; 1 = all of it. Lower is better for a latent action meant to ignore distractors.
+train variance, averaged), not clipped: the fraction of the distractor's variance the latent gives away
+linearly (below 0: none, and worse than the state's mean). 0 = nothing of it; 1 = all of it. Lower is better for a latent action meant to ignore distractors.
 The background has no such state (its frame index counts frames within a clip): the episode share, the
 share of the latent's variance that lies between train episodes, stands for it (see episode_share).
 """
@@ -47,7 +47,7 @@ from masklam.errors import UsageError
 # least squares to enough to shrink any standardised latent of up to ~10^4 dimensions to the mean.
 RIDGE_GRID = tuple(float(r) for r in np.logspace(-6, 5, 23))
 FOLDS = 5  # at most; fewer when the train windows come from fewer episodes
-PROBE_VERSION = 3  # 1: ridge 1e-3 on raw latents, test split only; 2: in-pool = cross-validation; 3: in-pool held out
+PROBE_VERSION = 3  # 1: ridge 1e-3 on raw latents, test only; 2: in-pool by cross-validation; 3: in-pool episodes held out, R² unclipped, share weighted
 
 
 @dataclass(frozen=True)
@@ -179,24 +179,29 @@ def action_probe(
 
 
 def distractor_probe(train_z: np.ndarray, target: np.ndarray, episodes: np.ndarray, folds: GroupedRidgeCV | None = None) -> dict:
-    """In-pool decodability of one distractor state from the latent: R^2 = 1 - in-pool NMSE, clipped at 0.
+    """In-pool decodability of one distractor state from the latent: R^2 = 1 - in-pool NMSE, not clipped (below
+    0: worse than the state's mean, which a probe with the strongest ridge would give; probe versions 1-2
+    clipped at 0); a state constant over the windows is not probed (``r2`` None).
 
     Each non-constant dimension of the state gets its own cross-validated ridge and its own NMSE (MSE over its
     train variance), and the NMSE is their mean: camera angles in radians and a zoom factor weigh alike.
     ``folds``: the cross-validation of the standardised train_z, if already made."""
     target = target.reshape(len(target), -1).astype(np.float64)
     target = target[:, target.std(axis=0) > 1e-6]
-    if target.shape[1] == 0:  # a constant state: nothing to decode
-        return {"in_pool_nmse": None, "r2": 0.0, "ridge": None}
+    if target.shape[1] == 0:  # a constant state: nothing to decode, and nothing to average in
+        return {"in_pool_nmse": None, "r2": None, "ridge": None}
     folds = folds or GroupedRidgeCV(standardise(train_z)[0], episodes)
     dimensions = [folds(column / column.std()) for column in target.T]
     nmse = float(np.mean([cv.in_pool_mse for cv in dimensions]))
-    return {"in_pool_nmse": nmse, "r2": max(0.0, 1.0 - nmse), "ridge": [cv.ridge for cv in dimensions]}
+    return {"in_pool_nmse": nmse, "r2": 1.0 - nmse, "ridge": [cv.ridge for cv in dimensions]}
 
 
-def episode_share(values: np.ndarray, episodes: np.ndarray) -> float | None:
-    """The share of ``values``' variance that lies between episodes (the variance of the per-episode means over
-    the total, per dimension, averaged over non-constant dimensions); None if every dimension is constant.
+def episode_share(values: np.ndarray, episodes: np.ndarray, weighted: bool = True) -> float | None:
+    """The share of ``values``' variance that lies between episodes: the variance of the per-episode means over
+    the total variance, summed over dimensions (``weighted``: each dimension counts by its variance, so a
+    near-dead dimension hardly counts), or averaged over non-constant dimensions (``weighted=False``, probe
+    versions 1-2: three action-like dimensions and five per-episode ones at scale 1e-4 scored 0.63); None if
+    every dimension is constant.
 
     Within the train pool the distractors are drawn per episode (background clip, start frame and direction,
     the walks' slow drift) while the agent's actions vary step by step: on the dcs-cheetah-run-low data 0.2 %
@@ -212,7 +217,8 @@ def episode_share(values: np.ndarray, episodes: np.ndarray) -> float | None:
     np.add.at(means, index, values)
     means /= counts[:, None]
     between = np.sum(counts[:, None] * (means - values.mean(axis=0)) ** 2, axis=0) / len(values)
-    return float(np.mean(between / values.var(axis=0)))
+    total = values.var(axis=0)
+    return float(between.sum() / total.sum()) if weighted else float(np.mean(between / total))
 
 
 def collect_latents(
@@ -306,8 +312,13 @@ def probe_run(run_dir, data: str, windows: int = 20000, batch_size: int = 64, sh
         "ridge": action["ridge"],
         "action": action,
         "distractor": distractor,
-        "distractor_r2": float(np.mean([d["r2"] for d in distractor.values()])) if distractor else None,
-        "episode_share": {"latent": episode_share(train_z, episodes), "action": episode_share(train_values["action"], episodes)},
+        # The mean over the states that vary (the report shows each state too); None when none does.
+        "distractor_r2": float(np.mean(varying)) if (varying := [d["r2"] for d in distractor.values() if d["r2"] is not None]) else None,
+        "episode_share": {
+            "latent": episode_share(train_z, episodes),  # variance-weighted
+            "latent_unweighted": episode_share(train_z, episodes, weighted=False),
+            "action": episode_share(train_values["action"], episodes),
+        },
     }
     atomic_write_json(run_dir / "probe.json", result)
     return result
@@ -333,5 +344,8 @@ def render_probe(result: dict) -> str:
             f"episode share, latent  {share['latent']:.4f}   (of its variance, between train episodes; the action's: {share['action']:.4f}; lower is better)"
         )
     for name, value in result["distractor"].items():
-        lines.append(f"distractor {name:<11} R² {value['r2']:.4f}   (in-pool; 0 = the latent gives none of it away, 1 = all; lower is better)")
+        if value["r2"] is None:
+            lines.append(f"distractor {name:<11} constant in these windows: not probed")
+            continue
+        lines.append(f"distractor {name:<11} R² {value['r2']:.4f}   (in-pool; 0 = the latent gives none of it away, 1 = all, below 0 worse than its mean)")
     return "\n".join(lines)

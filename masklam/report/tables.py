@@ -1,24 +1,33 @@
 """`masklam report RUN... --out DIR`: one markdown table per environment (dataset variant) x method, from
 the probe.json and evaluate.json files of `masklam run` folders, with ratios against LAPO, and plots.
 
-Numbers are means over seeds with 95 % confidence intervals, "mean [low, high]": a percentile bootstrap of
-the mean over the seeds (scipy.stats.bootstrap, 10,000 resamples, seeded; for one task this is what rliable's
-stratified bootstrap does). With 3 seeds the interval is coarse (near the seeds' min and max); a single seed
-shows no interval. Columns:
+Numbers are means with 95 % percentile-bootstrap intervals, "mean [low, high]", that resample what varies:
+the training seeds and, where the run files hold them (probe version 3, evaluate.json's returns), the test
+episodes (probe NMSE) or the rollouts (returns), both at once (10,000 resamples, seeded; seeds and episodes
+each drawn with replacement, the spirit of rliable's stratified bootstrap). Each table says how many of each
+its intervals resampled. Over seeds alone (older files, and every other column) the percentile interval of 3
+values is their min and max and covers the mean about 75 % of the time: read it as a range, not as 95 %.
+Comparisons with LAPO are paired (the same seeds, the same test episodes and rollout seeds): the ratio of the
+means with a bootstrap interval of that ratio (the same draws for both rows), and the two-sided p of an exact
+sign-flip permutation test over the seeds' paired differences (the seed is the unit that repeats a run: with
+n seeds no p falls below 2 / 2^n, 0.25 for 3, 0.0625 for 5). p-values are not corrected for the number of
+comparisons in a table (with k of them, Bonferroni asks p < 0.05 / k). Columns:
 
 - probe NMSE, test: the cross-validated linear action probe's normalised MSE on the test split (held-out
   seeds and background videos; lower is better; 1.0 = the mean action);
 - probe NMSE, in-pool: the same probe scored on held-out train episodes (same background pool);
-- distractor R²: how much of the distractor states that mean the same in every episode (camera, colour,
-  objects) the latent gives away to an in-pool linear probe, averaged over them; 0 = none, 1 = all: lower
-  is better; none for a background-only dataset (the background has no such state);
-- episode share: the share of the latent's variance that lies between train episodes (per-episode means),
-  where the distractors are drawn per episode and the actions hardly differ: lower is better;
+- R² of each distractor state that means the same in every episode (camera, colour, objects): how much of it
+  the latent gives away to an in-pool linear probe, 1 - NMSE unclipped (below 0: nothing, and worse than the
+  state's mean); lower is better; a state that does not vary is left out; no column for a background-only
+  dataset (the background has no such state). Older probe files give their mean as one column;
+- episode share: the share of the latent's variance that lies between train episodes (per-episode means,
+  each dimension counting by its variance), where the distractors are drawn per episode and the actions
+  hardly differ (the action's own share is given with the table): lower is better;
 - return / expert, return / BC: online return of the decoded latent policy over the return of the policy
   that collected the data (the expert), and over BC trained on every labelled true action (LAOM's
   reference); Meta-World adds the success rate;
 - LAPO NMSE / NMSE and return / LAPO's: how many times lower the test NMSE and higher the return are than
-  LAPO's (ratios of the means).
+  LAPO's (ratios of the means), with the ratio's interval and the permutation p.
 """
 
 from __future__ import annotations
@@ -39,6 +48,8 @@ BASELINE = "lapo"
 CONFIDENCE = 0.95
 RESAMPLES = 10_000
 METRICS = ("nmse", "in_pool", "distractor", "episode_share", "by_expert", "by_bc", "success", "return")
+# Per seed, the values behind a metric's mean, one per test episode or rollout: what the intervals resample too.
+PER_EPISODE = {"nmse": "test episodes", "by_expert": "rollouts"}
 
 
 def mean_ci(values: list[float | None]) -> tuple[float, float, float] | None:
@@ -56,6 +67,59 @@ def mean_ci(values: list[float | None]) -> tuple[float, float, float] | None:
         (values,), np.mean, confidence_level=CONFIDENCE, n_resamples=RESAMPLES, method="percentile", rng=np.random.default_rng(0)
     ).confidence_interval
     return mean, float(interval.low), float(interval.high)
+
+
+def episode_grid(per_seed: list[dict[str, float] | None]) -> np.ndarray | None:
+    """(seeds, episodes) of per-episode values when every seed has them for the same episodes; else None."""
+    if not per_seed or any(not values for values in per_seed):
+        return None
+    keys = sorted(per_seed[0])
+    if any(sorted(values) != keys for values in per_seed):
+        return None
+    return np.array([[values[k] for k in keys] for values in per_seed], np.float64)
+
+
+def resamples(seeds: int, episodes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded draws, with replacement, of seed and episode indices (RESAMPLES rows each)."""
+    rng = np.random.default_rng(0)
+    return rng.integers(0, seeds, (RESAMPLES, seeds)), rng.integers(0, episodes, (RESAMPLES, episodes))
+
+
+def grid_means(grid: np.ndarray) -> np.ndarray:
+    """The mean of each resampled grid: seeds and episodes drawn independently."""
+    seeds, episodes = resamples(*grid.shape)
+    return grid[seeds[:, :, None], episodes[:, None, :]].mean(axis=(1, 2))
+
+
+def grid_ci(grid: np.ndarray) -> tuple[float, float, float]:
+    mean = float(grid.mean())
+    if grid.size == 1 or np.ptp(grid) == 0:
+        return mean, mean, mean
+    low, high = np.percentile(grid_means(grid), [100 * (1 - CONFIDENCE) / 2, 100 * (1 + CONFIDENCE) / 2])
+    return mean, float(low), float(high)
+
+
+def paired_ratio(numerator: np.ndarray, denominator: np.ndarray) -> tuple[float, float, float] | None:
+    """Ratio of two grids' means (the same seeds and episodes) and its interval, both resampled alike."""
+    if numerator.shape != denominator.shape or denominator.mean() == 0:
+        return None
+    ratio = float(numerator.mean() / denominator.mean())
+    draws = grid_means(numerator) / grid_means(denominator)
+    low, high = np.nanpercentile(draws, [100 * (1 - CONFIDENCE) / 2, 100 * (1 + CONFIDENCE) / 2])
+    return ratio, float(low), float(high)
+
+
+def sign_flip_p(first: np.ndarray, second: np.ndarray) -> float | None:
+    """Two-sided p of an exact paired sign-flip permutation test over seeds (rows), each seed's difference
+    averaged over its episodes; None with fewer than 2 seeds."""
+    import itertools
+
+    differences = first.mean(axis=1) - second.mean(axis=1)
+    if len(differences) < 2:
+        return None
+    signs = np.array(list(itertools.product((1.0, -1.0), repeat=len(differences))))
+    flipped = np.abs((signs * differences).mean(axis=1))
+    return float(np.mean(flipped >= abs(differences.mean()) - 1e-12))
 
 
 def read_output(path: Path) -> dict[str, Any] | None:
@@ -107,7 +171,15 @@ def collect_results(root: Path) -> dict[str, Any]:
         for budget in recipe.labels:
             evaluation = read_output(budget_folder(recipe, folder, budget) / "evaluate.json")
             cell = variants[run.variant]["runs"][run.label].setdefault(
-                budget, {"method": run.method, "mask": run.mask, "seeds": [], **{key: [] for key in METRICS}}
+                budget,
+                {
+                    "method": run.method,
+                    "mask": run.mask,
+                    "seeds": [],
+                    "states": [],
+                    **{key: [] for key in METRICS},
+                    **{f"{key}_by_episode": [] for key in PER_EPISODE},
+                },
             )
             if probe is None and evaluation is None:
                 continue
@@ -117,9 +189,17 @@ def collect_results(root: Path) -> dict[str, Any]:
                 cell["in_pool"].append(probe.get("in_pool_nmse"))  # absent from the first probe's files
                 cell["distractor"].append(probe.get("distractor_r2"))
                 cell["episode_share"].append(probe.get("episode_share", {}).get("latent"))
+                cell["nmse_by_episode"].append(probe.get("action", {}).get("test_nmse_per_episode"))
+                # Per distractor state (probe version 3: unclipped, None for a state that did not vary).
+                cell["states"].append({name: d.get("r2") for name, d in probe.get("distractor", {}).items()} if probe.get("probe_version", 0) >= 3 else None)
+                variant_info = variants[run.variant]
+                variant_info["action_share"] = variant_info.get("action_share") or probe.get("episode_share", {}).get("action")
             if evaluation is not None:
                 cell["return"].append(evaluation["return_mean"])
                 cell["by_expert"].append(evaluation["normalised_by_collector"])
+                reference = evaluation.get("collector_return")
+                returns = evaluation.get("returns")
+                cell["by_expert_by_episode"].append({f"{i:04d}": r / reference for i, r in enumerate(returns)} if returns and reference else None)
                 cell["by_bc"].append(evaluation["normalised_by_bc_actions"])
                 cell["success"].append(evaluation.get("success_rate"))
     return {"root": str(root), "recipe": recipe.name, "labels": list(recipe.labels), "masks": list(recipe.masks), "variants": variants}
@@ -138,7 +218,39 @@ def mask_iou(root: Path, variant: str, source: str) -> dict[str, float] | None:
 
 
 def summarise(cell: dict[str, Any]) -> dict[str, Any]:
-    return {key: mean_ci(cell[key]) for key in METRICS} | {"method": cell["method"], "mask": cell["mask"], "n": len(cell["seeds"])}
+    """A row: each metric's (mean, low, high), its interval resampling seeds x episodes where every seed has the
+    same episodes' values (``resampled`` says what was resampled), the seeds alone otherwise; each distractor
+    state's R² over seeds."""
+    row = {key: mean_ci(cell[key]) for key in METRICS} | {"method": cell["method"], "mask": cell["mask"], "n": len(cell["seeds"])}
+    row["seeds"] = list(cell["seeds"])
+    row["resampled"] = {key: f"{len(cell['seeds'])} seeds" for key in METRICS}
+    row["grids"] = {}
+    for key, what in PER_EPISODE.items():
+        grid = episode_grid(cell.get(f"{key}_by_episode", []))
+        if grid is not None and len(grid) == len(cell["seeds"]):
+            row[key], row["grids"][key] = grid_ci(grid), grid
+            row["resampled"][key] = f"{grid.shape[0]} seeds × {grid.shape[1]} {what}"
+    states = [s for s in cell.get("states", []) if s is not None]
+    names = sorted({name for s in states for name, r2 in s.items() if r2 is not None})
+    row["states"] = {name: mean_ci([s.get(name) for s in states]) for name in names}
+    return row
+
+
+def comparison(row: dict[str, Any], baseline: dict[str, Any] | None, key: str, lower_is_better: bool) -> str:
+    """How many times better than LAPO, with the paired interval and p where both rows have the same seeds and
+    episodes; the ratio of means alone otherwise."""
+    if baseline is None or row[key] is None or baseline[key] is None:
+        return "—"
+    first, second = (baseline, row) if lower_is_better else (row, baseline)
+    if first[key][0] <= 0 and second[key][0] <= 0 or second[key][0] == 0:
+        return "—"
+    grids = first["grids"].get(key), second["grids"].get(key)
+    paired = row is not baseline and row["seeds"] == baseline["seeds"] and all(g is not None for g in grids) and grids[0].shape == grids[1].shape
+    if not paired:
+        return f"{first[key][0] / second[key][0]:.2f}×"
+    ratio, low, high = paired_ratio(*grids)
+    p = sign_flip_p(*grids)
+    return f"{ratio:.2f}× [{low:.2f}, {high:.2f}]" + (f", p {p:.2g}" if p is not None else "")
 
 
 def fmt(stat: tuple[float, float, float] | None, digits: int = 3, percent: bool = False) -> str:
@@ -152,12 +264,6 @@ def fmt(stat: tuple[float, float, float] | None, digits: int = 3, percent: bool 
     return f"{mean:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]{unit}"
 
 
-def ratio(numerator: tuple[float, ...] | None, denominator: tuple[float, ...] | None) -> str:
-    if numerator is None or denominator is None or denominator[0] == 0:
-        return "—"
-    return f"{numerator[0] / denominator[0]:.2f}×"
-
-
 def variant_table(variant: dict[str, Any], budget: int) -> tuple[str, dict[str, dict[str, Any]]]:
     rows = {label: summarise(cells[budget]) for label, cells in variant["runs"].items() if budget in cells}
     baseline = next((row for row in rows.values() if row["method"] == BASELINE), None)
@@ -165,10 +271,15 @@ def variant_table(variant: dict[str, Any], budget: int) -> tuple[str, dict[str, 
     metaworld = online and variant["env"].startswith("metaworld:")
     ious = variant.get("mask_iou", {})
     scored = any(source != ORACLE for source in ious)  # a column only where some run trained on model masks
+    states = sorted({name for row in rows.values() for name in row["states"]})
+    mean_only = not states and any(row["distractor"] is not None for row in rows.values())  # older probe files
     header = (
         ["method", "seeds"]
         + (["mask IoU, train / test ↑"] if scored else [])
-        + ["probe NMSE, test ↓", "probe NMSE, in-pool ↓", "distractor R² ↓", "episode share ↓"]
+        + ["probe NMSE, test ↓", "probe NMSE, in-pool ↓"]
+        + [f"R² {name} ↓" for name in states]
+        + (["distractor R² ↓"] if mean_only else [])
+        + ["episode share ↓"]
     )
     header += ["return / expert ↑", "return / BC ↑"] if online else []
     header += ["success ↑"] if metaworld else []
@@ -178,18 +289,25 @@ def variant_table(variant: dict[str, Any], budget: int) -> tuple[str, dict[str, 
         iou = ious.get(row["mask"]) if row["mask"] is not None else None
         shown = " / ".join(f"{iou[split]:.3f}" for split in ("train", "test") if split in iou) if iou else "—"
         cells = [label, str(row["n"])] + ([shown] if scored else [])
-        cells += [
-            fmt(row["nmse"]),
-            fmt(row["in_pool"]),
-            fmt(row["distractor"]),
-            fmt(row["episode_share"]),
-        ]
+        cells += [fmt(row["nmse"]), fmt(row["in_pool"])]
+        cells += [fmt(row["states"].get(name)) for name in states]
+        cells += [fmt(row["distractor"])] if mean_only else []
+        cells += [fmt(row["episode_share"])]
         cells += [fmt(row["by_expert"]), fmt(row["by_bc"])] if online else []
         cells += [fmt(row["success"], percent=True)] if metaworld else []
-        cells += [ratio(baseline["nmse"], row["nmse"]) if baseline else "—"]
-        cells += [ratio(row["by_expert"], baseline["by_expert"]) if baseline else "—"] if online else []
+        cells += [comparison(row, baseline, "nmse", lower_is_better=True)]
+        cells += [comparison(row, baseline, "by_expert", lower_is_better=False)] if online else []
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines), rows
+    resampled = sorted({f"{what} ({row['resampled'][key]})" for row in rows.values() for key, what in (("nmse", "probe NMSE, test"), ("by_expert", "returns"))})
+    lines += ["", "Intervals resample " + "; ".join(resampled) + "; every other column its seeds."]
+    if variant.get("action_share") is not None:
+        lines[-1] += f" The action's own episode share: {variant['action_share']:.3f}."
+    return "\n".join(lines), {label: without_grids(row) for label, row in rows.items()}
+
+
+def without_grids(row: dict[str, Any]) -> dict[str, Any]:
+    """A row without the per-episode arrays behind its comparisons (the JSON summary keeps the numbers)."""
+    return {key: value for key, value in row.items() if key != "grids"}
 
 
 def describe_scale(variant: dict[str, Any]) -> str:
@@ -214,12 +332,16 @@ def write_report(roots: list[Path], out: Path, echo: Callable[[str], None] = pri
         "Generated by `masklam report` from: " + ", ".join(f"`{r['root']}`" for r in results),
         "",
         (
-            "Means over seeds with their 95 % percentile-bootstrap interval, mean [low, high]. Probe NMSE: a ridge probe "
-            "cross-validated over train episodes, scored on the test split (held-out seeds and videos) and in-pool "
-            "(held-out train episodes); distractor R²: how much of the distractor states the latent gives away "
-            "(in-pool, 0 = nothing; lower is better); episode share: the share of the latent's variance that lies "
-            "between train episodes (lower is better); mask IoU: the run's mask source against the simulator's oracle "
-            "over every frame of the train and of the test split (`masks compare`)."
+            "Means with 95 % percentile-bootstrap intervals, mean [low, high], resampling the seeds and, where the run "
+            "files hold them, the test episodes or rollouts (each table says how many of each; over 3 seeds alone an "
+            "interval is their min and max). Probe NMSE: a ridge probe cross-validated over train episodes, scored on "
+            "the test split (held-out seeds and videos) and in-pool (train episodes held out of every stage that learns "
+            "from actions); R² of each distractor state: how much of it the latent gives away (in-pool, unclipped, 0 = "
+            "nothing; lower is better); episode share: the variance-weighted share of the latent's variance that lies "
+            "between train episodes (lower is better); ratios to LAPO: paired, with the ratio's interval and an exact "
+            "sign-flip permutation p over seeds (not corrected for the table's number of comparisons); mask IoU: the "
+            "run's mask source against the simulator's oracle over every frame of the train and of the test split "
+            "(`masks compare`)."
         ),
         "",
     ]
@@ -241,7 +363,9 @@ def write_report(roots: list[Path], out: Path, echo: Callable[[str], None] = pri
             summary[key] = {
                 "scale": {k: v for k, v in variant.items() if k != "runs"},
                 "rows": rows,
-                "budgets": {str(b): {label: summarise(cells[b]) for label, cells in variant["runs"].items() if b in cells} for b in result["labels"]},
+                "budgets": {
+                    str(b): {label: without_grids(summarise(cells[b])) for label, cells in variant["runs"].items() if b in cells} for b in result["labels"]
+                },
             }
             stem = key.replace("/", "-")
             pictures = [plot_bars(rows, f"{variant['env']} ({variant['distractors']})", out / f"{stem}-bars.png")]

@@ -127,7 +127,7 @@ def test_distractor_decodability_says_whether_the_latent_encodes_the_distractor(
     assert distractor_probe(encodes, frame, ids)["r2"] > 0.9
     assert distractor_probe(ignores, frame, ids)["r2"] < 0.05
     constant = distractor_probe(encodes, np.zeros(len(frame)), ids)
-    assert constant["r2"] == 0.0 and constant["in_pool_nmse"] is None
+    assert constant["r2"] is None and constant["in_pool_nmse"] is None  # not probed, so not averaged in as a 0
 
 
 def test_distractor_dimensions_weigh_alike_whatever_their_units():
@@ -166,3 +166,15 @@ def test_the_episode_share_says_how_much_of_the_latent_is_per_episode():
     offsets = np.repeat(rng.normal(size=(20, 3)), STEPS, axis=0)  # half the variance of each dimension per episode
     assert episode_share(offsets + rng.normal(size=offsets.shape), ids) == pytest.approx(0.5, abs=0.15)
     assert episode_share(np.ones((len(ids), 3)), ids) is None
+
+
+def test_near_dead_dimensions_do_not_move_the_weighted_episode_share():
+    """Three action-like dimensions plus five per-episode ones at scale 1e-4: the variance-weighted share is the
+    action-like dimensions' own; the unweighted mean (probe versions 1-2) counted the dead ones fully."""
+    _, actions, ids = episodes(20, seed=26)
+    rng = np.random.default_rng(27)
+    live = actions[:, :3]
+    dead = 1e-4 * np.repeat(rng.normal(size=(20, 5)), STEPS, axis=0)  # per-episode, almost no variance
+    latent = np.concatenate([live, dead], axis=1)
+    assert episode_share(latent, ids) == pytest.approx(episode_share(live, ids), abs=1e-6)
+    assert episode_share(latent, ids, weighted=False) > 0.6 > 0.1 > episode_share(latent, ids)
