@@ -1,7 +1,8 @@
 """`masklam ingest`: a masklam dataset from video files, image sequences or a local LeRobot v3 dataset.
 
-The source is planned first, cheaply and completely (container metadata and packet timestamps, sidecar
-arrays, LeRobot's metadata and timestamp columns), so bad input fails before anything is written. The plan
+The source is planned first and completely (each video decoded once for its frames' count and presentation
+times, exactly as a player shows them: edit lists honoured, B-frames in display order; sidecar arrays,
+LeRobot's metadata and timestamp columns), so bad input fails before anything is written. The plan
 is a pure function of the source and the settings: episode ``i`` is a fixed span of frames of one source
 video (or LeRobot episode), the test split is a seeded choice of episodes, and a shard holds a fixed list of
 episodes. Shards are written atomically; a re-run skips the finished ones (resume) and writes the same bytes.
@@ -163,25 +164,27 @@ class FrameScaler:
 
 
 def probe_video(path: Path) -> tuple[np.ndarray, float]:
-    """Presentation times (s) of a video file's frames, read from packet timestamps (no decoding), and its rate."""
+    """Presentation times (s, from the first) of the frames a decoder shows, and the stream's rate (exact: a
+    30000/1001 stream is 29.97002997..., never rounded). Decoded, not read off packets: packets outside an edit
+    list, or that decode to nothing, are no frames, and a damaged stream fails here, before anything is written."""
     av = _import_av()
     try:
         with av.open(str(path)) as container:
             if not container.streams.video:
                 raise UsageError(f"{path} has no video stream: re-encode or delete the file")
             stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
             rate = float(stream.average_rate or stream.guessed_rate or 0) or None
-            time_base = float(stream.time_base)  # read while the container is open
-            pts = [packet.pts for packet in container.demux(stream) if packet.size]
+            times = [frame.time for frame in container.decode(stream)]
     except (av.error.FFmpegError, OSError, ValueError) as error:
         raise UsageError(f"cannot read video {path} ({_one_line(error)}): re-encode or delete the file") from None
-    if not pts:
+    if not times:
         raise UsageError(f"video {path} has no frames: re-encode or delete the file")
-    if any(p is None for p in pts):  # e.g. some AVI files: frames are evenly spaced at the stream's rate
+    if any(t is None for t in times):  # e.g. some AVI files: frames are evenly spaced at the stream's rate
         if rate is None:
             raise UsageError(f"video {path} has neither timestamps nor a frame rate: re-encode it")
-        return np.arange(len(pts)) / rate, rate
-    times = (np.sort(np.asarray(pts, np.float64)) - min(pts)) * time_base
+        return np.arange(len(times)) / rate, rate
+    times = np.asarray(times, np.float64) - times[0]
     return times, rate or (len(times) - 1) / max(times[-1], 1e-9)
 
 
@@ -244,7 +247,7 @@ def _video_clip(path: Path, config: IngestConfig) -> tuple[Clip, float, list[Any
 def _frames_clip(folder: Path, config: IngestConfig) -> tuple[Clip, float, list[Any]]:
     from PIL import Image
 
-    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."))
+    paths = sorted((p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")), key=natural_order)
     if not paths:
         raise UsageError(f"folder {folder} holds no frames ({', '.join(IMAGE_EXTENSIONS)}): add frames or remove it")
 
@@ -271,11 +274,14 @@ def video_source(path: Path, config: IngestConfig) -> Source:
         entries = [path]
     else:
         entries = sorted(
-            p
-            for p in path.iterdir()
-            if not p.name.startswith(".")
-            and (p.is_dir() or p.suffix.lower() in VIDEO_EXTENSIONS)
-            and not (p / CONFIG_FILE).exists()  # a masklam dataset (e.g. --out inside SOURCE) is no clip
+            (
+                p
+                for p in path.iterdir()
+                if not p.name.startswith(".")
+                and (p.is_dir() or p.suffix.lower() in VIDEO_EXTENSIONS)
+                and not (p / CONFIG_FILE).exists()  # a masklam dataset (e.g. --out inside SOURCE) is no clip
+            ),
+            key=natural_order,
         )
         if any(p.suffix.lower() in IMAGE_EXTENSIONS for p in path.iterdir()):
             entries = [path]  # the folder itself is one image sequence
@@ -285,7 +291,7 @@ def video_source(path: Path, config: IngestConfig) -> Source:
     for entry in entries:
         clip, rate, print_ = _frames_clip(entry, config) if entry.is_dir() else _video_clip(entry, config)
         clips.append(clip)
-        rates[clip.name] = round(rate, 3)
+        rates[clip.name] = rate
         fingerprint.append(print_)
     widths = {clip.actions.shape[1] for clip in clips if clip.actions is not None}
     if len(widths) > 1:
@@ -303,9 +309,11 @@ def _common_fps(rates: dict[str, float], config: IngestConfig, path: Path) -> fl
             name, rate = next(iter(slower.items()))
             raise UsageError(f"--fps {config.fps:g} is above the frame rate of {name} ({rate:g}): masklam does not invent frames; pass --fps {rate:g} or lower")
         return float(config.fps)
-    if len(set(rates.values())) > 1:
-        raise UsageError(f"the videos of {path} have different frame rates ({sorted(set(rates.values()))}): pass --fps to resample them to one")
-    return float(next(iter(rates.values())))
+    first = next(iter(rates.values()))
+    if any(abs(rate - first) > 1e-6 * first for rate in rates.values()):
+        shown = sorted({float(f"{rate:.6g}") for rate in rates.values()})
+        raise UsageError(f"the videos of {path} have different frame rates ({shown}): pass --fps to resample them to one")
+    return float(first)
 
 
 def lerobot_source(path: Path, config: IngestConfig, hub: dict[str, Any] | None = None) -> Source:
@@ -391,19 +399,24 @@ class EpisodePlan:
 
 
 def subsample(times: np.ndarray, fps: float) -> np.ndarray:
-    """Indices of the frames kept at ``fps``: the first frame at or after each tick k / fps."""
-    keep, tick = [], times[0]
-    for index, time in enumerate(times):
-        if time >= tick - 1e-6:
-            keep.append(index)
-            tick = times[0] + len(keep) / fps
-    return np.asarray(keep, np.int64)
+    """Indices of the frames kept at ``fps``: for each tick k / fps from the first frame (k = 0, 1, ... up to
+    the last frame's time), the first frame at or after it; a frame that is the first after several ticks (a
+    gap in a variable-rate video) is kept once. Ticks count from the first frame, not from the frames kept."""
+    ticks = times[0] + np.arange(int(np.floor((times[-1] - times[0]) * fps + 1e-6)) + 1) / fps
+    return np.unique(np.searchsorted(times, ticks - 1e-6, side="left"))
+
+
+def natural_order(path: Path) -> list:
+    """Sort key: digit runs as numbers, so frame2 comes before frame10 (as a file browser shows them)."""
+    import re
+
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", path.name) if part]
 
 
 def plan_episodes(source: Source, config: IngestConfig) -> list[EpisodePlan]:
     episodes = []
     for index, clip in enumerate(source.clips):
-        keep = subsample(clip.times, source.fps)
+        keep = subsample(clip.times, source.fps) if config.fps is not None else np.arange(len(clip.times))  # every frame
         if len(keep) < config.min_frames:
             raise UsageError(
                 f"{clip.name} has {len(keep)} frames at {source.fps:g} fps, fewer than --min-frames {config.min_frames} "
