@@ -141,7 +141,8 @@ def open_lerobot(root: Path, camera: str | None) -> LeRobotFolder:
             "LeRobot's `python -m lerobot.datasets.v30.convert_dataset_v21_to_v30`"
         )
     features = info.get("features", {})
-    cameras = sorted(key for key, feature in features.items() if feature.get("dtype") in CAMERA_DTYPES)
+    # A dataset masklam exported stores its masks as image features too (observation.mask.SOURCE): not cameras.
+    cameras = sorted(key for key, feature in features.items() if feature.get("dtype") in CAMERA_DTYPES and not key.startswith(MASK_PREFIX))
     if not cameras:
         raise UsageError(f"{root} has no image or video features: nothing to ingest")
     if camera is None:
@@ -443,8 +444,9 @@ class LeRobotWriter:
             dtype, shape = features[name]["dtype"], features[name]["shape"]
             if dtype == "image":
                 arrays[name] = pa.array(values, pa.struct([("bytes", pa.binary()), ("path", pa.string())]))
-            elif shape == [1]:
-                arrays[name] = pa.array(values, pa.from_numpy_dtype(np.dtype(dtype)))
+            elif shape == [1]:  # LeRobot keeps a one-element feature as a plain column (datasets.Value)
+                column = np.asarray([np.asarray(v).reshape(-1)[0] for v in values], dtype)
+                arrays[name] = pa.array(column, pa.from_numpy_dtype(np.dtype(dtype)))
             else:
                 flat = pa.array(np.concatenate(values).astype(dtype), pa.from_numpy_dtype(np.dtype(dtype)))
                 arrays[name] = pa.FixedSizeListArray.from_arrays(flat, shape[0])

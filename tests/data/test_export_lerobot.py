@@ -118,10 +118,12 @@ def test_video_export_is_within_the_codec_error(collected, tmp_path):
 
 def test_export_then_ingest_round_trip(collected, tmp_path):
     export_lerobot(collected, tmp_path / "lerobot", "image", show_progress=False)
-    with pytest.raises(UsageError, match="no camera 'observation.images.top': choose --camera from observation.image, observation.mask.oracle"):
+    # The exported masks are image features too, but not cameras: the one camera is taken without --camera.
+    with pytest.raises(UsageError, match="no camera 'observation.images.top': choose --camera from observation.image$"):
         ingest(IngestConfig(str(tmp_path / "lerobot"), size=32, camera="observation.images.top"), tmp_path / "bad", show_progress=False)
     assert not (tmp_path / "bad").exists()
-    info = ingest(IngestConfig(str(tmp_path / "lerobot"), size=32, camera=IMAGE_KEY), tmp_path / "back", show_progress=False)
+    info = ingest(IngestConfig(str(tmp_path / "lerobot"), size=32), tmp_path / "back", show_progress=False)
+    assert info["source"]["camera"] == IMAGE_KEY
     assert info["source"]["kind"] == "lerobot" and info["splits"]["train"]["labelled_episodes"] == 2  # train + test ones
     back = list(open_dataset(tmp_path / "back").records("train", mask_sources=()))
     for got, want in zip(back, masklam_episodes(collected)):
@@ -130,6 +132,20 @@ def test_export_then_ingest_round_trip(collected, tmp_path):
         assert got.meta.labelled == want.meta.labelled
         if want.meta.labelled:
             np.testing.assert_array_equal(got.steps["action"][:-1], want.steps["action"][:-1])
+
+
+def test_a_one_dimensional_action_exports_and_comes_back(tmp_path):
+    """cartpole's action has one dimension: LeRobot keeps it as a plain column (it once failed in pyarrow)."""
+    spec = EnvSpec("dmc:cartpole-swingup", RenderSpec(size=32), distractor_preset("none"), episode_steps=8)
+    collect(CollectConfig(env=spec, episodes=2, test_episodes=0, seed=3), tmp_path / "sim", show_progress=False)
+    export_lerobot(tmp_path / "sim", tmp_path / "lerobot", "image", show_progress=False)
+    info, rows = read_rows(tmp_path / "lerobot")
+    assert info["features"]["action"]["shape"] == [1] and rows.features["action"].dtype == "float32"
+    ingest(IngestConfig(str(tmp_path / "lerobot"), size=32), tmp_path / "back", show_progress=False)
+    back = list(open_dataset(tmp_path / "back").records("train", mask_sources=()))
+    for got, want in zip(back, masklam_episodes(tmp_path / "sim")):
+        assert got.steps["action"].shape == want.steps["action"].shape == (9, 1)
+        np.testing.assert_array_equal(got.steps["action"][:-1], want.steps["action"][:-1])
 
 
 def test_export_refuses_a_non_empty_folder(collected, tmp_path):
