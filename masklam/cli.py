@@ -16,7 +16,7 @@ app = typer.Typer(
     help="masklam: latent action learning from video full of distractors.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion for bash, zsh, fish, PowerShell
 )
 
 
@@ -52,6 +52,14 @@ def fails_cleanly(command):
 THREADED = {"collect", "segment", "train", "probe", "evaluate", "run", "expert"}
 
 
+def print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"masklam {version('masklam')}")
+        raise typer.Exit()
+
+
 @app.callback()
 @fails_cleanly
 def main_options(
@@ -62,6 +70,7 @@ def main_options(
         metavar="N",
         help="threads for torch and llvmpipe (default: $MASKLAM_THREADS, else the cores this process may use that other processes leave free; 0 = the libraries' defaults)",
     ),
+    version: bool = typer.Option(False, "--version", help="print masklam's version and exit", is_eager=True, callback=print_version),
 ) -> None:
     """masklam: latent action learning from video full of distractors."""
     if context.invoked_subcommand in THREADED:

@@ -6,6 +6,7 @@ one test per kind of failure also runs the real console entry point in a fresh i
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -85,6 +86,19 @@ def test_the_console_script_fails_cleanly_in_a_fresh_process(tmp_path):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: unknown env"), result.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_version_and_shell_completion(masklam_cli):
+    from importlib.metadata import version
+
+    done = masklam_cli("--version")
+    assert done.returncode == 0 and done.stdout.strip() == f"masklam {version('masklam')}"
+    script = masklam_cli("--show-completion", "bash")
+    assert script.returncode == 0 and "_masklam_completion" in script.stdout
+    # What the installed script asks the program when the user presses TAB after `masklam collect --dis`.
+    env = {**os.environ, "COMP_WORDS": "masklam collect --dis", "COMP_CWORD": "2", "_MASKLAM_COMPLETE": "complete_bash"}
+    completed = subprocess.run([sys.executable, "-m", "masklam.cli"], capture_output=True, text=True, env=env, timeout=120)
+    assert completed.stdout.split() == ["--distractors"], completed
 
 
 @pytest.mark.parametrize("backend", ["webdataset", "zarr"])
