@@ -5,6 +5,14 @@ class UsageError(Exception):
     """Bad input: the message says what is wrong and what to do about it."""
 
 
+def did_you_mean(name: str, choices) -> str:
+    """' (did you mean 'X'?)' for the closest of ``choices`` to a name the user typed, '' when none is close."""
+    import difflib
+
+    close = difflib.get_close_matches(name, [str(c) for c in choices], n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
 # Exceptions of the libraries masklam reads remote data through, by module and class name: a failure to reach a
 # server (no network, a wrong endpoint, refused credentials) rather than a mistake in masklam.
 NETWORK_ERRORS = {

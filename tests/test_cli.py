@@ -38,6 +38,8 @@ def davis(root: Path, train: str, val: str | None) -> Path:
 
 BAD_INPUTS = {
     "unknown env": (["--env", "dmc:cheetah-fly"], "unknown env"),
+    "misspelt env": (["--env", "dmc:cheeta-run"], "unknown env 'dmc:cheeta-run' (did you mean 'dmc:cheetah-run'?)"),
+    "misspelt suite": (["--env", "dcm:cheetah-run"], "(did you mean 'dmc'?)"),
     "unknown preset": (["--distractors", "medium"], "unknown distractor preset"),
     "impossible size": (["--size", "4"], "image size"),
     "missing video folder": (["--distractors", "low", "--videos", "{tmp}/no-such-folder"], "does not exist"),
@@ -70,6 +72,18 @@ def test_bad_collect_input_fails_cleanly(masklam_cli, tmp_path, case):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written
+
+
+@pytest.mark.parametrize(
+    ("args", "hint"),
+    [
+        (["run", "dcs-cheetah-run-lo", "--out", "{tmp}/run"], "(did you mean 'dcs-cheetah-run-low'?)"),
+        (["train", "lam", "--data", "{tmp}", "--trainer", "masklam-tiy", "--out", "{tmp}/run"], "(did you mean 'masklam-tiny'?)"),
+    ],
+)
+def test_a_misspelt_name_gets_a_suggestion(masklam_cli, tmp_path, args, hint):
+    result = masklam_cli(*[a.replace("{tmp}", str(tmp_path)) for a in args])
+    assert result.returncode == 2 and hint in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
 def test_info_and_view_on_missing_dataset_fail_cleanly(masklam_cli, tmp_path):

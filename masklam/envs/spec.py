@@ -10,7 +10,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from masklam.errors import UsageError
+from masklam.errors import UsageError, did_you_mean
 
 DMC_TASKS = (
     "cheetah-run",
@@ -123,7 +123,8 @@ def parse_env_id(env_id: str) -> EnvId:
         raise UsageError(f"env id '{env_id}' has no suite: write dmc:<domain>-<task> (e.g. dmc:cheetah-run) or metaworld:<task> (e.g. metaworld:push-v3)")
     if suite == "dmc":
         if task not in DMC_TASKS:
-            raise UsageError(f"unknown env '{env_id}': DMC tasks are {', '.join(DMC_TASKS)}")
+            hint = did_you_mean(env_id, [f"dmc:{t}" for t in DMC_TASKS])
+            raise UsageError(f"unknown env '{env_id}'{hint}: DMC tasks are {', '.join(DMC_TASKS)}")
         return EnvId("dmc", task)
     if suite == "metaworld":
         name = task if task.endswith("-v3") else f"{task}-v3"
@@ -132,9 +133,10 @@ def parse_env_id(env_id: str) -> EnvId:
         from masklam.envs.metaworld import metaworld_task_names
 
         if name not in metaworld_task_names():
-            raise UsageError(f"unknown env '{env_id}': Meta-World MT10 tasks are {', '.join(t + '-v3' for t in METAWORLD_MT10)} (any v3 task works)")
+            hint = did_you_mean(env_id, [f"metaworld:{t}" for t in metaworld_task_names()])
+            raise UsageError(f"unknown env '{env_id}'{hint}: Meta-World MT10 tasks are {', '.join(t + '-v3' for t in METAWORLD_MT10)} (any v3 task works)")
         return EnvId("metaworld", name)
-    raise UsageError(f"unknown env suite '{suite}' in '{env_id}': use dmc:<domain>-<task> or metaworld:<task>")
+    raise UsageError(f"unknown env suite '{suite}' in '{env_id}'{did_you_mean(suite, ('dmc', 'metaworld'))}: use dmc:<domain>-<task> or metaworld:<task>")
 
 
 @dataclass(frozen=True)

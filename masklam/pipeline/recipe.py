@@ -21,7 +21,7 @@ from masklam.configs import apply_overrides, build, read_toml
 from masklam.data.collect import CollectSettings
 from masklam.data.ingest import IngestConfig
 from masklam.data.schema import ORACLE
-from masklam.errors import UsageError
+from masklam.errors import UsageError, did_you_mean
 from masklam.methods import METHOD_OPTIONS as METHODS
 from masklam.packaged import RECIPES
 from masklam.segment.transforms import MaskTransform
@@ -187,7 +187,8 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
         path = RECIPES / f"{path.name}.toml"
     if not path.exists():
         known = ", ".join(sorted(p.stem for p in RECIPES.glob("*.toml")))
-        raise UsageError(f"no recipe file {path}: pass a TOML file or the name of a shipped recipe ({known})")
+        hint = did_you_mean(path.stem, [p.stem for p in RECIPES.glob("*.toml")])
+        raise UsageError(f"no recipe file {path}{hint}: pass a TOML file or the name of a shipped recipe ({known})")
     data = apply_overrides(read_toml(path), list(overrides))
     data.setdefault("name", path.stem)
     for section, settings in (("collect", CollectSettings), ("ingest", IngestConfig)):

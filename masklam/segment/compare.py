@@ -18,7 +18,7 @@ from PIL import Image
 from masklam.atomic import atomic_write_bytes, atomic_write_json
 from masklam.data.dataset import open_dataset
 from masklam.data.view import overlay
-from masklam.errors import UsageError
+from masklam.errors import UsageError, did_you_mean
 
 
 def ratio(numerator: int, denominator: int) -> float:
@@ -38,7 +38,7 @@ def compare_sources(
     sources = dataset.info.get("mask_sources", {})
     for source in (ref, pred):
         if source not in sources:
-            raise UsageError(f"{dataset.root} has no '{source}' masks: choose from {', '.join(sorted(sources))}")
+            raise UsageError(f"{dataset.root} has no '{source}' masks{did_you_mean(source, sources)}: choose from {', '.join(sorted(sources))}")
     episodes: list[dict[str, Any]] = []
     per_split: dict[str, np.ndarray] = {}  # (intersection, union, predicted, reference) pixel counts
     # The worst frames so far: a heap on -IoU, whose top is the best of them (the one to drop first).

@@ -54,7 +54,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from masklam.data.dataset import Dataset, open_dataset
 from masklam.data.schema import ORACLE, Record
-from masklam.errors import UsageError
+from masklam.errors import UsageError, did_you_mean
 from masklam.ranks import rank_and_world_size
 
 Window = dict[str, Any]
@@ -149,7 +149,10 @@ class WindowDataset(IterableDataset):
         dataset = open_dataset(self.source)  # fail here, in the main process, on a bad source or spec
         sources = dataset.info.get("mask_sources", {})
         if spec.mask_source is not None and spec.mask_source not in sources:
-            raise UsageError(f"{dataset.root} has no '{spec.mask_source}' masks (it has {sorted(sources) or 'none'}): choose a stored mask source, or none")
+            hint = did_you_mean(spec.mask_source, sources)
+            raise UsageError(
+                f"{dataset.root} has no '{spec.mask_source}' masks{hint} (it has {sorted(sources) or 'none'}): choose a stored mask source, or none"
+            )
         dataset.check_fields(spec.fields)
         self.shards = dataset.shards(split)
         # Episodes whose labels this stream hides: the probe's in-pool episodes, unless it is the probe's stream.

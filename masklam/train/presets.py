@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from masklam.errors import UsageError
+from masklam.errors import UsageError, did_you_mean
 from masklam.packaged import TRAINERS
 
 
@@ -17,4 +17,5 @@ def trainer_file(name: str) -> Path:
     if preset.is_file():
         return preset
     available = ", ".join(sorted(p.stem for p in TRAINERS.glob("*.toml"))) or f"none found in {TRAINERS}"
-    raise UsageError(f"no trainer preset or TOML file '{name}': choose one of {available}")
+    hint = did_you_mean(name.removesuffix(".toml"), [p.stem for p in TRAINERS.glob("*.toml")])
+    raise UsageError(f"no trainer preset or TOML file '{name}'{hint}: choose one of {available}")
