@@ -21,7 +21,7 @@ def atomic_file(path: Path) -> Iterator[BinaryIO]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # Unique per process and thread, so concurrent writers of one path never share a temp file.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
+    tmp = path.with_name(f".{path.name}.{TEMP_MARK}{os.getpid()}-{threading.get_ident()}.tmp")
     try:
         with open(tmp, "wb") as f:
             yield f
@@ -63,11 +63,15 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 
 
 # --- temp files of interrupted writers -----------------------------------------------------------------------
-# The names masklam's writers give their temp files and folders, and only those: atomic_file's
-# ".NAME.PID-THREAD.tmp", the Zarr backend's staging folders ".tmp-PID-XXXX" (".tmp-XXXX" before they carried
-# the pid), publish's ".NAME.PID.link" and collect's ".write-test-PID". Group "pid" is the writer's process.
+# The names masklam's writers give their temp files and folders, and only those, each with masklam's mark so
+# that no user's file is taken for one (a user's ".tmp-cache/" or ".draft.999999-1.tmp" once was, and was
+# deleted): atomic_file's ".NAME.masklam-PID-THREAD.tmp", the Zarr backend's staging folders
+# ".masklam-tmp-PID-XXXX", publish's ".NAME.masklam-PID.link" and collect's ".masklam-write-test-PID". Group
+# "pid" is the writer's process. Leftovers of masklam before the mark (7 December 2026) are not recognised.
+TEMP_MARK = "masklam-"
 TEMP_NAME = re.compile(
-    r"^\.(?:.+\.(?P<pid>\d+)-\d+\.tmp|tmp-(?:(?P<staging_pid>\d+)-)?[A-Za-z0-9_]+|.+\.(?P<link_pid>\d+)\.link|write-test-(?P<test_pid>\d+))$"
+    r"^\.(?:.+\.masklam-(?P<pid>\d+)-\d+\.tmp|masklam-tmp-(?P<staging_pid>\d+)-[A-Za-z0-9_]+|.+\.masklam-(?P<link_pid>\d+)\.link"
+    r"|masklam-write-test-(?P<test_pid>\d+))$"
 )
 STALE_AFTER_SECONDS = 3600.0  # a temp file untouched this long belongs to no live writer, whoever made it
 

@@ -202,17 +202,20 @@ def test_temp_files_of_a_dead_writer_are_not_counted_and_are_removed_by_the_next
     bytes_before = json.loads(cli("info", data, "--json")[1])["bytes_on_disk"]
     dead = 2**22 + 12345  # above any pid Linux hands out: no such process
     leftovers = [
-        data / "train" / f".shard-000000.tar.{dead}-140.tmp",
-        data / f".tmp-{dead}-abc123" / "node" / "zarr.json",
-        data / "index" / "train" / f".shard-000000.json.{dead}-7.tmp",
+        data / "train" / f".shard-000000.tar.masklam-{dead}-140.tmp",
+        data / f".masklam-tmp-{dead}-abc123" / "node" / "zarr.json",
+        data / "index" / "train" / f".shard-000000.json.masklam-{dead}-7.tmp",
     ]
     for path in leftovers:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"x" * 4096)
-    users = [data / "notes.tmp", data / ".shard.tmp"]  # not masklam's temp names: never deleted
+    # Not masklam's temp names, however much they look like them (a dead pid too): never deleted.
+    users = [data / "notes.tmp", data / ".shard.tmp", data / ".tmp-cache" / "blob", data / "index" / f".draft.{dead}-1.tmp"]
+    users += [data / f".tmp-{dead}-abc123" / "zarr.json", data / f".write-test-{dead}"]
     for path in users:
+        path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("mine")
-    mine = data / "train" / f".shard-000001.tar.{os.getpid()}-1.tmp"  # a live writer's (this process)
+    mine = data / "train" / f".shard-000001.tar.masklam-{os.getpid()}-1.tmp"  # a live writer's (this process)
     mine.write_bytes(b"y")
     assert json.loads(cli("info", data, "--json")[1])["bytes_on_disk"] == bytes_before + sum(p.stat().st_size for p in users)
     code, _, err = cli(
@@ -234,7 +237,7 @@ def test_temp_files_of_a_dead_writer_are_not_counted_and_are_removed_by_the_next
         "--no-progress",
     )
     assert code == 0, err
-    assert not any(p.exists() for p in leftovers) and not (data / f".tmp-{dead}-abc123").exists()
+    assert not any(p.exists() for p in leftovers) and not (data / f".masklam-tmp-{dead}-abc123").exists()
     assert all(p.read_text() == "mine" for p in users) and mine.exists()
 
 

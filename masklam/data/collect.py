@@ -341,7 +341,7 @@ MASKLAM_FILES = re.compile(
             rf"data\.zarr/zarr\.json|data\.zarr/{SPLIT}/zarr\.json|data\.zarr/{SPLIT}/{SHARD}(?:\.zip|/.+)",  # zarr
             rf"segment/{SOURCE}/(?:config\.json|distill\.json|student\.pt|{SPLIT}/{SHARD}\.json)",  # masklam segment
             rf"compare/compare-{SOURCE}-vs-{SOURCE}(?:\.json|-worst\.png)",  # masklam masks compare
-            r"(?:.*/)?\.[^/]+\.\d+-\d+\.tmp|\.tmp-[^/]+(?:/.+)?|\.write-test-\d+",  # an interrupted writer's leftovers
+            r"(?:.*/)?\.[^/]+\.masklam-\d+-\d+\.tmp|\.masklam-tmp-\d+-[^/]+(?:/.+)?|\.masklam-write-test-\d+",  # an interrupted writer's leftovers
         ]
     )
 )
@@ -394,7 +394,7 @@ def prepare_output(root: Path, config: CollectConfig, overwrite: bool) -> None:
             remove_dataset(root)
     try:
         root.mkdir(parents=True, exist_ok=True)
-        probe = root / f".write-test-{os.getpid()}"
+        probe = root / f".masklam-write-test-{os.getpid()}"
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as error:

@@ -115,7 +115,7 @@ def link_or_copy(source: Path, dest: Path) -> None:
     if dest.exists() and os.path.samefile(source, dest):
         return
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.link")
+    tmp = dest.with_name(f".{dest.name}.masklam-{os.getpid()}.link")
     tmp.unlink(missing_ok=True)
     try:
         os.link(source, tmp)

@@ -13,7 +13,7 @@ A published dataset may hold a shard as one uncompressed zip of that folder inst
 
 Records of unlabelled episodes hold NaN in ``data/action``; reading drops it, as the WebDataset backend does.
 Arrays are chunked along axis 0 only (~1 MiB, at least 64 frames) so that a window reads one or two chunks.
-A shard (or a mask source) is built under ``.tmp-XXXX/`` in the dataset folder and renamed into place.
+A shard (or a mask source) is built under ``.masklam-tmp-PID-XXXX/`` in the dataset folder and renamed into place.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ from masklam.data.storage import (
 from masklam.errors import UsageError
 
 STORE = "data.zarr"
-STAGING = ".tmp-"  # in the dataset folder: same filesystem, so a rename moves a finished folder into place
+STAGING = ".masklam-tmp-"  # in the dataset folder: same filesystem, so a rename moves a finished folder into place
 # Fixed Blosc settings (the output is then a function of the data). Byte shuffle helps float arrays and is a
 # no-op on uint8 frames; bit shuffle suits 0/1 masks (87x vs 65x without it on DMC masks). Blosc has no
 # checksum: a crc32c per chunk makes damaged chunks fail to read instead of decoding to wrong values.
@@ -197,7 +197,7 @@ class ZarrBackend:
     @staticmethod
     @contextmanager
     def _staging(root: Path) -> Iterator[Path]:
-        """A path in a fresh folder ROOT/.tmp-XXXX (one per writer, so parallel writers never share one),
+        """A path in a fresh folder ROOT/.masklam-tmp-PID-XXXX (one per writer, so parallel writers never share one),
         removed afterwards with whatever is left in it."""
         root.mkdir(parents=True, exist_ok=True)
         folder = Path(tempfile.mkdtemp(prefix=f"{STAGING}{os.getpid()}-", dir=root))  # the pid: a later run can tell a dead writer's

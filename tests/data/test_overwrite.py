@@ -130,10 +130,10 @@ def test_overwrite_refuses_a_dataset_holding_user_files(with_sources, tmp_path, 
 def test_overwrite_replaces_a_dataset_made_by_masklam(with_sources, tmp_path):
     out = tmp_path / "data"
     shutil.copytree(with_sources[0], out)
-    (out / ".info.json.123-456.tmp").write_bytes(b"left by a killed writer")
+    (out / ".info.json.masklam-123-456.tmp").write_bytes(b"left by a killed writer")
     result = cli(*COLLECT, "--seed", "1", "--out", str(out), "--overwrite")
     assert result.exit_code == 0, result.stderr
     info = open_dataset(out).info
     assert info["collect"]["config"]["seed"] == 1 and sorted(info["mask_sources"]) == ["oracle"]
-    assert not (out / "segment").exists() and not (out / ".info.json.123-456.tmp").exists()
+    assert not (out / "segment").exists() and not (out / ".info.json.masklam-123-456.tmp").exists()
     assert json.loads((out / "collect.json").read_text())["config"]["seed"] == 1
