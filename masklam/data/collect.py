@@ -340,6 +340,8 @@ MASKLAM_FILES = re.compile(
             rf"masks/{SOURCE}/{SPLIT}/{SHARD}\.tar",
             rf"data\.zarr/zarr\.json|data\.zarr/{SPLIT}/zarr\.json|data\.zarr/{SPLIT}/{SHARD}(?:\.zip|/.+)",  # zarr
             rf"segment/{SOURCE}/(?:config\.json|distill\.json|student\.pt|{SPLIT}/{SHARD}\.json)",  # masklam segment
+            # its teacher's cache (masklam.segment.distill.CACHED, key.json)
+            rf"segment/{SOURCE}/teacher/(?:key\.json|marked\.json|proposer\.pt|(?:test-)?run-\d+\.npy|record-[^/]+\.npy|marked-\d+\.npz)",
             rf"compare/compare-{SOURCE}-vs-{SOURCE}(?:\.json|-worst\.png)",  # masklam masks compare
             r"(?:.*/)?\.[^/]+\.masklam-\d+-\d+\.tmp|\.masklam-tmp-\d+-[^/]+(?:/.+)?|\.masklam-write-test-\d+",  # an interrupted writer's leftovers
         ]

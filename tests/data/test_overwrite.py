@@ -137,3 +137,20 @@ def test_overwrite_replaces_a_dataset_made_by_masklam(with_sources, tmp_path):
     assert info["collect"]["config"]["seed"] == 1 and sorted(info["mask_sources"]) == ["oracle"]
     assert not (out / "segment").exists() and not (out / ".info.json.masklam-123-456.tmp").exists()
     assert json.loads((out / "collect.json").read_text())["config"]["seed"] == 1
+
+
+def test_overwrite_takes_a_distilled_source_and_its_teacher_cache_for_masklams(with_sources, tmp_path):
+    """segment --distill leaves the teacher's cache (segment/NAME/teacher/): masklam's files, not a user's."""
+    out = tmp_path / "data"
+    shutil.copytree(with_sources[0], out)
+    done = cli("segment", str(out), "--model", "oracle", "--name", "student", "--distill", "10", "--distill-steps", "2", "--no-progress")
+    assert done.exit_code == 0, done.stderr
+    cache = out / "segment" / "student" / "teacher"
+    assert (cache / "key.json").is_file() and list(cache.glob("run-*.npy"))
+    (cache / "notes.txt").write_text("mine")  # a user's file in there is still refused, and kept
+    refused = cli(*COLLECT, "--seed", "1", "--out", str(out), "--overwrite")
+    assert refused.exit_code == 2 and "segment/student/teacher/notes.txt" in refused.stderr, refused.stderr
+    (cache / "notes.txt").unlink()
+    result = cli(*COLLECT, "--seed", "1", "--out", str(out), "--overwrite")
+    assert result.exit_code == 0, result.stderr
+    assert not (out / "segment").exists() and sorted(open_dataset(out).info["mask_sources"]) == ["oracle"]
