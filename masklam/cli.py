@@ -10,7 +10,7 @@ from typing import Optional
 
 import typer
 
-from masklam.errors import UsageError, network_error
+from masklam.errors import UsageError, disk_full, network_error
 
 app = typer.Typer(
     help="masklam: latent action learning from video full of distractors.",
@@ -24,7 +24,7 @@ INTERRUPTED = 130  # the shell's code for a command stopped by Ctrl-C (128 + SIG
 
 
 def fails_cleanly(command):
-    """Print a user's mistake, a server out of reach, or Ctrl-C as one line on stderr (exit 2, or 130 for
+    """Print a user's mistake, a server out of reach, a full disk, or Ctrl-C as one line on stderr (exit 2, or 130 for
     Ctrl-C), instead of a traceback. Every command is resumable: re-running it goes on where it stopped."""
 
     @functools.wraps(command)
@@ -38,10 +38,10 @@ def fails_cleanly(command):
             typer.echo("error: interrupted (Ctrl-C); re-run the same command to resume", err=True)
             raise typer.Exit(INTERRUPTED) from None
         except Exception as error:
-            unreachable = network_error(error)
-            if unreachable is None:
+            message = disk_full(error) or network_error(error)
+            if message is None:
                 raise
-            typer.echo(f"error: {unreachable}", err=True)
+            typer.echo(f"error: {message}", err=True)
             raise typer.Exit(2) from None
 
     return wrapper

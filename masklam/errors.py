@@ -64,3 +64,18 @@ def _request_url(error: BaseException) -> str | None:
     except Exception:  # httpx raises when an error has no request
         return None
     return str(url).split("?")[0] if url else None
+
+
+def disk_full(error: BaseException) -> str | None:
+    """One line for a write that ran out of space (ENOSPC, or EDQUOT: over quota) anywhere in ``error``'s chain,
+    naming the file when the OS said which; None for any other error."""
+    import errno
+
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            where = f" while writing {error.filename}" if error.filename else ""
+            return f"no space left on the device{where}: free some space (or choose another --out) and re-run the same command: it resumes"
+        error = error.__cause__ or error.__context__
+    return None
