@@ -32,6 +32,7 @@ from masklam.data.validate import CHECKSUMS
 from masklam.envs.policies import NoisyPolicy, file_sha256, make_policy, policy_checkpoint
 from masklam.envs.spec import EnvSpec
 from masklam.errors import UsageError
+from masklam.locks import writer_lock
 from masklam.processes import no_interrupts_while_starting, worker_initializer
 from masklam.ranks import rank_and_world_size
 
@@ -462,25 +463,26 @@ def collect(
     train_env, _ = validator.env("train")
     if config.test_episodes:
         validator.env("test")
-    prepare_output(root, config, overwrite)
-    summary = EnvSummary.of(train_env)
+    with writer_lock(root, f"rank{rank}" if world_size > 1 else ""):  # one writer per dataset (and rank)
+        prepare_output(root, config, overwrite)
+        summary = EnvSummary.of(train_env)
 
-    plans = plan_shards(config)
-    todo = [p for i, p in enumerate(plans) if i % world_size == rank and not validator.is_done(p)]
-    max_frames = train_env.max_steps + 1
-    total = sum(len(p.episodes) for p in todo) * max_frames
-    with tqdm(total=total, unit="frame", desc=f"collect {config.env.env_id}", disable=not show_progress or None, smoothing=0.1) as bar:
-        if workers == 1 or len(todo) <= 1:
-            for plan in todo:
-                validator.write(plan, bar.update)
-        else:
-            validator.close()
-            _write_in_pool(config, root, todo, workers, bar)
-    validator.close()
-    if all(validator.is_done(p) for p in plans):
-        write_info(root, config, plans, summary)
-        return True
-    return False
+        plans = plan_shards(config)
+        todo = [p for i, p in enumerate(plans) if i % world_size == rank and not validator.is_done(p)]
+        max_frames = train_env.max_steps + 1
+        total = sum(len(p.episodes) for p in todo) * max_frames
+        with tqdm(total=total, unit="frame", desc=f"collect {config.env.env_id}", disable=not show_progress or None, smoothing=0.1) as bar:
+            if workers == 1 or len(todo) <= 1:
+                for plan in todo:
+                    validator.write(plan, bar.update)
+            else:
+                validator.close()
+                _write_in_pool(config, root, todo, workers, bar)
+        validator.close()
+        if all(validator.is_done(p) for p in plans):
+            write_info(root, config, plans, summary)
+            return True
+        return False
 
 
 def _write_in_pool(config: CollectConfig, root: Path, todo: list[ShardPlan], workers: int, bar: tqdm) -> None:

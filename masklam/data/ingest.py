@@ -36,6 +36,7 @@ from masklam.data.collect import CONFIG_FILE, prepare_output
 from masklam.data.dataset import INFO, get_backend, index_path, read_json, split_counts, write_index
 from masklam.data.schema import SCHEMA_VERSION, SPLITS, Feature, Record, RecordMeta, record_key
 from masklam.errors import UsageError
+from masklam.locks import writer_lock
 
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".avi", ".mov")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
@@ -568,21 +569,22 @@ def ingest(config: IngestConfig, root: Path, overwrite: bool = False, show_progr
     source = open_source(config)
     writer = IngestWriter(config, source, root)
     identity = source_identity(config, source)
-    prepare_output(root, _Identity(identity), overwrite)
-    todo = [plan for plan in writer.plans if not writer.is_done(plan)]
-    total = sum(len(writer.episodes[i].frames) for plan in todo for _, i in plan.episodes)
-    bar = tqdm(total=total, unit="frame", desc=f"ingest {Path(config.source).name}", disable=not show_progress or None, smoothing=0.1)
-    # A shard is written (compressed, fsynced) on a thread of its own while the next one decodes.
-    with bar, ThreadPoolExecutor(1, thread_name_prefix="masklam-write") as saver:
-        saving: Future | None = None
-        for plan in todo:
-            shard = writer.read(plan, bar.update)
+    with writer_lock(root):  # one writer per dataset
+        prepare_output(root, _Identity(identity), overwrite)
+        todo = [plan for plan in writer.plans if not writer.is_done(plan)]
+        total = sum(len(writer.episodes[i].frames) for plan in todo for _, i in plan.episodes)
+        bar = tqdm(total=total, unit="frame", desc=f"ingest {Path(config.source).name}", disable=not show_progress or None, smoothing=0.1)
+        # A shard is written (compressed, fsynced) on a thread of its own while the next one decodes.
+        with bar, ThreadPoolExecutor(1, thread_name_prefix="masklam-write") as saver:
+            saving: Future | None = None
+            for plan in todo:
+                shard = writer.read(plan, bar.update)
+                if saving is not None:
+                    saving.result()
+                saving = saver.submit(writer.save, plan, *shard)
             if saving is not None:
                 saving.result()
-            saving = saver.submit(writer.save, plan, *shard)
-        if saving is not None:
-            saving.result()
-    return write_info(root, config, source, writer)
+        return write_info(root, config, source, writer)
 
 
 def write_info(root: Path, config: IngestConfig, source: Source, writer: IngestWriter) -> dict[str, Any]:

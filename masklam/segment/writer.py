@@ -26,6 +26,7 @@ from masklam.atomic import atomic_write_json, remove_stale_temp_files
 from masklam.data.dataset import INFO, Dataset, open_dataset
 from masklam.data.schema import MASK_SOURCE_RE, ORACLE, Record
 from masklam.errors import UsageError
+from masklam.locks import writer_lock
 from masklam.ranks import rank_and_world_size
 
 SEGMENT_DIR = "segment"
@@ -84,22 +85,23 @@ def write_mask_source(
     rank, world_size = rank_and_world_size(rank, world_size)
     registered = name in dataset.info.get("mask_sources", {})
     fresh = not registered and not (root / SEGMENT_DIR / name).exists()  # nothing of this source on disk yet
-    claim_source(root, name, description, registered, overwrite)
-    remove_stale_temp_files(root, same_host=world_size == 1)  # an interrupted run's (ranks elsewhere: by age)
+    with writer_lock(root, f"masks-{name}-rank{rank}"):  # one writer per mask source (and rank)
+        claim_source(root, name, description, registered, overwrite)
+        remove_stale_temp_files(root, same_host=world_size == 1)  # an interrupted run's (ranks elsewhere: by age)
 
-    every = [(split, shard) for split in dataset.info["splits"] for shard in dataset.shards(split)]
-    mine = every[rank::world_size]
-    todo = [(split, shard) for split, shard in mine if not marker_path(root, name, split, shard).exists()]
-    try:
-        write_shards(dataset, name, make_masks, reads, todo, show_progress)
-    except UsageError:
-        # Damaged input: a re-run needs the input mended first, so this run's partial source is no resume point.
-        # Kills and Ctrl-C keep theirs (they resume); other ranks may still be writing theirs.
-        if fresh and world_size == 1:
-            remove_partial_source(dataset, name, every)
-        raise
-    registered = register_if_complete(root, name, description, every)
-    return {"source": name, "shards": len(mine), "written": len(todo), "registered": registered}
+        every = [(split, shard) for split in dataset.info["splits"] for shard in dataset.shards(split)]
+        mine = every[rank::world_size]
+        todo = [(split, shard) for split, shard in mine if not marker_path(root, name, split, shard).exists()]
+        try:
+            write_shards(dataset, name, make_masks, reads, todo, show_progress)
+        except UsageError:
+            # Damaged input: a re-run needs the input mended first, so this run's partial source is no resume point.
+            # Kills and Ctrl-C keep theirs (they resume); other ranks may still be writing theirs.
+            if fresh and world_size == 1:
+                remove_partial_source(dataset, name, every)
+            raise
+        registered = register_if_complete(root, name, description, every)
+        return {"source": name, "shards": len(mine), "written": len(todo), "registered": registered}
 
 
 def write_shards(dataset: Dataset, name: str, make_masks: MaskFunction, reads: tuple[str, ...], todo: list[tuple[str, int]], show_progress: bool) -> None:

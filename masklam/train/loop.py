@@ -22,6 +22,7 @@ from tqdm import tqdm
 from masklam.atomic import atomic_file, atomic_write_bytes, atomic_write_json, json_line, remove_stale_temp_files
 from masklam.configs import require, to_dict
 from masklam.errors import UsageError
+from masklam.locks import writer_lock
 
 Batch = dict[str, torch.Tensor]
 
@@ -260,40 +261,41 @@ def fit(
     show_progress: bool = True,
 ) -> dict[str, Any]:
     """Train ``model`` by ``forward(batch)["loss"]`` for ``optim.steps`` steps; resume from ``run_dir/<stage>.pt``."""
-    checkpoint = run_dir / f"{stage}.pt"
-    optimizer = make_optimizer(model, optim)
-    start = load_checkpoint(checkpoint, model, optimizer)
-    for _ in range(start):  # replay the deterministic stream up to the resumed step
-        next(batches)
+    with writer_lock(run_dir, f"{stage}-rank{rank}"):  # one trainer per run folder, stage (and rank)
+        checkpoint = run_dir / f"{stage}.pt"
+        optimizer = make_optimizer(model, optim)
+        start = load_checkpoint(checkpoint, model, optimizer)
+        for _ in range(start):  # replay the deterministic stream up to the resumed step
+            next(batches)
 
-    log = writer = None
-    if rank == 0:
-        from torch.utils.tensorboard import SummaryWriter
+        log = writer = None
+        if rank == 0:
+            from torch.utils.tensorboard import SummaryWriter
 
-        truncate_log(run_dir / f"{stage}-metrics.jsonl", start)  # each step once, however often it was resumed
-        log = open(run_dir / f"{stage}-metrics.jsonl", "a")
-        writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=start)
-    bar = tqdm(total=optim.steps, initial=start, unit="step", desc=f"train {stage}", disable=rank != 0 or not show_progress or None)
-    # A finished run runs no step: it reports the loss its last checkpoint recorded.
-    began, loss = time.perf_counter(), torch.tensor(saved_loss(checkpoint) if start >= optim.steps else math.nan)
-    for step in range(start + 1, optim.steps + 1):
-        out = train_step(model, forward, optimizer, next(batches), optim.grad_clip, device, bf16)
-        loss = out["loss"]
-        if not torch.isfinite(loss):
-            raise UsageError(f"the {stage} loss became {loss.item()} at step {step}: lower optim.lr or check the data")
-        bar.update(1)
-        if rank == 0 and step % log_every == 0:
-            row = {"step": step, "loss": loss.item(), **{k: float(v.detach()) for k, v in out.items() if v.dim() == 0 and k != "loss"}}
-            row["samples_per_second"] = (step - start) * batch_size * world_size / (time.perf_counter() - began)
-            log.write(json_line(row) + "\n")
-            log.flush()
-            for name, value in row.items():
-                writer.add_scalar(f"{stage}/{name}", value, step)
-            bar.set_postfix({name: f"{row[name]:.4f}" for name in ("loss", "action_nmse") if name in row})  # LAOM-Labels' head vs Var(a)
-        if rank == 0 and (step % checkpoint_every == 0 or step == optim.steps):
-            save_checkpoint(checkpoint, model, optimizer, step, loss.item())
-    bar.close()
-    if rank == 0:
-        log.close()
-        writer.close()
-    return {"steps": optim.steps, "final_loss": loss.item()}
+            truncate_log(run_dir / f"{stage}-metrics.jsonl", start)  # each step once, however often it was resumed
+            log = open(run_dir / f"{stage}-metrics.jsonl", "a")
+            writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=start)
+        bar = tqdm(total=optim.steps, initial=start, unit="step", desc=f"train {stage}", disable=rank != 0 or not show_progress or None)
+        # A finished run runs no step: it reports the loss its last checkpoint recorded.
+        began, loss = time.perf_counter(), torch.tensor(saved_loss(checkpoint) if start >= optim.steps else math.nan)
+        for step in range(start + 1, optim.steps + 1):
+            out = train_step(model, forward, optimizer, next(batches), optim.grad_clip, device, bf16)
+            loss = out["loss"]
+            if not torch.isfinite(loss):
+                raise UsageError(f"the {stage} loss became {loss.item()} at step {step}: lower optim.lr or check the data")
+            bar.update(1)
+            if rank == 0 and step % log_every == 0:
+                row = {"step": step, "loss": loss.item(), **{k: float(v.detach()) for k, v in out.items() if v.dim() == 0 and k != "loss"}}
+                row["samples_per_second"] = (step - start) * batch_size * world_size / (time.perf_counter() - began)
+                log.write(json_line(row) + "\n")
+                log.flush()
+                for name, value in row.items():
+                    writer.add_scalar(f"{stage}/{name}", value, step)
+                bar.set_postfix({name: f"{row[name]:.4f}" for name in ("loss", "action_nmse") if name in row})  # LAOM-Labels' head vs Var(a)
+            if rank == 0 and (step % checkpoint_every == 0 or step == optim.steps):
+                save_checkpoint(checkpoint, model, optimizer, step, loss.item())
+        bar.close()
+        if rank == 0:
+            log.close()
+            writer.close()
+        return {"steps": optim.steps, "final_loss": loss.item()}

@@ -1,0 +1,66 @@
+"""One writer at a time (masklam/locks.py): a second writer of the same dataset, mask source or run stage is
+refused in one line naming the holder; a lock whose process died is taken over; two real writers started
+together never fail with anything but that line."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from masklam.locks import lock_path, writer_lock
+
+COLLECT = ["collect", "--env", "dmc:cheetah-run", "--steps", "6", "--size", "16", "--episodes", "2", "--test-episodes", "1", "--no-progress"]
+
+
+@pytest.fixture(autouse=True)
+def own_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("MASKLAM_CACHE", str(tmp_path / "cache"))  # the locks live in masklam's cache
+
+
+def test_a_second_writer_is_refused_in_one_line_naming_the_holder(masklam_cli, tmp_path):
+    out = tmp_path / "data"
+    with writer_lock(out):
+        result = masklam_cli(*COLLECT, "--out", str(out))
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    assert "is being written by another masklam (pid " + str(os.getpid()) in lines[0]
+    assert not out.exists()  # the lock lives in masklam's cache, not in the user's folder
+    assert masklam_cli(*COLLECT, "--out", str(out)).returncode == 0  # released with its holder
+
+
+def test_the_lock_of_a_killed_process_is_taken_over(masklam_cli, tmp_path):
+    out = tmp_path / "data"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", f"from masklam.locks import writer_lock\nwith writer_lock({str(out)!r}):\n    print('held', flush=True)\n    input()"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ},
+    )
+    assert holder.stdout.readline().strip() == "held"
+    assert masklam_cli(*COLLECT, "--out", str(out)).returncode == 2
+    holder.send_signal(signal.SIGKILL)
+    holder.wait(timeout=30)
+    assert lock_path(out).is_file()  # left behind by the dead process, and taken over:
+    assert masklam_cli(*COLLECT, "--out", str(out)).returncode == 0
+
+
+def test_two_transforms_of_one_new_source_at_once_never_crash(masklam_cli, tmp_path):
+    data = tmp_path / "data"
+    assert masklam_cli(*COLLECT, "--backend", "zarr", "--out", str(data)).returncode == 0
+    command = [sys.executable, "-m", "masklam.cli", "masks", "transform", str(data), "--erode", "1", "--no-progress"]
+    for trial in range(4):
+        name = f"oracle_erode1_{trial}"
+        started = [subprocess.Popen([*command, "--name", name], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+        results = [(p.wait(timeout=300), p.stderr.read()) for p in started]
+        assert all(code in (0, 2) for code, _ in results), results
+        for code, err in results:
+            if code == 2:
+                assert "is being written by another masklam" in err and len(err.strip().splitlines()) == 1, err
+        assert masklam_cli("masks", "compare", str(data), "--pred", name).returncode == 0  # the source is whole
+        time.sleep(0.1)
