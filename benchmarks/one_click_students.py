@@ -7,7 +7,7 @@ docs/segment.md).
 
 A row is one dataset segmented with one click and ``--distill``: the student's IoU against the oracle over every
 frame of each split (``masklam masks compare``, computed if the dataset has none yet), the teacher's IoU on the
-frames it labelled for the student (train split), and the teacher's and the student's IoU on the test-split frames
+train frames it labelled that the student was not trained on (``--distill``'s held-out share), and the teacher's and the student's IoU on the test-split frames
 the teacher labelled for ``--distill-test-frames`` (the same frames for both). The targets (issue 27): the
 student's test IoU within 0.05 of its train IoU, and its IoU on the test sample within 0.05 of the teacher's.
 """
@@ -46,7 +46,7 @@ def row(label: str, data: Path, source: str) -> dict:
 
 def table(rows: list[dict]) -> str:
     lines = [
-        "| dataset | teacher IoU (train frames it labelled) | student IoU train / test | test − train | "
+        "| dataset | teacher IoU (held-out train frames) | student IoU train / test | test − train | "
         "test sample: teacher / student | targets (gap ≤ 0.05; student ≥ teacher − 0.05) |",
         "|---|---|---|---|---|---|",
     ]

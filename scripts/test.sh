@@ -11,8 +11,13 @@ lint=0
 python3 -m ruff check . || lint=$?  # reported, and fails the run, after the tests
 python3 -m ruff format --check . || lint=$?
 status=0
-# --durations=25: the slowest tests stay visible in every log.
-python3 -m pytest -q --durations=25 "$@" || status=$?
+# One pytest worker per core, at most 4 (pytest-xdist; each worker holds torch and a simulator: ~1-2 GB), each on
+# one thread: torch's default threads in two processes on the same cores wait on each other (10-50x slower).
+# --dist worksteal: idle workers take queued tests. --durations=25: the slowest tests stay visible in every log.
+# Extra arguments (e.g. -n 0 for one process) come last and win.
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" MASKLAM_THREADS="${MASKLAM_THREADS:-1}"
+workers=$(python3 -c "import os; print(min(4, len(os.sched_getaffinity(0))))")
+python3 -m pytest -q --durations=25 -n "$workers" --dist worksteal "$@" || status=$?
 # pytest exits 5 when it collected no tests (e.g. a -k filter that matches nothing): say so, do not fail.
 if [ "$status" -eq 5 ]; then echo "0 passed, 0 failed: pytest collected no tests"; status=0; fi
 if [ "$lint" -ne 0 ]; then echo "ruff failed (see above): ruff check --fix . mends import order and other safe fixes, ruff format . the layout"; fi
