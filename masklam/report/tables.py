@@ -223,17 +223,21 @@ def summarise(cell: dict[str, Any]) -> dict[str, Any]:
     state's R² over seeds."""
     row = {key: mean_ci(cell[key]) for key in METRICS} | {"method": cell["method"], "mask": cell["mask"], "n": len(cell["seeds"])}
     row["seeds"] = list(cell["seeds"])
-    row["resampled"] = {key: f"{len(cell['seeds'])} seeds" for key in METRICS}
+    row["resampled"] = {key: count(len(cell["seeds"]), "seed") for key in METRICS}
     row["grids"] = {}
     for key, what in PER_EPISODE.items():
         grid = episode_grid(cell.get(f"{key}_by_episode", []))
         if grid is not None and len(grid) == len(cell["seeds"]):
             row[key], row["grids"][key] = grid_ci(grid), grid
-            row["resampled"][key] = f"{grid.shape[0]} seeds × {grid.shape[1]} {what}"
+            row["resampled"][key] = f"{count(grid.shape[0], 'seed')} × {grid.shape[1]} {what}"
     states = [s for s in cell.get("states", []) if s is not None]
     names = sorted({name for s in states for name, r2 in s.items() if r2 is not None})
     row["states"] = {name: mean_ci([s.get(name) for s in states]) for name in names}
     return row
+
+
+def count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
 def comparison(row: dict[str, Any], baseline: dict[str, Any] | None, key: str, lower_is_better: bool) -> str:
