@@ -6,7 +6,7 @@ the training seeds and, where the run files hold them (probe version 3, evaluate
 episodes (probe NMSE) or the rollouts (returns), both at once (10,000 resamples, seeded; seeds and episodes
 each drawn with replacement, the spirit of rliable's stratified bootstrap). Each table says how many of each
 its intervals resampled. Over seeds alone (older files, and every other column) the percentile interval of 3
-values is their min and max and covers the mean about 75 % of the time: read it as a range, not as 95 %.
+values is their min and max, which holds the median 75 % of the time (1 - 2 / 2^3): read it as a range, not as 95 %.
 Comparisons with LAPO are paired (the same seeds, the same test episodes and rollout seeds): the ratio of the
 means with a bootstrap interval of that ratio (the same draws for both rows), and the two-sided p of an exact
 sign-flip permutation test over the seeds' paired differences (the seed is the unit that repeats a run: with
