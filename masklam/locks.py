@@ -22,16 +22,14 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from masklam.errors import UsageError
-
-CACHE_ENV = "MASKLAM_CACHE"
+from masklam.packaged import cache_root
 
 
 def lock_path(folder: Path, part: str = "") -> Path:
     import hashlib
 
     key = hashlib.sha256(f"{Path(folder).resolve()}\0{part}".encode()).hexdigest()[:32]
-    root = os.environ.get(CACHE_ENV)
-    return (Path(root) if root else Path.home() / ".cache" / "masklam") / "locks" / f"{key}.lock"
+    return cache_root() / "locks" / f"{key}.lock"
 
 
 @contextmanager

@@ -1,10 +1,19 @@
-"""Files shipped inside the package: recipes, trainer presets and expert checkpoints, found with
-importlib.resources, so an installed masklam (not only a clone) has them."""
+"""Where masklam's own files live: those shipped inside the package (recipes, trainer presets and expert
+checkpoints, found with importlib.resources, so an installed masklam, not only a clone, has them), and the
+user's cache (fetched weights, writer locks)."""
 
 from __future__ import annotations
 
+import os
 from importlib import resources
 from pathlib import Path
+
+CACHE_ENV = "MASKLAM_CACHE"  # the user's cache folder; default ~/.cache/masklam
+
+
+def cache_root() -> Path:
+    root = os.environ.get(CACHE_ENV)
+    return Path(root) if root else Path.home() / ".cache" / "masklam"
 
 
 def packaged(*parts: str) -> Path:

@@ -246,7 +246,7 @@ def comparison(row: dict[str, Any], baseline: dict[str, Any] | None, key: str, l
     if baseline is None or row[key] is None or baseline[key] is None:
         return "—"
     first, second = (baseline, row) if lower_is_better else (row, baseline)
-    if first[key][0] <= 0 and second[key][0] <= 0 or second[key][0] == 0:
+    if second[key][0] == 0:
         return "—"
     grids = first["grids"].get(key), second["grids"].get(key)
     paired = row is not baseline and row["seeds"] == baseline["seeds"] and all(g is not None for g in grids) and grids[0].shape == grids[1].shape

@@ -14,7 +14,6 @@ the file there; a file whose SHA-256 differs from the official one is refused, n
 from __future__ import annotations
 
 import hashlib
-import os
 import subprocess
 import sys
 import tarfile
@@ -25,8 +24,7 @@ from pathlib import Path
 
 from masklam.atomic import atomic_file
 from masklam.errors import UsageError
-
-CACHE_ENV = "MASKLAM_CACHE"
+from masklam.packaged import cache_root
 
 
 @dataclass(frozen=True)
@@ -69,8 +67,7 @@ KNOWN = {
 
 
 def cache_dir() -> Path:
-    root = os.environ.get(CACHE_ENV)
-    return (Path(root) if root else Path.home() / ".cache" / "masklam") / "weights"
+    return cache_root() / "weights"
 
 
 def weights_of(name: str) -> Weights:
