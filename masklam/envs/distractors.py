@@ -98,6 +98,9 @@ class ColorDrift:
         self._plain_geoms = np.flatnonzero(model.geom_matid < 0)
         self._base = np.concatenate([model.mat_rgba[:, :3], model.geom_rgba[self._plain_geoms, :3]]).copy()
         self._offset = np.zeros_like(self._base)
+        # Each geom's row of _base: its material's, or its own when it has none.
+        self._geom_row = model.geom_matid.copy()
+        self._geom_row[self._plain_geoms] = model.nmat + np.arange(len(self._plain_geoms))
         self._rng: np.random.Generator | None = None
 
     def reset(self, rng: np.random.Generator) -> None:
@@ -115,9 +118,15 @@ class ColorDrift:
         self._model.mat_rgba[:, :3] = rgb[:nmat]
         self._model.geom_rgba[self._plain_geoms, :3] = rgb[nmat:]
 
-    def state(self) -> np.ndarray:
-        """Mean RGB offset over all drifting colours."""
-        return self._offset.mean(axis=0).astype(np.float32)
+    def seen_state(self, pixel_geoms: np.ndarray) -> np.ndarray:
+        """Mean RGB offset over the given pixels' geoms: the colour shift the camera shows.
+
+        The mean over every drifting colour (what probe versions 1-3 read) averages independent walks to
+        almost nothing and counts colours no pixel shows; weighting each colour by the pixels that show it
+        makes the state a function of the frame, so a latent that sees the drift can hold it."""
+        if len(pixel_geoms) == 0:
+            return np.zeros(3, np.float32)
+        return self._offset[self._geom_row[pixel_geoms]].mean(axis=0).astype(np.float32)
 
     def restore(self) -> None:
         self._offset[:] = 0.0

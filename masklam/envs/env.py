@@ -94,7 +94,7 @@ class DistractingEnv:
         if self._camera is not None:
             features["distractor_camera"] = Feature("float32", (4,), "camera azimuth, elevation, roll offsets (rad) and zoom factor")
         if self._color is not None:
-            features["distractor_color"] = Feature("float32", (3,), "mean RGB offset of the drifting colours")
+            features["distractor_agent_color"] = Feature("float32", (3,), "mean RGB offset of the drifting colours over the agent's pixels")
         if self._objects is not None:
             features["distractor_objects"] = Feature("float32", (self._objects.count, 3), "positions of the moving objects (camera frame, half-heights)")
         return features
@@ -155,9 +155,10 @@ class DistractingEnv:
         if self._background is not None:
             background = (object_id == -1) | (is_geom & self._is_background_geom[geom_id])
             rgb[background] = self._background_frame[background]
-        return Observation(rgb, mask, self._state, self._distractor_state())
+        return Observation(rgb, mask, self._state, self._distractor_state(geom_id[mask.astype(bool)]))
 
-    def _distractor_state(self) -> dict[str, np.ndarray]:
+    def _distractor_state(self, agent_pixel_geoms: np.ndarray) -> dict[str, np.ndarray]:
+        """The distractors' states; ``agent_pixel_geoms``: the geom each of the agent's pixels shows."""
         state = {}
         if self._background is not None:
             state["distractor_bg_video"] = np.int32(self._background.video)
@@ -165,7 +166,7 @@ class DistractingEnv:
         if self._camera is not None:
             state["distractor_camera"] = self._camera.state()
         if self._color is not None:
-            state["distractor_color"] = self._color.state()
+            state["distractor_agent_color"] = self._color.seen_state(agent_pixel_geoms)
         if self._objects is not None:
             state["distractor_objects"] = self._objects.state()
         return state

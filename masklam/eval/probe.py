@@ -23,8 +23,8 @@ directions and scores far above 1.0 on episodes it has not seen; cross-validatin
 towards the mean action instead.
 
 Distractor decodability: the same cross-validated probe from z_t to each distractor state that means the
-same in every episode (camera offsets, colour offsets, object positions), scored only in-pool (on held-out
-train episodes). It is reported as R^2 = 1 - in-pool NMSE (each dimension with its own ridge, over its own
+same in every episode (camera offsets, the camera's motion from o_t to o_{t+1}, the colour offset the agent's
+pixels show, object positions), scored only in-pool (on held-out train episodes). It is reported as R^2 = 1 - in-pool NMSE (each dimension with its own ridge, over its own
 train variance, averaged), not clipped: the fraction of the distractor's variance the latent gives away
 linearly (below 0: none, and worse than the state's mean). 0 = nothing of it; 1 = all of it. Lower is better for a latent action meant to ignore distractors.
 The background has no such state (its frame index counts frames within a clip): the episode share, the
@@ -47,7 +47,9 @@ from masklam.errors import UsageError
 # least squares to enough to shrink any standardised latent of up to ~10^4 dimensions to the mean.
 RIDGE_GRID = tuple(float(r) for r in np.logspace(-6, 5, 23))
 FOLDS = 5  # at most; fewer when the train windows come from fewer episodes
-PROBE_VERSION = 3  # 1: ridge 1e-3 on raw latents, test only; 2: in-pool by cross-validation; 3: in-pool episodes held out, R² unclipped, share weighted
+# 1: ridge 1e-3 on raw latents, test only; 2: in-pool by cross-validation; 3: in-pool episodes held out, R²
+# unclipped, share weighted; 4: the camera's motion between a window's frames probed beside its pose
+PROBE_VERSION = 4
 
 
 @dataclass(frozen=True)
@@ -221,6 +223,16 @@ def episode_share(values: np.ndarray, episodes: np.ndarray, weighted: bool = Tru
     return float(between.sum() / total.sum()) if weighted else float(np.mean(between / total))
 
 
+def distractor_states(values: dict[str, np.ndarray], names: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """The states the distractor probe reads, by report name: each stored one, and the camera's motion between
+    the window's two frames (its pose at t+1 minus at t) where the camera shakes: a latent action, made from
+    that pair of frames, is the place a camera's motion would hide, more than its pose."""
+    states = {name.removeprefix("distractor_"): values[name] for name in names}
+    if "distractor_camera" in names:
+        states["camera_motion"] = values["next_distractor_camera"] - values["distractor_camera"]
+    return states
+
+
 def collect_latents(
     latent_of: Callable[[dict[str, torch.Tensor]], torch.Tensor],
     batches: Iterable[dict[str, torch.Tensor]],
@@ -267,11 +279,12 @@ def probe_run(run_dir, data: str, windows: int = 20000, batch_size: int = 64, sh
     # for the background instead.
     background = ("distractor_bg_frame", "distractor_bg_video")
     distractors = tuple(name for name in info["features"] if name.startswith("distractor_") and name not in background)
-    spec = replace(window_spec(config, labelled_only=True, fields=distractors), labels="all")  # the yardstick reads every label
+    moving = tuple(name for name in distractors if name == "distractor_camera")  # its motion too: at t+1
+    spec = replace(window_spec(config, labelled_only=True, fields=distractors), labels="all", next_fields=moving)  # the yardstick reads every label
 
     def latents(split: str, limit: int):
         stream = WindowDataset(data, split, replace(spec, episode=True), seed=config.seed, shuffle_buffer=256, epochs=1)
-        fields = ("action", *distractors, "episode")
+        fields = ("action", *distractors, *(f"next_{name}" for name in moving), "episode")
         return collect_latents(model.latent, make_loader(stream, batch_size), fields, limit, f"probe {split}", show_progress)
 
     train_z, train_values = latents("train", windows)
@@ -297,7 +310,8 @@ def probe_run(run_dir, data: str, windows: int = 20000, batch_size: int = 64, sh
     if not held.any():
         action["in_pool_nmse"] = None  # no episode whose actions training never read: no in-pool score
     folds = GroupedRidgeCV(standardise(train_z)[0], episodes)  # the distractor probes' (no action read)
-    distractor = {name.removeprefix("distractor_"): distractor_probe(train_z, train_values[name], episodes, folds) for name in distractors}
+    states = distractor_states(train_values, distractors)
+    distractor = {name: distractor_probe(train_z, state, episodes, folds) for name, state in states.items()}
     result = {
         "run": str(run_dir),
         "data": str(data),
@@ -345,7 +359,7 @@ def render_probe(result: dict) -> str:
         )
     for name, value in result["distractor"].items():
         if value["r2"] is None:
-            lines.append(f"distractor {name:<11} constant in these windows: not probed")
+            lines.append(f"distractor {name:<13} constant in these windows: not probed")
             continue
-        lines.append(f"distractor {name:<11} R² {value['r2']:.4f}   (in-pool; 0 = the latent gives none of it away, 1 = all, below 0 worse than its mean)")
+        lines.append(f"distractor {name:<13} R² {value['r2']:.4f}   (in-pool; 0 = the latent gives none of it away, 1 = all, below 0 worse than its mean)")
     return "\n".join(lines)

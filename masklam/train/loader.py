@@ -73,6 +73,7 @@ class WindowSpec:
     mask_source: str | None = ORACLE  # masks to return (None: no masks)
     labelled_only: bool = False  # only windows of labelled records (those whose a_t is stored)
     fields: tuple[str, ...] = ()  # extra per-step arrays to return at t (e.g. "state", "distractor_bg_frame")
+    next_fields: tuple[str, ...] = ()  # ... and at t+1, as "next_<name>" (the probe's camera motion)
     episode: bool = False  # also return the episode index (probes cross-validate grouped by episode)
     labels: str = "training"  # "training": in-pool train episodes come unlabelled; "all": the probe's, every label
 
@@ -81,7 +82,7 @@ class WindowSpec:
             raise UsageError(f"labels={self.labels!r}: choose one of {', '.join(LABELS)}")
         if self.stack < 1 or self.future_max < 1:
             raise UsageError(f"stack ({self.stack}) and future_max ({self.future_max}) must be at least 1")
-        clashing = sorted(WINDOW_KEYS.intersection(self.fields))
+        clashing = sorted(WINDOW_KEYS.intersection((*self.fields, *(f"next_{name}" for name in self.next_fields))))
         if clashing:
             raise UsageError(f"fields {clashing} are part of every window already: leave them out of fields")
 
@@ -105,6 +106,7 @@ def record_windows(record: Record, spec: WindowSpec, action_shape: tuple[int, ..
         window["action"] = np.zeros(action_shape, np.float32) if action is None else np.array(action[t])
         window |= {"labelled": action is not None, "k": np.int64(k)}
         window |= {name: np.array(record.steps[name][t]) for name in spec.fields}
+        window |= {f"next_{name}": np.array(record.steps[name][t + 1]) for name in spec.next_fields}
         if spec.episode:
             window["episode"] = np.int64(record.meta.episode)
         yield window
@@ -153,7 +155,7 @@ class WindowDataset(IterableDataset):
             raise UsageError(
                 f"{dataset.root} has no '{spec.mask_source}' masks{hint} (it has {sorted(sources) or 'none'}): choose a stored mask source, or none"
             )
-        dataset.check_fields(spec.fields)
+        dataset.check_fields((*spec.fields, *spec.next_fields))
         self.shards = dataset.shards(split)
         # Episodes whose labels this stream hides: the probe's in-pool episodes, unless it is the probe's stream.
         self.held = dataset.in_pool_episodes() if split == "train" and spec.labels == "training" else frozenset()
@@ -161,7 +163,7 @@ class WindowDataset(IterableDataset):
             self.shards = [s for s in self.shards if any(self.labelled(meta) for meta in dataset.shard_index(split, s))]
             if not self.shards:
                 raise UsageError(f"split {split!r} of {dataset.root} has no labelled records: drop labelled_only")
-        self.decoded_fields = ("rgb", "action", *spec.fields)
+        self.decoded_fields = ("rgb", "action", *dict.fromkeys((*spec.fields, *spec.next_fields)))
         self.action_shape = tuple(dataset.info["features"]["action"]["shape"])
         self._next_epoch = 0
 

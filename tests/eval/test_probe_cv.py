@@ -11,7 +11,7 @@ import pytest
 from sklearn.linear_model import Ridge
 from sklearn.model_selection import GroupKFold
 
-from masklam.eval.probe import GroupedRidgeCV, action_probe, distractor_probe, episode_share, grouped_ridge_cv, render_probe
+from masklam.eval.probe import GroupedRidgeCV, action_probe, distractor_probe, distractor_states, episode_share, grouped_ridge_cv, render_probe
 
 STEPS = 20  # windows per episode
 
@@ -139,6 +139,21 @@ def test_distractor_dimensions_weigh_alike_whatever_their_units():
     assert distractor_probe(latent, camera, ids)["r2"] == pytest.approx(0.5, abs=0.05)  # one of two dimensions
 
 
+def test_a_latent_that_holds_the_cameras_motion_shows_in_the_motion_column_not_the_pose():
+    _, actions, ids = episodes(12, seed=20)
+    rng = np.random.default_rng(21)
+    # A camera that walks: pose at t and t+1 of each window, the step between them drawn afresh each window.
+    pose = np.cumsum(rng.normal(0, 0.01, (len(ids), 4)), axis=0) + 0.3 * rng.normal(size=(12, 1, 4)).repeat(STEPS, 1).reshape(-1, 4)
+    step = rng.normal(0, 0.01, pose.shape)
+    values = {"distractor_camera": pose, "next_distractor_camera": pose + step, "distractor_objects": rng.normal(size=(len(ids), 2, 3))}
+    states = distractor_states(values, ("distractor_camera", "distractor_objects"))
+    assert sorted(states) == ["camera", "camera_motion", "objects"]
+    np.testing.assert_allclose(states["camera_motion"], step)
+    latent = np.concatenate([actions, step * 100 + 0.05 * rng.normal(size=step.shape), rng.normal(size=(len(ids), 10))], 1)
+    assert distractor_probe(latent, states["camera_motion"], ids)["r2"] > 0.9
+    assert distractor_probe(latent, states["camera"], ids)["r2"] < 0.1  # the pose alone would have said "ignores the camera"
+
+
 def test_the_printout_shows_the_ridge_and_both_scores():
     train_z, train_a, ids = episodes(6, seed=20, nuisance=5)
     test_z, test_a, _ = episodes(2, seed=21, nuisance=5)
@@ -156,7 +171,7 @@ def test_the_printout_shows_the_ridge_and_both_scores():
     text = render_probe(result)
     assert f"ridge                  {action['ridge']:.3g}" in text and f"{action['folds']}-fold" in text
     assert f"test      {action['test_nmse']:.4f}" in text and f"in-pool   {action['in_pool_nmse']:.4f}" in text
-    assert "distractor bg_frame    R² 0.2500" in text
+    assert "distractor bg_frame      R² 0.2500" in text
 
 
 def test_the_episode_share_says_how_much_of_the_latent_is_per_episode():

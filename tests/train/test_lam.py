@@ -180,6 +180,21 @@ def test_probe_of_a_trained_run(tiny_data, tmp_path):
     assert json.loads((tmp_path / "probe.json").read_text()) == result
 
 
+def test_probe_of_a_run_on_shaken_and_recoloured_video(tmp_path):
+    """Each distractor state on its own: the camera's pose, its motion over the window, the agent's colour."""
+    from masklam.eval.probe import PROBE_VERSION, probe_run, render_probe
+
+    data = tmp_path / "data"
+    env = EnvSpec("dmc:cheetah-run", RenderSpec(size=32), distractor_preset("hard"), episode_steps=20)
+    collect(CollectConfig(env=env, episodes=4, test_episodes=1, episodes_per_shard=2, seed=2), data, show_progress=False)
+    train_lam(tiny_config(data, "lapo", "optim.steps=3", "model.latent_dim=8"), tmp_path / "run", show_progress=False)
+    result = probe_run(tmp_path / "run", str(data), windows=60, batch_size=16)
+    assert result["probe_version"] == PROBE_VERSION
+    assert sorted(result["distractor"]) == ["agent_color", "camera", "camera_motion"]
+    assert all(isinstance(state["r2"], float) for state in result["distractor"].values())
+    assert "distractor camera_motion R²" in render_probe(result)
+
+
 @pytest.mark.slow
 def test_bc_then_decoder_on_a_label_budget(tiny_data, tmp_path):
     from masklam.train.loop import OptimConfig

@@ -124,7 +124,7 @@ def backend(request: pytest.FixtureRequest) -> str:
 @pytest.mark.parametrize("chunk_frames", [0, 4])
 def test_windows_hold_the_right_frames(tmp_path, backend, chunk_frames):
     root = write_dataset(tmp_path, backend, LAYOUT, chunk_frames)
-    spec = WindowSpec(stack=3, future_max=4, fields=("state",))
+    spec = WindowSpec(stack=3, future_max=4, fields=("state",), next_fields=("state",))
     windows = list(WindowDataset(root, "train", spec, epochs=1))
 
     assert sorted(map(window_id, windows)) == transitions(LAYOUT)
@@ -158,6 +158,7 @@ def test_windows_hold_the_right_frames(tmp_path, backend, chunk_frames):
         want_action = true_action(episode, np.array(t)) if labelled[episode] else np.zeros(2, np.float32)
         np.testing.assert_array_equal(w["action"], want_action, strict=True)
         np.testing.assert_array_equal(w["state"], [episode, t])
+        np.testing.assert_array_equal(w["next_state"], [episode, t + 1])  # the probe's camera motion reads t -> t+1
     assert set(ks) == set(range(1, 4 if chunk_frames else 5))  # U{1..4}, clipped to chunks of 3 transitions
 
 
@@ -183,6 +184,10 @@ def test_bad_arguments_are_usage_errors(tmp_path):
         WindowDataset(root, "train", WindowSpec(fields=("reward",)))
     with pytest.raises(UsageError, match="part of every window"):
         WindowSpec(fields=("action",))
+    with pytest.raises(UsageError, match="part of every window"):
+        WindowSpec(next_fields=("mask",))  # next_mask is every window's
+    with pytest.raises(UsageError, match="unknown fields"):
+        WindowDataset(root, "train", WindowSpec(next_fields=("reward",)))
     with pytest.raises(UsageError, match="outside world size"):
         WindowDataset(root, "train", WindowSpec(), rank=2, world_size=2)
 
