@@ -268,8 +268,11 @@ def fmt(stat: tuple[float, float, float] | None, digits: int = 3, percent: bool 
     return f"{mean:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]{unit}"
 
 
-def variant_table(variant: dict[str, Any], budget: int) -> tuple[str, dict[str, dict[str, Any]]]:
+def variant_table(variant: dict[str, Any], budget: int, clean: dict[str, Any] | None = None) -> tuple[str, dict[str, dict[str, Any]]]:
+    """The variant's table; ``clean``: the same recipe's variant without distractors, whose episode shares are
+    the baseline shown beside the distracted ones (what the method's latent spreads between episodes anyway)."""
     rows = {label: summarise(cells[budget]) for label, cells in variant["runs"].items() if budget in cells}
+    clean_rows = {label: summarise(cells[budget]) for label, cells in clean["runs"].items() if budget in cells} if clean else {}
     baseline = next((row for row in rows.values() if row["method"] == BASELINE), None)
     online = variant.get("simulated", True)
     metaworld = online and variant["env"].startswith("metaworld:")
@@ -284,6 +287,7 @@ def variant_table(variant: dict[str, Any], budget: int) -> tuple[str, dict[str, 
         + [f"R² {name} ↓" for name in states]
         + (["distractor R² ↓"] if mean_only else [])
         + ["episode share ↓"]
+        + (["episode share, clean data"] if clean_rows else [])
     )
     header += ["return / expert ↑", "return / BC ↑"] if online else []
     header += ["success ↑"] if metaworld else []
@@ -297,6 +301,7 @@ def variant_table(variant: dict[str, Any], budget: int) -> tuple[str, dict[str, 
         cells += [fmt(row["states"].get(name)) for name in states]
         cells += [fmt(row["distractor"])] if mean_only else []
         cells += [fmt(row["episode_share"])]
+        cells += [fmt(clean_rows[label]["episode_share"]) if label in clean_rows else "—"] if clean_rows else []
         cells += [fmt(row["by_expert"]), fmt(row["by_bc"])] if online else []
         cells += [fmt(row["success"], percent=True)] if metaworld else []
         cells += [comparison(row, baseline, "nmse", lower_is_better=True)]
@@ -306,7 +311,16 @@ def variant_table(variant: dict[str, Any], budget: int) -> tuple[str, dict[str, 
     lines += ["", "Intervals resample " + "; ".join(resampled) + "; every other column its seeds."]
     if variant.get("action_share") is not None:
         lines[-1] += f" The action's own episode share: {variant['action_share']:.3f}."
+    if clean_rows:
+        lines[-1] += " Episode share, clean data: the same method and seeds on this recipe's variant without distractors."
     return "\n".join(lines), {label: without_grids(row) for label, row in rows.items()}
+
+
+def clean_variant(variants: dict[str, dict[str, Any]], variant: dict[str, Any]) -> dict[str, Any] | None:
+    """The recipe's variant of the same env without distractors, for a distracted one; None otherwise."""
+    if variant["distractors"] == "none":
+        return None
+    return next((v for v in variants.values() if v["distractors"] == "none" and v["env"] == variant["env"] and v["size"] == variant["size"]), None)
 
 
 def without_grids(row: dict[str, Any]) -> dict[str, Any]:
@@ -354,7 +368,7 @@ def write_report(roots: list[Path], out: Path, echo: Callable[[str], None] = pri
         main_budget = max(result["labels"], key=lambda b: float("inf") if b == 0 else b)
         for name, variant in result["variants"].items():
             key = f"{result['recipe']}/{name}"
-            table, rows = variant_table(variant, main_budget)
+            table, rows = variant_table(variant, main_budget, clean_variant(result["variants"], variant))
             budget_note = "every labelled transition" if main_budget == 0 else f"{main_budget} labelled transitions"
             sections += [
                 f"## {variant['env']}, distractors: {variant['distractors']} (`{key}`)",

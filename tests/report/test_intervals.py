@@ -51,8 +51,10 @@ def test_the_ratio_interval_holds_the_ratio_and_narrows_with_agreement():
     assert tight[2] - tight[1] < loose[2] - loose[1]
 
 
-def write_runs(root, numbers: dict, episodes: int = 3, distractor: dict | None = None) -> None:
-    recipe = Recipe(name="r", collect=CollectSettings(env="dmc:cheetah-run", distractors="hard"), methods=["lapo", "masklam"], seeds=[0, 1, 2])
+def write_runs(root, numbers: dict, episodes: int = 3, distractor: dict | None = None, variants: dict | None = None) -> None:
+    recipe = Recipe(
+        name="r", collect=CollectSettings(env="dmc:cheetah-run", distractors="hard"), methods=["lapo", "masklam"], seeds=[0, 1, 2], variants=variants
+    )
     (root / "recipe.json").write_text(json.dumps(recipe_json(recipe)))
     for run in grid(recipe):
         nmse, ret = numbers[run.method]
@@ -65,7 +67,7 @@ def write_runs(root, numbers: dict, episodes: int = 3, distractor: dict | None =
             "in_pool_nmse": nmse / 2,
             "action": {"test_nmse_per_episode": per_episode},
             "distractor": distractor or {},
-            "episode_share": {"latent": 0.3, "action": 0.004},
+            "episode_share": {"latent": 0.1 if run.variant == "clean" else 0.3, "action": 0.004},
         }
         (folder / "probe.json").write_text(json.dumps(probe))
         returns = [ret * (1 + 0.1 * i) + run.seed for i in range(5)]
@@ -89,3 +91,16 @@ def test_the_table_names_what_its_intervals_resampled_and_compares_paired(tmp_pa
     ratio = summary["r/hard"]["rows"]["masklam"]["nmse"]
     assert ratio[1] < ratio[0] < ratio[2]  # an interval from the episodes, though the 3 seeds nearly agree
     assert "2.0" in masklam.split("|")[-3]  # LAPO NMSE / NMSE, with its interval
+
+
+def test_a_distracted_tables_episode_share_has_the_clean_variants_beside_it(tmp_path):
+    write_runs(tmp_path, {"lapo": (0.8, 20.0), "masklam": (0.4, 40.0)}, variants={"clean": {"distractors": "none"}, "hard": {}})
+    write_report([tmp_path], tmp_path / "report", echo=lambda _: None)
+    sections = (tmp_path / "report" / "results.md").read_text().split("## ")
+    hard = next(s for s in sections if "`r/hard`" in s.splitlines()[0])
+    clean = next(s for s in sections if "`r/clean`" in s.splitlines()[0])
+    header = next(line for line in hard.splitlines() if line.startswith("| method |")).split(" | ")
+    column = header.index("episode share, clean data")
+    lapo = next(line for line in hard.splitlines() if line.startswith("| lapo |")).split(" | ")
+    assert lapo[column] == "0.100" and lapo[column - 1] == "0.300"  # the clean run's share beside the distracted one
+    assert "episode share, clean data" not in clean  # no baseline for the baseline
