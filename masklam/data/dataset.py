@@ -13,10 +13,10 @@ import numpy as np
 
 from masklam.atomic import atomic_write_json
 from masklam.data.backend import Backend
-from masklam.data.schema import ORACLE, Record, RecordMeta, shard_name
+from masklam.data.schema import BACKEND_NAMES, ORACLE, Record, RecordMeta, shard_name
 from masklam.data.storage import DataPath, as_data_path, tree_bytes, writer_command
 from masklam.data.validate import check_index, check_info, check_record
-from masklam.errors import UsageError
+from masklam.errors import UsageError, did_you_mean
 
 INFO = "info.json"
 
@@ -25,7 +25,7 @@ class Backends(Mapping[str, Backend]):
     """The storage backends by name, each imported when first used: webdataset imports torch where it is
     installed, and what only reads a dataset's JSON (masklam report, recipes) needs neither."""
 
-    NAMES = ("webdataset", "zarr")
+    NAMES = BACKEND_NAMES
 
     def __init__(self) -> None:
         self._made: dict[str, Backend] = {}
@@ -56,7 +56,7 @@ BACKENDS = Backends()
 
 def check_backend(name: str) -> None:
     if name not in BACKENDS:
-        raise UsageError(f"unknown storage backend {name!r}: choose one of {', '.join(sorted(BACKENDS))}")
+        raise UsageError(f"unknown storage backend {name!r}{did_you_mean(name, BACKENDS)}: choose one of {', '.join(sorted(BACKENDS))}")
 
 
 def get_backend(name: str) -> Backend:
@@ -121,7 +121,7 @@ class Dataset:
 
     def _check_split(self, split: str) -> None:
         if split not in self.info["splits"]:
-            raise UsageError(f"{self.root} has no split {split!r}: choose one of {', '.join(self.info['splits'])}")
+            raise UsageError(f"{self.root} has no split {split!r}{did_you_mean(split, self.info['splits'])}: choose one of {', '.join(self.info['splits'])}")
 
     def shards(self, split: str) -> list[int]:
         """The split's shard numbers, checked against the count info.json gives."""
@@ -256,6 +256,8 @@ def open_dataset(path: str | Path) -> Dataset:
     root = as_data_path(path)
     if not is_folder(root):
         raise UsageError(f"no dataset folder at {root}: check the path, or make one with `masklam collect`")
+    if not (root / INFO).exists() and (root / "meta" / INFO).exists():  # LeRobot keeps its info.json in meta/
+        raise UsageError(f"{root} is a LeRobot dataset, not a masklam one: make one from it with `masklam ingest {root} --out DATA`")
     info = read_json(
         root / INFO,
         f"{root} is not a finished masklam dataset; {writer_command()} that made it (see {root / 'collect.json'})",

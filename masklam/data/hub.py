@@ -35,12 +35,11 @@ from pathlib import Path, PurePosixPath
 from masklam.atomic import atomic_file, atomic_write_bytes, atomic_write_json, remove_stale_temp_files
 from masklam.data.dataset import INFO, Dataset, open_dataset, read_json
 from masklam.data.export import PARQUET
-from masklam.data.schema import SPLITS
+from masklam.data.schema import SPLITS, ZARR_LAYOUTS
 from masklam.data.zarr_backend import STORE, ZarrBackend
 from masklam.errors import UsageError
 
 REPO_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
-ZARR_LAYOUTS = ("zip", "dir")
 CARD, PICTURE, PULL_RECORD = "README.md", "view.png", "pull.json"
 STAGE_MARKER = ".masklam-stage.json"  # marks a folder as a stage: only such a folder has files deleted from it
 LAST = (CARD, PICTURE, INFO)  # uploaded in the final commit

@@ -34,13 +34,12 @@ import masklam
 from masklam.atomic import atomic_write_json
 from masklam.data.collect import CONFIG_FILE, prepare_output
 from masklam.data.dataset import INFO, get_backend, index_path, read_json, split_counts, write_index
-from masklam.data.schema import SCHEMA_VERSION, SPLITS, Feature, Record, RecordMeta, record_key
+from masklam.data.schema import RESIZE_MODES, SCHEMA_VERSION, SPLITS, Feature, Record, RecordMeta, record_key
 from masklam.errors import UsageError
 from masklam.locks import writer_lock
 
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".avi", ".mov")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
-RESIZE_MODES = ("crop", "squash")
 SIDECAR = ".actions.npy"
 HUB_PREFIX = "hf://datasets/"
 

@@ -35,6 +35,10 @@ import numpy as np
 
 SCHEMA_VERSION = 1
 SPLITS = ("train", "test")
+# Names users type, here (numpy is this module's only import) so that the CLI lists them without loading more.
+BACKEND_NAMES = ("webdataset", "zarr")
+ZARR_LAYOUTS = ("zip", "dir")  # a Zarr shard as one zip file, or a folder of chunk files
+RESIZE_MODES = ("crop", "squash")  # how ingest makes a frame square
 ORACLE = "oracle"
 
 # A mask source name becomes part of file names: keep it a plain identifier.

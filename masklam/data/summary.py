@@ -42,6 +42,9 @@ def summarize(dataset: Dataset) -> dict[str, Any]:
         "mask_sources": {name: source.get("coverage") for name, source in info["mask_sources"].items()},
         "action_var_mean": info.get("action_stats", {}).get("var_mean"),
         "bytes_on_disk": dataset.bytes_on_disk(),
+        # Ingested data: no simulator, so no distractor settings and no returns; where it came from instead.
+        "simulator": info.get("simulator", True),
+        "source": info.get("source"),
     }
 
 
@@ -51,6 +54,14 @@ def _human_bytes(count: int) -> str:
             return f"{count:.1f} {unit}" if unit != "B" else f"{count} B"
         count /= 1024
     return str(count)
+
+
+def variance_line(variance: float | None, labelled: bool) -> str:
+    if not labelled:
+        return "Var(a)      - (no labelled actions)"
+    if variance is None:
+        return "Var(a)      - (info.json has no action_stats)"
+    return f"Var(a)      {variance:.4f} (mean per-dimension action variance, train)"
 
 
 def render_summary(summary: dict[str, Any]) -> str:
@@ -66,23 +77,32 @@ def render_summary(summary: dict[str, Any]) -> str:
         )
         if on
     ]
+    simulated = summary.get("simulator", True)
+    source = summary.get("source") or {}
+    labelled = any(entry["labelled_episodes"] for entry in summary["splits"].values())
     lines = [
         f"dataset     {summary['path']}",
         f"env         {summary['env']}  ({summary['image_size']} px, {summary['fps']:g} fps)",
-        f"distractors {', '.join(active) or 'none'}" + (f"  (videos: {distractors['videos']})" if distractors["background"] else ""),
+        f"distractors {', '.join(active) or 'none'}" + (f"  (videos: {distractors['videos']})" if distractors["background"] else "")
+        if simulated
+        else f"source      {source.get('kind', '?')} {source.get('path', '')}  (ingested: no simulator, so no oracle masks and no returns)",
         f"backend     {summary['backend']}, {_human_bytes(summary['bytes_on_disk'])} on disk",
-        "masks       " + ", ".join(f"{name} (coverage {cov:.1%})" if cov is not None else name for name, cov in summary["mask_sources"].items()),
-        f"Var(a)      {summary['action_var_mean']:.4f} (mean per-dimension action variance, train)"
-        if summary["action_var_mean"] is not None
-        else "Var(a)      - (info.json has no action_stats)",
+        "masks       "
+        + (
+            ", ".join(f"{name} (coverage {cov:.1%})" if cov is not None else name for name, cov in summary["mask_sources"].items())
+            or "none yet (masklam segment)"
+        ),
+        variance_line(summary["action_var_mean"], labelled),
         "",
-        f"{'split':<6} {'episodes':>8} {'labelled':>8} {'frames':>9}  return mean ± std [min, max]",
+        f"{'split':<6} {'episodes':>8} {'labelled':>8} {'frames':>9}" + ("  return mean ± std [min, max]" if simulated else ""),
     ]
     for split, entry in summary["splits"].items():
         if entry["episodes"] == 0:
-            lines.append(f"{split:<6} {0:>8} {0:>8} {0:>9}  -")
+            lines.append(f"{split:<6} {0:>8} {0:>8} {0:>9}" + ("  -" if simulated else ""))
             continue
-        line = f"{split:<6} {entry['episodes']:>8} {entry['labelled_episodes']:>8} {entry['frames']:>9}  {entry['return_mean']:.1f} ± {entry['return_std']:.1f} [{entry['return_min']:.1f}, {entry['return_max']:.1f}]"
+        line = f"{split:<6} {entry['episodes']:>8} {entry['labelled_episodes']:>8} {entry['frames']:>9}"
+        if simulated:
+            line += f"  {entry['return_mean']:.1f} ± {entry['return_std']:.1f} [{entry['return_min']:.1f}, {entry['return_max']:.1f}]"
         if "success_rate" in entry:
             line += f"  success {entry['success_rate']:.0%}"
         lines.append(line)

@@ -102,7 +102,7 @@ PRESETS: dict[str, DistractorSpec] = {
 def distractor_preset(name: str, **overrides: Any) -> DistractorSpec:
     """A named preset with some components overridden (None means keep the preset's value)."""
     if name not in PRESETS:
-        raise UsageError(f"unknown distractor preset '{name}': choose one of {', '.join(PRESETS)}")
+        raise UsageError(f"unknown distractor preset '{name}'{did_you_mean(name, PRESETS)}: choose one of {', '.join(PRESETS)}")
     changes = {k: v for k, v in overrides.items() if v is not None}
     return dataclasses.replace(PRESETS[name], **changes)
 

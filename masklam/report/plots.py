@@ -1,6 +1,6 @@
 """The report's plots (PNG, written atomically): NMSE and return per method, return against the label
-budget, NMSE against mask quality. Means over seeds with error bars spanning their 95 % bootstrap
-confidence interval (report.tables.mean_ci: stats are (mean, low, high))."""
+budget, NMSE against mask quality. Means with error bars spanning their 95 % bootstrap interval (report.tables:
+stats are (mean, low, high)); the bar chart's title says what each interval resampled."""
 
 from __future__ import annotations
 
@@ -57,8 +57,18 @@ def plot_bars(rows: dict[str, dict[str, Any]], title: str, path: Path) -> Path:
     nmse = {"test": [rows[label]["nmse"] for label in labels], "in-pool": [rows[label]["in_pool"] for label in labels]}
     bars(left, labels, nmse, "action probe NMSE (lower: better)")
     bars(right, labels, {"return": [rows[label]["by_expert"] for label in labels]}, "return / expert's (higher: better)")
-    figure.suptitle(f"{title}: means, 95 % bootstrap CIs over seeds", fontsize=10)
+    figure.suptitle(f"{title}: means; whiskers: {whiskers(rows)}", fontsize=9)
     return save(figure, path)
+
+
+def whiskers(rows: dict[str, dict[str, Any]]) -> str:
+    """What the error bars are, by what each metric's interval resampled (one seed alone gives none)."""
+    parts = []
+    for key, name in (("nmse", "test NMSE"), ("in_pool", "in-pool"), ("by_expert", "return")):
+        resampled = sorted({row["resampled"][key] for row in rows.values() if row.get(key) is not None})
+        if resampled:
+            parts.append(f"{name} " + ("none (1 seed)" if resampled == ["1 seed"] else " / ".join(resampled)))
+    return "95 % bootstrap intervals over " + "; ".join(parts)
 
 
 def plot_label_budget(budgets: dict[str, dict[str, dict[str, Any]]], title: str, path: Path) -> Path:

@@ -112,8 +112,9 @@ def write_shards(dataset: Dataset, name: str, make_masks: MaskFunction, reads: t
         began = time.perf_counter()
         records = dataset.records(split, mask_sources=reads, fields=("rgb",), shards=[shard])
         masks = {}
-        for meta, mask in zip(metas, make_masks(counted(records, bar))):
+        for meta, mask in zip(metas, make_masks(records)):
             masks[meta.key] = check_mask(mask, meta.frames, dataset.info["env"]["render"]["size"], name)
+            bar.update(meta.frames)  # frames whose masks are made, not read: a buffering mask function shows its real pace
         if len(masks) != len(metas):
             raise RuntimeError(f"the '{name}' mask function gave {len(masks)} masks for {len(metas)} records")
         dataset.backend.write_masks(root, split, shard, name, masks)
@@ -136,12 +137,6 @@ def remove_partial_source(dataset: Dataset, name: str, every: list[tuple[str, in
             if folder.name in (name, split) and folder.is_dir() and not any(folder.iterdir()):
                 folder.rmdir()
     shutil.rmtree(dataset.root / SEGMENT_DIR / name)
-
-
-def counted(records: Iterator[Record], bar: tqdm) -> Iterator[Record]:
-    for record in records:
-        yield record
-        bar.update(record.meta.frames)
 
 
 def check_mask(mask: np.ndarray, frames: int, size: int, name: str) -> np.ndarray:

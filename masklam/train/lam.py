@@ -91,6 +91,12 @@ class LAMTrainConfig:
         # Every model setting is checked now, at the preset's image size, before any dataset is opened or
         # folder written; build_model checks them again at the dataset's image size.
         self.model_config(PRESETS[self.preset]["image_size"])
+        if self.uses_masks and self.data.mask_source == "none":
+            raise SettingError(
+                f"data.mask_source = 'none': {self.method} learns from agent masks; make masks with `masklam segment`, or "
+                "train a method without masks (lapo, laom)",
+                "data.mask_source",
+            )
 
     def model_config(self, image_size: int) -> LAMConfig:
         """The method's model config: the preset's sizes, ``image_size``, data.stack and the model settings."""

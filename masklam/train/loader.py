@@ -153,7 +153,8 @@ class WindowDataset(IterableDataset):
         if spec.mask_source is not None and spec.mask_source not in sources:
             hint = did_you_mean(spec.mask_source, sources)
             raise UsageError(
-                f"{dataset.root} has no '{spec.mask_source}' masks{hint} (it has {sorted(sources) or 'none'}): choose a stored mask source, or none"
+                f"{dataset.root} has no '{spec.mask_source}' masks{hint} (it has {sorted(sources) or 'none'}): "
+                + ("choose a stored mask source" if sources else "make masks with `masklam segment` first")
             )
         dataset.check_fields((*spec.fields, *spec.next_fields))
         self.shards = dataset.shards(split)

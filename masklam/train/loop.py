@@ -294,6 +294,8 @@ def fit(
                 bar.set_postfix({name: f"{row[name]:.4f}" for name in ("loss", "action_nmse") if name in row})  # LAOM-Labels' head vs Var(a)
             if rank == 0 and (step % checkpoint_every == 0 or step == optim.steps):
                 save_checkpoint(checkpoint, model, optimizer, step, loss.item())
+        if start < optim.steps:  # the bar ends on the last step's loss, not the last logged one
+            bar.set_postfix({name: f"{float(out[name].detach()):.4f}" for name in ("loss", "action_nmse") if name in out})
         bar.close()
         if rank == 0:
             log.close()

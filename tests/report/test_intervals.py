@@ -104,3 +104,12 @@ def test_a_distracted_tables_episode_share_has_the_clean_variants_beside_it(tmp_
     lapo = next(line for line in hard.splitlines() if line.startswith("| lapo |")).split(" | ")
     assert lapo[column] == "0.100" and lapo[column - 1] == "0.300"  # the clean run's share beside the distracted one
     assert "episode share, clean data" not in clean  # no baseline for the baseline
+
+
+def test_the_bar_charts_title_says_what_its_whiskers_resampled():
+    from masklam.report.plots import whiskers
+
+    one_seed = {"resampled": {"nmse": "1 seed × 2 test episodes", "in_pool": "1 seed", "by_expert": "1 seed × 5 rollouts"}}
+    rows = {"lapo": one_seed | {"nmse": (1, 0.9, 1.1), "in_pool": (1, 1, 1), "by_expert": (0.5, 0.4, 0.6)}}
+    said = whiskers(rows)
+    assert "test NMSE 1 seed × 2 test episodes" in said and "in-pool none (1 seed)" in said and "over seeds" not in said

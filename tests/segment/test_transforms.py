@@ -92,3 +92,35 @@ def test_the_writer_refuses_what_would_damage_a_dataset(dataset_factory):
     before = (data / "info.json").read_bytes()
     assert write_mask_source(data, "half", other.describe("oracle"), other("oracle"), ("oracle",), overwrite=True, show_progress=False)["written"] == 4
     assert (data / "info.json").read_bytes() != before and open_dataset(data).info["mask_sources"]["half"]["drop"] == 0.25
+
+
+def test_the_progress_bar_counts_frames_as_their_masks_are_made(dataset_factory, monkeypatch):
+    """A mask function that reads a whole shard before its first mask (a tracker) used to leave the bar at the
+    frames read, not made: it reached the end before any mask existed."""
+    import masklam.segment.writer as writer
+
+    bars = []
+
+    class Recorder:
+        def __init__(self, total, **_):
+            self.total, self.n, self.seen = total, 0, []
+            bars.append(self)
+
+        def update(self, frames):
+            self.n += frames
+
+        def close(self):
+            pass
+
+    def buffering(records):
+        records = list(records)
+        for record in records:
+            bars[-1].seen.append(bars[-1].n)  # the bar's count when this mask is handed over
+            yield record.masks["oracle"]
+
+    monkeypatch.setattr(writer, "tqdm", Recorder)
+    data = dataset_factory()
+    write_mask_source(data, "copy", {"kind": "copy of oracle"}, buffering, ("oracle",), show_progress=True)
+    bar = bars[0]
+    assert bar.n == bar.total == sum(m.frames for s in ("train", "test") for m in open_dataset(data).index(s))
+    assert bar.seen[0] == 0 and bar.seen == sorted(bar.seen)  # nothing counted before the first mask is made

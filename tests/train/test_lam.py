@@ -167,6 +167,29 @@ def test_two_process_ddp_gives_the_gradients_of_one_process(tmp_path):
             torch.testing.assert_close(distributed[method][name], grad, rtol=1e-4, atol=1e-6, msg=lambda m, n=name, k=method: f"{k} {n}: {m}")
 
 
+def test_the_training_bar_ends_on_the_last_steps_loss(tiny_data, tmp_path, monkeypatch):
+    import masklam.train.loop as loop
+
+    shown = []
+
+    class Recorder:
+        def __init__(self, **_):
+            pass
+
+        def update(self, _):
+            pass
+
+        def set_postfix(self, values):
+            shown.append(values)
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(loop, "tqdm", Recorder)
+    result = train_lam(tiny_config(tiny_data, "lapo", "optim.steps=3", "log_every=2"), tmp_path)  # logs at step 2 only
+    assert shown[-1] == {"loss": f"{result['final_loss']:.4f}"} and len(shown) == 2
+
+
 def test_probe_of_a_trained_run(tiny_data, tmp_path):
     from masklam.eval.probe import probe_run
 
