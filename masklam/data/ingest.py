@@ -127,31 +127,54 @@ def _import_av():
     return av
 
 
+def display_filters(frame: Any) -> list[tuple[str, str]]:
+    """The filters that turn a decoded frame the way a player shows it, from its display matrix (the rotation a
+    phone writes): FFmpeg's own rule (fftools' autorotate), so 90/180/270 degrees and mirrorings come out as
+    ``ffmpeg`` and players show them. An untagged frame needs none."""
+    side = frame.side_data.get("DISPLAYMATRIX")
+    if side is None:
+        return []
+    matrix = np.frombuffer(bytes(side), np.int32)
+    theta = -round(float(frame.rotation))  # clockwise degrees, as fftools' get_rotation
+    theta -= 360 * np.floor(theta / 360 + 0.9 / 360)
+    if abs(theta - 90) < 1:
+        return [("transpose", "cclock_flip" if matrix[3] > 0 else "clock")]
+    if abs(theta - 180) < 1:
+        return [("hflip", "")] * bool(matrix[0] < 0) + [("vflip", "")] * bool(matrix[4] < 0)
+    if abs(theta - 270) < 1:
+        return [("transpose", "clock_flip" if matrix[3] < 0 else "cclock")]
+    if abs(theta) > 1:
+        return [("rotate", f"{theta:f}*PI/180")]
+    return [("vflip", "")] if matrix[4] < 0 else []
+
+
 class FrameScaler:
     """PyAV video frames (any size and pixel format) to (size, size, 3) uint8 RGB arrays, with FFmpeg's filters:
-    crop (centre square, for ``crop``), scale (swscale's area average; bilinear when enlarging), rgb24. The
-    filter graph is built for the first frame's geometry and rebuilt if a later frame's differs."""
+    the display matrix's rotation (``display_filters``), crop (centre square, for ``crop``), scale (swscale's
+    area average; bilinear when enlarging), rgb24. The filter graph is built for the first frame's geometry and
+    rebuilt if a later frame's differs."""
 
     def __init__(self, size: int, resize: str) -> None:
         self.size, self.resize = size, resize
         self.graph: Any = None
-        self.geometry: tuple[int, int, str] | None = None
+        self.geometry: tuple[Any, ...] | None = None
 
     def __call__(self, frame: Any) -> np.ndarray:
-        geometry = (frame.width, frame.height, frame.format.name)
+        geometry = (frame.width, frame.height, frame.format.name, tuple(display_filters(frame)))
         if geometry != self.geometry:
             self.graph, self.geometry = self._build(*geometry), geometry
         self.graph.push(frame)
         return self.graph.pull().to_ndarray()
 
-    def _build(self, width: int, height: int, pixel_format: str) -> Any:
+    def _build(self, width: int, height: int, pixel_format: str, turn: tuple[tuple[str, str], ...]) -> Any:
         from fractions import Fraction
 
         av = _import_av()
         graph = av.filter.Graph()
         chain = [graph.add_buffer(width=width, height=height, format=pixel_format, time_base=Fraction(1, 1000))]
+        chain += [graph.add(name, arguments or None) for name, arguments in turn]
         if self.resize == "crop":
-            side = min(width, height)
+            side = min(width, height)  # a quarter turn swaps width and height: the square's side is the same
             chain.append(graph.add("crop", f"{side}:{side}"))  # centred by default
         chain += [graph.add("scale", f"{self.size}:{self.size}:flags=area+full_chroma_int"), graph.add("format", "rgb24"), graph.add("buffersink")]
         for upstream, downstream in zip(chain, chain[1:]):
@@ -165,9 +188,10 @@ class FrameScaler:
 
 
 def probe_video(path: Path) -> tuple[np.ndarray, float]:
-    """Presentation times (s, from the first) of the frames a decoder shows, and the stream's rate (exact: a
-    30000/1001 stream is 29.97002997..., never rounded). Decoded, not read off packets: packets outside an edit
-    list, or that decode to nothing, are no frames, and a damaged stream fails here, before anything is written."""
+    """Presentation times (s, as the decoder reports them: ``frame.time``) of the frames a decoder shows, and the
+    stream's rate (exact: a 30000/1001 stream is 29.97002997..., never rounded). Decoded, not read off packets:
+    packets outside an edit list, or that decode to nothing, are no frames, and a damaged stream (a packet the
+    decoder rejects, or a frame it had to patch up: ``is_corrupt``) fails here, before anything is written."""
     av = _import_av()
     try:
         with av.open(str(path)) as container:
@@ -176,7 +200,14 @@ def probe_video(path: Path) -> tuple[np.ndarray, float]:
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
             rate = float(stream.average_rate or stream.guessed_rate or 0) or None
-            times = [frame.time for frame in container.decode(stream)]
+            times = []
+            for frame in container.decode(stream):
+                if frame.is_corrupt:  # concealed decoding errors: the picture is not what was recorded
+                    raise UsageError(
+                        f"video {path} is damaged at frame {len(times)} ({frame.time or 0:.3f} s: the decoder had to conceal errors): "
+                        "re-encode it from an intact copy or cut the damaged part out"
+                    )
+                times.append(frame.time)
     except (av.error.FFmpegError, OSError, ValueError) as error:
         raise UsageError(f"cannot read video {path} ({_one_line(error)}): re-encode or delete the file") from None
     if not times:
@@ -185,8 +216,8 @@ def probe_video(path: Path) -> tuple[np.ndarray, float]:
         if rate is None:
             raise UsageError(f"video {path} has neither timestamps nor a frame rate: re-encode it")
         return np.arange(len(times)) / rate, rate
-    times = np.asarray(times, np.float64) - times[0]
-    return times, rate or (len(times) - 1) / max(times[-1], 1e-9)
+    times = np.asarray(times, np.float64)  # not re-based: source_time is the time a player shows
+    return times, rate or (len(times) - 1) / max(times[-1] - times[0], 1e-9)
 
 
 def decode_video(path: Path, keep: np.ndarray, size: int, resize: str) -> np.ndarray:
@@ -246,7 +277,7 @@ def _video_clip(path: Path, config: IngestConfig) -> tuple[Clip, float, list[Any
 
 
 def _frames_clip(folder: Path, config: IngestConfig) -> tuple[Clip, float, list[Any]]:
-    from PIL import Image
+    from PIL import Image, ImageOps
 
     paths = sorted((p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")), key=natural_order)
     if not paths:
@@ -258,7 +289,7 @@ def _frames_clip(folder: Path, config: IngestConfig) -> tuple[Clip, float, list[
             try:
                 with Image.open(paths[index]) as image:
                     image.draft("RGB", (config.size, config.size))  # JPEG: decode at a reduced scale, still >= size
-                    frames.append(scale.image(image))
+                    frames.append(scale.image(ImageOps.exif_transpose(image)))  # a phone's EXIF turn, as viewers show it
             except (OSError, ValueError) as error:
                 raise UsageError(f"cannot read frame {paths[index]} ({_one_line(error)}): replace or delete it") from None
         return {"rgb": np.stack(frames)}
@@ -481,6 +512,9 @@ class IngestWriter:
         clip = self.source.clips[plan.clip]
         keep = np.asarray(plan.frames)
         steps = clip.load(keep)
+        # where each stored frame came from: a user maps it back to the source (a player's time, or frame index)
+        steps["source_frame"] = keep.astype(np.int64)
+        steps["source_time"] = clip.times[keep].astype(np.float64)
         if clip.actions is not None:
             # The action at a kept frame; with --fps the actions of dropped frames are dropped (see docs/ingest.md).
             action = clip.actions[keep].copy()
@@ -541,6 +575,16 @@ def ingest_features(source: Source, config: IngestConfig) -> dict[str, Feature]:
             + ("" if action_dim else "; the source has no actions (shape 0)"),
         ),
     }
+    features["source_frame"] = Feature(
+        "int64",
+        (),
+        "index of this frame among the frames the source shows, from 0 (a video in display order; a folder in natural name order; a LeRobot episode's frame_index)",
+    )
+    features["source_time"] = Feature(
+        "float64",
+        (),
+        "presentation time of this frame in the source, seconds (a video: as its decoder reports it; a folder of frames: index / --image-fps; LeRobot: the row's timestamp)",
+    )
     if source.state_names is not None:
         features["state"] = Feature("float32", (len(source.state_names),), "observation.state: " + ", ".join(source.state_names))
     return features
