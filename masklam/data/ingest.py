@@ -113,6 +113,10 @@ class Source:
     fingerprint: list[Any]  # files and sizes: a changed source is not resumed
     action_names: list[str] | None = None
     state_names: list[str] | None = None
+    mask_sources: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)  # name -> info.json entry (no coverage)
+
+
+MASK_STEP = "mask:"  # a Clip.load key "mask:<source>": that source's (frames, size, size) 0/1 masks, not a step array
 
 
 def _one_line(error: BaseException) -> str:
@@ -349,7 +353,7 @@ def _common_fps(rates: dict[str, float], config: IngestConfig, path: Path) -> fl
 
 
 def lerobot_source(path: Path, config: IngestConfig, hub: dict[str, Any] | None = None) -> Source:
-    from masklam.data.lerobot_format import LABELLED_KEY, decode_png_struct, decode_span, open_lerobot
+    from masklam.data.lerobot_format import LABELLED_KEY, MASK_PREFIX, decode_png_struct, decode_span, open_lerobot
 
     folder = open_lerobot(path, config.camera)
     clips = []
@@ -367,6 +371,9 @@ def lerobot_source(path: Path, config: IngestConfig, hub: dict[str, Any] | None 
                 out["rgb"] = np.stack([scale.image(decode_png_struct(cells[i], path)) for i in keep])
             if "observation.state" in rows.column_names:
                 out["state"] = np.asarray(rows["observation.state"].to_pylist(), np.float32)[keep]
+            for source in folder.mask_sources:
+                cells = rows[MASK_PREFIX + source].to_pylist()
+                out[MASK_STEP + source] = np.stack([scale_mask(decode_png_struct(cells[i], path), scale) for i in keep])
             return out
 
         actions = None
@@ -389,7 +396,22 @@ def lerobot_source(path: Path, config: IngestConfig, hub: dict[str, Any] | None 
         "robot_type": folder.info.get("robot_type"),
     }
     description.update(hub or {"path": str(path.resolve())})
-    return Source("lerobot", description, clips, fps, fingerprint, folder.action_names, folder.state_names)
+    exported = (folder.info.get("masklam") or {}).get("mask_sources") or {}  # what masklam's export says of them
+    masks = {}
+    for name in folder.mask_sources:
+        entry = exported.get(name) if isinstance(exported.get(name), dict) else {}
+        masks[name] = {
+            "kind": str(entry.get("kind", "lerobot")),
+            "description": str(entry.get("description", "")) or f"the LeRobot feature {MASK_PREFIX}{name}",
+            "restored_from": f"{MASK_PREFIX}{name}",
+        }
+    return Source("lerobot", description, clips, fps, fingerprint, folder.action_names, folder.state_names, masks)
+
+
+def scale_mask(image: Any, scale: FrameScaler) -> np.ndarray:
+    """A LeRobot mask image (255 = agent) as (size, size) 0/1 at the frames' geometry: the same crop and scale as
+    the frame, then the majority (>= 128) of each pixel's area. At the export's own size it is the mask unchanged."""
+    return (scale.image(image)[..., 0] >= 128).astype(np.uint8)
 
 
 def open_source(config: IngestConfig) -> Source:
@@ -508,10 +530,12 @@ class IngestWriter:
     def is_done(self, plan: ShardPlan) -> bool:
         return index_path(self.root, plan.split, plan.shard).is_file() and self.backend.has_shard(self.root, plan.split, plan.shard)
 
-    def load(self, plan: EpisodePlan) -> dict[str, np.ndarray]:
+    def load(self, plan: EpisodePlan) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """An episode's step arrays and its masks by source."""
         clip = self.source.clips[plan.clip]
         keep = np.asarray(plan.frames)
         steps = clip.load(keep)
+        masks = {key.removeprefix(MASK_STEP): steps.pop(key) for key in [k for k in steps if k.startswith(MASK_STEP)]}
         # where each stored frame came from: a user maps it back to the source (a player's time, or frame index)
         steps["source_frame"] = keep.astype(np.int64)
         steps["source_time"] = clip.times[keep].astype(np.float64)
@@ -520,16 +544,17 @@ class IngestWriter:
             action = clip.actions[keep].copy()
             action[-1] = np.nan  # an episode's final frame has no action (its transition leaves the episode)
             steps["action"] = action
-        return steps
+        return steps, masks
 
     def read(self, plan: ShardPlan, progress: Callable[[int], None] | None = None) -> tuple[list[Record], dict[str, Any]]:
         """A shard's records (decoded and scaled) and its action statistics, ready for ``save``."""
         records, sums, squares, count = [], 0.0, 0.0, 0
+        coverage = {source: [0.0, 0] for source in self.source.mask_sources}  # sum of records' mask means, records
         for split_episode, episode_id in plan.episodes:
             episode = self.episodes[episode_id]
             clip = self.source.clips[episode.clip]
             labelled = split_episode in self.labelled[plan.split]
-            steps = self.load(episode)
+            steps, masks = self.load(episode)
             frames = len(steps["rgb"])
             if "action" not in steps:
                 steps["action"] = np.full((frames, *self.features["action"].shape), np.nan, np.float32)
@@ -539,10 +564,15 @@ class IngestWriter:
             extra = {"source": clip.name, "source_frames": [episode.frames[0], episode.frames[-1] + 1], "piece": episode.piece}
             if clip.task:
                 extra["task"] = clip.task
-            records += episode_records(plan.split, split_episode, episode_id, labelled, steps, extra, self.config.chunk_steps)
+            new = episode_records(plan.split, split_episode, episode_id, labelled, steps, extra, self.config.chunk_steps, masks)
+            for record in new:
+                for source, mask in record.masks.items():
+                    coverage[source][0] += float(mask.mean())
+                    coverage[source][1] += 1
+            records += new
             if progress is not None:
                 progress(frames)
-        stats = {"action_count": count, "action_sum": np.asarray(sums).tolist(), "action_sq_sum": np.asarray(squares).tolist()}
+        stats = {"action_count": count, "action_sum": np.asarray(sums).tolist(), "action_sq_sum": np.asarray(squares).tolist(), "mask_coverage": coverage}
         return records, stats
 
     def save(self, plan: ShardPlan, records: list[Record], stats: dict[str, Any]) -> None:
@@ -550,7 +580,16 @@ class IngestWriter:
         write_index(self.root, plan.split, plan.shard, [r.meta for r in records], stats)
 
 
-def episode_records(split: str, episode: int, seed: int, labelled: bool, steps: dict[str, np.ndarray], extra: dict[str, Any], chunk_steps: int) -> list[Record]:
+def episode_records(
+    split: str,
+    episode: int,
+    seed: int,
+    labelled: bool,
+    steps: dict[str, np.ndarray],
+    extra: dict[str, Any],
+    chunk_steps: int,
+    masks: dict[str, np.ndarray] | None = None,
+) -> list[Record]:
     frames = len(steps["rgb"])
     transitions = frames - 1
     length = chunk_steps or transitions
@@ -559,7 +598,7 @@ def episode_records(split: str, episode: int, seed: int, labelled: bool, steps: 
         stop = min(start + length, transitions) + 1  # chunks share their boundary frame
         arrays = {name: array[start:stop] for name, array in steps.items() if labelled or name != "action"}
         meta = RecordMeta(record_key(episode, chunk), split, episode, chunk, start, stop - start, frames, seed, labelled, 0.0, dict(extra))
-        records.append(Record(meta, arrays, {}))
+        records.append(Record(meta, arrays, {source: mask[start:stop] for source, mask in (masks or {}).items()}))
     return records
 
 
@@ -634,9 +673,13 @@ def ingest(config: IngestConfig, root: Path, overwrite: bool = False, show_progr
 def write_info(root: Path, config: IngestConfig, source: Source, writer: IngestWriter) -> dict[str, Any]:
     made_by = read_json(root / CONFIG_FILE, "re-run the same masklam ingest command")
     splits, count, sums, squares = {}, 0, 0.0, 0.0
+    coverage = {name: [0.0, 0] for name in source.mask_sources}
     for split in SPLITS:
         files = [read_json(index_path(root, p.split, p.shard), "re-run the same masklam ingest command") for p in writer.plans if p.split == split]
         records = [RecordMeta.from_json(r) for f in files for r in f["records"]]
+        for f in files:
+            for name, (total, number) in f.get("mask_coverage", {}).items():
+                coverage[name] = [coverage[name][0] + total, coverage[name][1] + number]
         splits[split] = {"shards": len(files), **split_counts(records), "mean_return": None}
         if split == "train" and files:
             count = sum(f["action_count"] for f in files)
@@ -671,7 +714,11 @@ def write_info(root: Path, config: IngestConfig, source: Source, writer: IngestW
             "var_mean": float(np.round(np.mean(var), 8)) if action_dim else 0.0,
             "note": "over the labelled train transitions only (an ingested source has no actions for the others)",
         },
-        "mask_sources": {},
+        # masks restored from masklam's own LeRobot export (coverage: the mean of the records' agent fractions)
+        "mask_sources": {
+            name: {**entry, "coverage": round(coverage[name][0] / coverage[name][1], 6) if coverage[name][1] else None}
+            for name, entry in source.mask_sources.items()
+        },
         "splits": splits,
         "ingest": {key: made_by[key] for key in ("config", "command")},
     }
