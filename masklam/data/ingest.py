@@ -7,8 +7,8 @@ is a pure function of the source and the settings: episode ``i`` is a fixed span
 video (or LeRobot episode), the test split is a seeded choice of episodes, and a shard holds a fixed list of
 episodes. Shards are written atomically; a re-run skips the finished ones (resume) and writes the same bytes.
 
-Frames are decoded with PyAV and scaled by FFmpeg's own filters in one C pass per frame (``FrameScaler``):
-``--resize crop`` cuts the centre square out, ``--resize squash`` keeps the whole frame (changing its aspect);
+Frames are decoded with PyAV and scaled by FFmpeg's own filters in one C pass per frame (``FrameScaler``): a
+rotation tag (display matrix) turns the frame first, as ``ffmpeg`` and players do; ``--resize crop`` cuts the centre square out, ``--resize squash`` keeps the whole frame (changing its aspect);
 then swscale's area-averaging filter scales it to ``--size`` and converts it to RGB last, so only the small
 frame is converted (ingest went from 0.7-0.8x of decoding alone to 1.4-1.7x: docs/performance.md).
 Image files go through the same filters, so every source is scaled alike.
