@@ -7,8 +7,8 @@ is a pure function of the source and the settings: episode ``i`` is a fixed span
 video (or LeRobot episode), the test split is a seeded choice of episodes, and a shard holds a fixed list of
 episodes. Shards are written atomically; a re-run skips the finished ones (resume) and writes the same bytes.
 
-Frames are decoded with PyAV and scaled by FFmpeg's own filters in one C pass per frame (``FrameScaler``):
-``--resize crop`` cuts the centre square out, ``--resize squash`` keeps the whole frame (changing its aspect);
+Frames are decoded with PyAV and scaled by FFmpeg's own filters in one C pass per frame (``FrameScaler``): a
+rotation tag (display matrix) turns the frame first, as ``ffmpeg`` and players do; ``--resize crop`` cuts the centre square out, ``--resize squash`` keeps the whole frame (changing its aspect);
 then swscale's area-averaging filter scales it to ``--size`` and converts it to RGB last, so only the small
 frame is converted (ingest went from 0.7-0.8x of decoding alone to 1.4-1.7x: docs/performance.md).
 Image files go through the same filters, so every source is scaled alike.
@@ -112,6 +112,10 @@ class Source:
     fingerprint: list[Any]  # files and sizes: a changed source is not resumed
     action_names: list[str] | None = None
     state_names: list[str] | None = None
+    mask_sources: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)  # name -> info.json entry (no coverage)
+
+
+MASK_STEP = "mask:"  # a Clip.load key "mask:<source>": that source's (frames, size, size) 0/1 masks, not a step array
 
 
 def _one_line(error: BaseException) -> str:
@@ -126,31 +130,54 @@ def _import_av():
     return av
 
 
+def display_filters(frame: Any) -> list[tuple[str, str]]:
+    """The filters that turn a decoded frame the way a player shows it, from its display matrix (the rotation a
+    phone writes): FFmpeg's own rule (fftools' autorotate), so 90/180/270 degrees and mirrorings come out as
+    ``ffmpeg`` and players show them. An untagged frame needs none."""
+    side = frame.side_data.get("DISPLAYMATRIX")
+    if side is None:
+        return []
+    matrix = np.frombuffer(bytes(side), np.int32)
+    theta = -round(float(frame.rotation))  # clockwise degrees, as fftools' get_rotation
+    theta -= 360 * np.floor(theta / 360 + 0.9 / 360)
+    if abs(theta - 90) < 1:
+        return [("transpose", "cclock_flip" if matrix[3] > 0 else "clock")]
+    if abs(theta - 180) < 1:
+        return [("hflip", "")] * bool(matrix[0] < 0) + [("vflip", "")] * bool(matrix[4] < 0)
+    if abs(theta - 270) < 1:
+        return [("transpose", "clock_flip" if matrix[3] < 0 else "cclock")]
+    if abs(theta) > 1:
+        return [("rotate", f"{theta:f}*PI/180")]
+    return [("vflip", "")] if matrix[4] < 0 else []
+
+
 class FrameScaler:
     """PyAV video frames (any size and pixel format) to (size, size, 3) uint8 RGB arrays, with FFmpeg's filters:
-    crop (centre square, for ``crop``), scale (swscale's area average; bilinear when enlarging), rgb24. The
-    filter graph is built for the first frame's geometry and rebuilt if a later frame's differs."""
+    the display matrix's rotation (``display_filters``), crop (centre square, for ``crop``), scale (swscale's
+    area average; bilinear when enlarging), rgb24. The filter graph is built for the first frame's geometry and
+    rebuilt if a later frame's differs."""
 
     def __init__(self, size: int, resize: str) -> None:
         self.size, self.resize = size, resize
         self.graph: Any = None
-        self.geometry: tuple[int, int, str] | None = None
+        self.geometry: tuple[Any, ...] | None = None
 
     def __call__(self, frame: Any) -> np.ndarray:
-        geometry = (frame.width, frame.height, frame.format.name)
+        geometry = (frame.width, frame.height, frame.format.name, tuple(display_filters(frame)))
         if geometry != self.geometry:
             self.graph, self.geometry = self._build(*geometry), geometry
         self.graph.push(frame)
         return self.graph.pull().to_ndarray()
 
-    def _build(self, width: int, height: int, pixel_format: str) -> Any:
+    def _build(self, width: int, height: int, pixel_format: str, turn: tuple[tuple[str, str], ...]) -> Any:
         from fractions import Fraction
 
         av = _import_av()
         graph = av.filter.Graph()
         chain = [graph.add_buffer(width=width, height=height, format=pixel_format, time_base=Fraction(1, 1000))]
+        chain += [graph.add(name, arguments or None) for name, arguments in turn]
         if self.resize == "crop":
-            side = min(width, height)
+            side = min(width, height)  # a quarter turn swaps width and height: the square's side is the same
             chain.append(graph.add("crop", f"{side}:{side}"))  # centred by default
         chain += [graph.add("scale", f"{self.size}:{self.size}:flags=area+full_chroma_int"), graph.add("format", "rgb24"), graph.add("buffersink")]
         for upstream, downstream in zip(chain, chain[1:]):
@@ -164,9 +191,10 @@ class FrameScaler:
 
 
 def probe_video(path: Path) -> tuple[np.ndarray, float]:
-    """Presentation times (s, from the first) of the frames a decoder shows, and the stream's rate (exact: a
-    30000/1001 stream is 29.97002997..., never rounded). Decoded, not read off packets: packets outside an edit
-    list, or that decode to nothing, are no frames, and a damaged stream fails here, before anything is written."""
+    """Presentation times (s, as the decoder reports them: ``frame.time``) of the frames a decoder shows, and the
+    stream's rate (exact: a 30000/1001 stream is 29.97002997..., never rounded). Decoded, not read off packets:
+    packets outside an edit list, or that decode to nothing, are no frames, and a damaged stream (a packet the
+    decoder rejects, or a frame it had to patch up: ``is_corrupt``) fails here, before anything is written."""
     av = _import_av()
     try:
         with av.open(str(path)) as container:
@@ -175,7 +203,14 @@ def probe_video(path: Path) -> tuple[np.ndarray, float]:
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
             rate = float(stream.average_rate or stream.guessed_rate or 0) or None
-            times = [frame.time for frame in container.decode(stream)]
+            times = []
+            for frame in container.decode(stream):
+                if frame.is_corrupt:  # concealed decoding errors: the picture is not what was recorded
+                    raise UsageError(
+                        f"video {path} is damaged at frame {len(times)} ({frame.time or 0:.3f} s: the decoder had to conceal errors): "
+                        "re-encode it from an intact copy or cut the damaged part out"
+                    )
+                times.append(frame.time)
     except (av.error.FFmpegError, OSError, ValueError) as error:
         raise UsageError(f"cannot read video {path} ({_one_line(error)}): re-encode or delete the file") from None
     if not times:
@@ -184,8 +219,8 @@ def probe_video(path: Path) -> tuple[np.ndarray, float]:
         if rate is None:
             raise UsageError(f"video {path} has neither timestamps nor a frame rate: re-encode it")
         return np.arange(len(times)) / rate, rate
-    times = np.asarray(times, np.float64) - times[0]
-    return times, rate or (len(times) - 1) / max(times[-1], 1e-9)
+    times = np.asarray(times, np.float64)  # not re-based: source_time is the time a player shows
+    return times, rate or (len(times) - 1) / max(times[-1] - times[0], 1e-9)
 
 
 def decode_video(path: Path, keep: np.ndarray, size: int, resize: str) -> np.ndarray:
@@ -245,7 +280,7 @@ def _video_clip(path: Path, config: IngestConfig) -> tuple[Clip, float, list[Any
 
 
 def _frames_clip(folder: Path, config: IngestConfig) -> tuple[Clip, float, list[Any]]:
-    from PIL import Image
+    from PIL import Image, ImageOps
 
     paths = sorted((p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")), key=natural_order)
     if not paths:
@@ -257,7 +292,7 @@ def _frames_clip(folder: Path, config: IngestConfig) -> tuple[Clip, float, list[
             try:
                 with Image.open(paths[index]) as image:
                     image.draft("RGB", (config.size, config.size))  # JPEG: decode at a reduced scale, still >= size
-                    frames.append(scale.image(image))
+                    frames.append(scale.image(ImageOps.exif_transpose(image)))  # a phone's EXIF turn, as viewers show it
             except (OSError, ValueError) as error:
                 raise UsageError(f"cannot read frame {paths[index]} ({_one_line(error)}): replace or delete it") from None
         return {"rgb": np.stack(frames)}
@@ -317,7 +352,7 @@ def _common_fps(rates: dict[str, float], config: IngestConfig, path: Path) -> fl
 
 
 def lerobot_source(path: Path, config: IngestConfig, hub: dict[str, Any] | None = None) -> Source:
-    from masklam.data.lerobot_format import LABELLED_KEY, decode_png_struct, decode_span, open_lerobot
+    from masklam.data.lerobot_format import LABELLED_KEY, MASK_PREFIX, decode_png_struct, decode_span, open_lerobot
 
     folder = open_lerobot(path, config.camera)
     clips = []
@@ -335,6 +370,9 @@ def lerobot_source(path: Path, config: IngestConfig, hub: dict[str, Any] | None 
                 out["rgb"] = np.stack([scale.image(decode_png_struct(cells[i], path)) for i in keep])
             if "observation.state" in rows.column_names:
                 out["state"] = np.asarray(rows["observation.state"].to_pylist(), np.float32)[keep]
+            for source in folder.mask_sources:
+                cells = rows[MASK_PREFIX + source].to_pylist()
+                out[MASK_STEP + source] = np.stack([scale_mask(decode_png_struct(cells[i], path), scale) for i in keep])
             return out
 
         actions = None
@@ -357,7 +395,22 @@ def lerobot_source(path: Path, config: IngestConfig, hub: dict[str, Any] | None 
         "robot_type": folder.info.get("robot_type"),
     }
     description.update(hub or {"path": str(path.resolve())})
-    return Source("lerobot", description, clips, fps, fingerprint, folder.action_names, folder.state_names)
+    exported = (folder.info.get("masklam") or {}).get("mask_sources") or {}  # what masklam's export says of them
+    masks = {}
+    for name in folder.mask_sources:
+        entry = exported.get(name) if isinstance(exported.get(name), dict) else {}
+        masks[name] = {
+            "kind": str(entry.get("kind", "lerobot")),
+            "description": str(entry.get("description", "")) or f"the LeRobot feature {MASK_PREFIX}{name}",
+            "restored_from": f"{MASK_PREFIX}{name}",
+        }
+    return Source("lerobot", description, clips, fps, fingerprint, folder.action_names, folder.state_names, masks)
+
+
+def scale_mask(image: Any, scale: FrameScaler) -> np.ndarray:
+    """A LeRobot mask image (255 = agent) as (size, size) 0/1 at the frames' geometry: the same crop and scale as
+    the frame, then the majority (>= 128) of each pixel's area. At the export's own size it is the mask unchanged."""
+    return (scale.image(image)[..., 0] >= 128).astype(np.uint8)
 
 
 def open_source(config: IngestConfig) -> Source:
@@ -476,25 +529,31 @@ class IngestWriter:
     def is_done(self, plan: ShardPlan) -> bool:
         return index_path(self.root, plan.split, plan.shard).is_file() and self.backend.has_shard(self.root, plan.split, plan.shard)
 
-    def load(self, plan: EpisodePlan) -> dict[str, np.ndarray]:
+    def load(self, plan: EpisodePlan) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """An episode's step arrays and its masks by source."""
         clip = self.source.clips[plan.clip]
         keep = np.asarray(plan.frames)
         steps = clip.load(keep)
+        masks = {key.removeprefix(MASK_STEP): steps.pop(key) for key in [k for k in steps if k.startswith(MASK_STEP)]}
+        # where each stored frame came from: a user maps it back to the source (a player's time, or frame index)
+        steps["source_frame"] = keep.astype(np.int64)
+        steps["source_time"] = clip.times[keep].astype(np.float64)
         if clip.actions is not None:
             # The action at a kept frame; with --fps the actions of dropped frames are dropped (see docs/ingest.md).
             action = clip.actions[keep].copy()
             action[-1] = np.nan  # an episode's final frame has no action (its transition leaves the episode)
             steps["action"] = action
-        return steps
+        return steps, masks
 
     def read(self, plan: ShardPlan, progress: Callable[[int], None] | None = None) -> tuple[list[Record], dict[str, Any]]:
         """A shard's records (decoded and scaled) and its action statistics, ready for ``save``."""
         records, sums, squares, count = [], 0.0, 0.0, 0
+        coverage = {source: [0.0, 0] for source in self.source.mask_sources}  # sum of records' mask means, records
         for split_episode, episode_id in plan.episodes:
             episode = self.episodes[episode_id]
             clip = self.source.clips[episode.clip]
             labelled = split_episode in self.labelled[plan.split]
-            steps = self.load(episode)
+            steps, masks = self.load(episode)
             frames = len(steps["rgb"])
             if "action" not in steps:
                 steps["action"] = np.full((frames, *self.features["action"].shape), np.nan, np.float32)
@@ -504,10 +563,15 @@ class IngestWriter:
             extra = {"source": clip.name, "source_frames": [episode.frames[0], episode.frames[-1] + 1], "piece": episode.piece}
             if clip.task:
                 extra["task"] = clip.task
-            records += episode_records(plan.split, split_episode, episode_id, labelled, steps, extra, self.config.chunk_steps)
+            new = episode_records(plan.split, split_episode, episode_id, labelled, steps, extra, self.config.chunk_steps, masks)
+            for record in new:
+                for source, mask in record.masks.items():
+                    coverage[source][0] += float(mask.mean())
+                    coverage[source][1] += 1
+            records += new
             if progress is not None:
                 progress(frames)
-        stats = {"action_count": count, "action_sum": np.asarray(sums).tolist(), "action_sq_sum": np.asarray(squares).tolist()}
+        stats = {"action_count": count, "action_sum": np.asarray(sums).tolist(), "action_sq_sum": np.asarray(squares).tolist(), "mask_coverage": coverage}
         return records, stats
 
     def save(self, plan: ShardPlan, records: list[Record], stats: dict[str, Any]) -> None:
@@ -515,7 +579,16 @@ class IngestWriter:
         write_index(self.root, plan.split, plan.shard, [r.meta for r in records], stats)
 
 
-def episode_records(split: str, episode: int, seed: int, labelled: bool, steps: dict[str, np.ndarray], extra: dict[str, Any], chunk_steps: int) -> list[Record]:
+def episode_records(
+    split: str,
+    episode: int,
+    seed: int,
+    labelled: bool,
+    steps: dict[str, np.ndarray],
+    extra: dict[str, Any],
+    chunk_steps: int,
+    masks: dict[str, np.ndarray] | None = None,
+) -> list[Record]:
     frames = len(steps["rgb"])
     transitions = frames - 1
     length = chunk_steps or transitions
@@ -524,7 +597,7 @@ def episode_records(split: str, episode: int, seed: int, labelled: bool, steps: 
         stop = min(start + length, transitions) + 1  # chunks share their boundary frame
         arrays = {name: array[start:stop] for name, array in steps.items() if labelled or name != "action"}
         meta = RecordMeta(record_key(episode, chunk), split, episode, chunk, start, stop - start, frames, seed, labelled, 0.0, dict(extra))
-        records.append(Record(meta, arrays, {}))
+        records.append(Record(meta, arrays, {source: mask[start:stop] for source, mask in (masks or {}).items()}))
     return records
 
 
@@ -540,6 +613,16 @@ def ingest_features(source: Source, config: IngestConfig) -> dict[str, Feature]:
             + ("" if action_dim else "; the source has no actions (shape 0)"),
         ),
     }
+    features["source_frame"] = Feature(
+        "int64",
+        (),
+        "index of this frame among the frames the source shows, from 0 (a video in display order; a folder in natural name order; a LeRobot episode's frame_index)",
+    )
+    features["source_time"] = Feature(
+        "float64",
+        (),
+        "presentation time of this frame in the source, seconds (a video: as its decoder reports it; a folder of frames: index / --image-fps; LeRobot: the row's timestamp)",
+    )
     if source.state_names is not None:
         features["state"] = Feature("float32", (len(source.state_names),), "observation.state: " + ", ".join(source.state_names))
     return features
@@ -589,9 +672,13 @@ def ingest(config: IngestConfig, root: Path, overwrite: bool = False, show_progr
 def write_info(root: Path, config: IngestConfig, source: Source, writer: IngestWriter) -> dict[str, Any]:
     made_by = read_json(root / CONFIG_FILE, "re-run the same masklam ingest command")
     splits, count, sums, squares = {}, 0, 0.0, 0.0
+    coverage = {name: [0.0, 0] for name in source.mask_sources}
     for split in SPLITS:
         files = [read_json(index_path(root, p.split, p.shard), "re-run the same masklam ingest command") for p in writer.plans if p.split == split]
         records = [RecordMeta.from_json(r) for f in files for r in f["records"]]
+        for f in files:
+            for name, (total, number) in f.get("mask_coverage", {}).items():
+                coverage[name] = [coverage[name][0] + total, coverage[name][1] + number]
         splits[split] = {"shards": len(files), **split_counts(records), "mean_return": None}
         if split == "train" and files:
             count = sum(f["action_count"] for f in files)
@@ -626,7 +713,11 @@ def write_info(root: Path, config: IngestConfig, source: Source, writer: IngestW
             "var_mean": float(np.round(np.mean(var), 8)) if action_dim else 0.0,
             "note": "over the labelled train transitions only (an ingested source has no actions for the others)",
         },
-        "mask_sources": {},
+        # masks restored from masklam's own LeRobot export (coverage: the mean of the records' agent fractions)
+        "mask_sources": {
+            name: {**entry, "coverage": round(coverage[name][0] / coverage[name][1], 6) if coverage[name][1] else None}
+            for name, entry in source.mask_sources.items()
+        },
         "splits": splits,
         "ingest": {key: made_by[key] for key in ("config", "command")},
     }

@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from masklam.data.schema import MASK_SOURCE_RE
 from masklam.errors import UsageError
 
 CODEBASE_VERSION = "v3.0"
@@ -79,6 +80,7 @@ class LeRobotFolder:
     episodes: list[LeRobotEpisode]
     action_names: list[str] | None
     state_names: list[str] | None
+    mask_sources: list[str] = field(default_factory=list)  # observation.mask.<source> image features (masklam's export)
     _tables: dict[tuple[int, int], Any] = field(default_factory=dict, repr=False)
 
     @property
@@ -99,6 +101,7 @@ class LeRobotFolder:
             columns = ["index", "frame_index"] + [c for c in ("action", "observation.state", LABELLED_KEY) if c in self.info["features"]]
             if not self.camera_is_video:
                 columns.append(self.camera)
+            columns += [MASK_PREFIX + source for source in self.mask_sources]
             path = self.root / self.info["data_path"].format(chunk_index=key[0], file_index=key[1])
             self._tables[key] = read_parquet(path, columns)
         table = self._tables[key]
@@ -195,7 +198,14 @@ def open_lerobot(root: Path, camera: str | None) -> LeRobotFolder:
         for key, prefix in (("action", "action_"), ("observation.state", "state_"))
         if key in features
     }
-    return LeRobotFolder(root, info, camera, episodes, names.get("action"), names.get("observation.state"))
+    # masklam's export writes each mask source as observation.mask.<source>: restored as mask sources, not cameras
+    # (a name masklam could not register as a source, e.g. with a dash, is left out like any other feature)
+    masks = sorted(
+        key.removeprefix(MASK_PREFIX)
+        for key, feature in features.items()
+        if key.startswith(MASK_PREFIX) and feature.get("dtype") == "image" and MASK_SOURCE_RE.match(key.removeprefix(MASK_PREFIX))
+    )
+    return LeRobotFolder(root, info, camera, episodes, names.get("action"), names.get("observation.state"), masks)
 
 
 def _read_tasks(root: Path) -> dict[int, str]:

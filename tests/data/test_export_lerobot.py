@@ -125,13 +125,33 @@ def test_export_then_ingest_round_trip(collected, tmp_path):
     info = ingest(IngestConfig(str(tmp_path / "lerobot"), size=32), tmp_path / "back", show_progress=False)
     assert info["source"]["camera"] == IMAGE_KEY
     assert info["source"]["kind"] == "lerobot" and info["splits"]["train"]["labelled_episodes"] == 2  # train + test ones
-    back = list(open_dataset(tmp_path / "back").records("train", mask_sources=()))
+    # The masks come back as mask sources of the same names, bit-exact, not as a camera and not dropped.
+    original = open_dataset(collected).info["mask_sources"]
+    assert info["mask_sources"].keys() == original.keys() == {ORACLE}
+    assert info["mask_sources"][ORACLE]["kind"] == original[ORACLE]["kind"]
+    assert info["mask_sources"][ORACLE]["restored_from"] == MASK_PREFIX + ORACLE
+    back = list(open_dataset(tmp_path / "back").records("train", mask_sources=(ORACLE,)))
+    assert len(back) == 3
     for got, want in zip(back, masklam_episodes(collected)):
         np.testing.assert_array_equal(got.steps["rgb"], want.steps["rgb"])
+        np.testing.assert_array_equal(got.masks[ORACLE], want.masks[ORACLE])
         np.testing.assert_array_equal(got.steps["state"], want.steps["state"])
+        np.testing.assert_array_equal(got.steps["source_frame"], np.arange(want.meta.frames))  # the LeRobot frame_index
         assert got.meta.labelled == want.meta.labelled
         if want.meta.labelled:
             np.testing.assert_array_equal(got.steps["action"][:-1], want.steps["action"][:-1])
+    coverage = np.mean([r.masks[ORACLE].mean() for r in back])
+    assert info["mask_sources"][ORACLE]["coverage"] == pytest.approx(coverage, abs=1e-6)
+    # At another size the masks take the frames' crop and scale (majority of each pixel's area).
+    small = ingest(IngestConfig(str(tmp_path / "lerobot"), size=16, test_episodes=1), tmp_path / "small", show_progress=False)
+    assert small["mask_sources"].keys() == {ORACLE}
+    record = next(open_dataset(tmp_path / "small").records("train", mask_sources=(ORACLE,)))
+    assert record.masks[ORACLE].shape == (record.meta.frames, 16, 16) and set(np.unique(record.masks[ORACLE])) <= {0, 1}
+    # and a second export of the re-ingested data carries them again
+    export_lerobot(tmp_path / "back", tmp_path / "again", "image", show_progress=False)
+    again, rows = read_rows(tmp_path / "again")
+    assert MASK_PREFIX + ORACLE in again["features"]
+    np.testing.assert_array_equal(np.asarray(rows[0][MASK_PREFIX + ORACLE]), masklam_episodes(collected)[0].masks[ORACLE][0] * 255)
 
 
 def test_a_one_dimensional_action_exports_and_comes_back(tmp_path):

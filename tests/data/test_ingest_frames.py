@@ -87,6 +87,9 @@ def test_a_variable_rate_video_keeps_every_frame_and_fps_follows_the_tick_rule(t
     ingest(IngestConfig(str(tmp_path / "vfr.mp4"), size=SIZE, fps=10), tmp_path / "ten", show_progress=False)
     (record,) = stored(tmp_path / "ten")
     assert [frame_number(f) for f in record.steps["rgb"]] == expected
+    # each stored frame says which source frame it is, and when the decoder shows it
+    np.testing.assert_array_equal(record.steps["source_frame"], expected)
+    np.testing.assert_array_equal(record.steps["source_time"], times[expected])
 
 
 def test_image_folders_and_clips_are_read_in_natural_order(tmp_path):
