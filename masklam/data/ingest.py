@@ -35,6 +35,7 @@ from masklam.atomic import atomic_write_json
 from masklam.data.collect import CONFIG_FILE, prepare_output
 from masklam.data.dataset import INFO, get_backend, index_path, read_json, split_counts, write_index
 from masklam.data.schema import RESIZE_MODES, SCHEMA_VERSION, SPLITS, Feature, Record, RecordMeta, record_key
+from masklam.data.validate import CHECKSUMS
 from masklam.errors import UsageError
 from masklam.locks import writer_lock
 
@@ -720,6 +721,7 @@ def write_info(root: Path, config: IngestConfig, source: Source, writer: IngestW
         },
         "splits": splits,
         "ingest": {key: made_by[key] for key in ("config", "command")},
+        "checksums": CHECKSUMS[config.backend],  # the backends write them; verify checks them (not "an older masklam")
     }
     atomic_write_json(root / INFO, info)
     return info

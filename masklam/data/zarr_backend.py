@@ -92,7 +92,8 @@ def write_array(store: LocalStore, name: str | None, data: np.ndarray, blosc: di
 
 def check_chunk_files(array: zarr.Array, shard: ShardFiles) -> None:
     """Zarr reads a missing chunk as fill values: count the chunk files instead of trusting it."""
-    expected = math.prod(math.ceil(size / chunk) for size, chunk in zip(array.shape, array.chunks))
+    # An axis of length 0 (an ingested video's 0-wide action) has a chunk length of 0 and no chunk at all.
+    expected = math.prod(math.ceil(size / chunk) if chunk else 0 for size, chunk in zip(array.shape, array.chunks))
     found = shard.count_files(f"{array.path}/c")
     if found != expected:
         raise ValueError(f"{array.path} has {found} of its {expected} chunk files")

@@ -109,6 +109,18 @@ def test_subsampling_chunking_and_square_modes(tmp_path):
     assert squash_rgb[0, 8, 0, 2] < crop_rgb[0, 8, 0, 2] and squash_rgb[0, 8, -1, 2] > crop_rgb[0, 8, -1, 2]
 
 
+@pytest.mark.parametrize("backend", ["webdataset", "zarr"])
+def test_freshly_ingested_data_verifies_every_checksum(tmp_path, backend):
+    """verify said "no checksums: written by an older masklam" on new ingests; on Zarr, a video's 0-wide action
+    array then crashed the chunk count."""
+    from masklam.data.verify import verify_dataset
+
+    write_mp4(tmp_path / "clip.mp4", moving_square(12))
+    ingest(IngestConfig(str(tmp_path / "clip.mp4"), size=16, backend=backend, test_episodes=0), tmp_path / "out", show_progress=False)
+    verdict = verify_dataset(tmp_path / "out")
+    assert verdict.problems == [] and verdict.notes == [] and "every checksum verified" in verdict.summary()
+
+
 def test_image_sequences_are_videos_too(tmp_path):
     frames = moving_square(6)
     for clip in ("walk", "run"):
