@@ -36,6 +36,7 @@ from masklam.atomic import atomic_file, atomic_write_bytes, atomic_write_json, r
 from masklam.data.dataset import INFO, Dataset, open_dataset, read_json
 from masklam.data.export import PARQUET
 from masklam.data.schema import SPLITS
+from masklam.data.storage import ZARR_SHARD_FILES
 from masklam.data.zarr_backend import STORE, ZarrBackend
 from masklam.errors import UsageError
 
@@ -281,7 +282,7 @@ def unzip_shard(archive: Path, root: Path) -> None:
         except (OSError, zipfile.BadZipFile) as e:
             archive.unlink(missing_ok=True)  # fetched again by the next run
             raise UsageError(f"{archive} is damaged ({e}): re-run the same `masklam pull` to fetch it again") from None
-        backend._move_into_place(tmp, archive.with_suffix(""))
+        backend._move_into_place(tmp, archive.with_suffix(""), ZARR_SHARD_FILES)
     archive.unlink()
 
 

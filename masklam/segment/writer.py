@@ -13,7 +13,6 @@ in info.json (the same bytes whoever writes them), and the source becomes visibl
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -25,6 +24,7 @@ from tqdm import tqdm
 from masklam.atomic import atomic_write_json, remove_stale_temp_files
 from masklam.data.dataset import INFO, Dataset, open_dataset
 from masklam.data.schema import MASK_SOURCE_RE, ORACLE, Record
+from masklam.data.storage import DATASET_FILES, ZARR_ARRAY_FILES, remove_owned
 from masklam.errors import UsageError
 from masklam.locks import writer_lock
 from masklam.ranks import rank_and_world_size
@@ -125,17 +125,24 @@ def write_shards(dataset: Dataset, name: str, make_masks: MaskFunction, reads: t
 
 
 def remove_partial_source(dataset: Dataset, name: str, every: list[tuple[str, int]]) -> None:
-    """Remove what this run wrote of source ``name`` (its masks beside each shard, its markers), nothing else."""
+    """Remove what this run wrote of source ``name`` (its masks beside each shard, its markers), nothing else: a
+    user's file in any of these folders stays, with the folders holding it."""
     for split, shard in every:
         location = dataset.backend.mask_location(dataset.root, split, shard, name)
-        if location.is_dir():
-            shutil.rmtree(location)
-        elif location.exists():
+        if location.is_dir() and not location.is_symlink():  # a Zarr array folder
+            remove_owned(location, ZARR_ARRAY_FILES)
+            if not any(location.iterdir()):
+                location.rmdir()
+        elif location.is_file() and not location.is_symlink():  # a WebDataset tar: masklam's by its name
             location.unlink()
         for folder in (location.parent, location.parent.parent):  # masks/<name>/<split>, masks/<name> when empty
             if folder.name in (name, split) and folder.is_dir() and not any(folder.iterdir()):
                 folder.rmdir()
-    shutil.rmtree(dataset.root / SEGMENT_DIR / name)
+    folder = dataset.root / SEGMENT_DIR / name
+    if folder.is_dir():
+        remove_owned(folder, DATASET_FILES, prefix=f"{SEGMENT_DIR}/{name}/")
+        if not any(folder.iterdir()):
+            folder.rmdir()
 
 
 def counted(records: Iterator[Record], bar: tqdm) -> Iterator[Record]:
