@@ -44,6 +44,13 @@ def check_source_name(dataset: Dataset, name: str) -> None:
         raise UsageError(f"{dataset.root} is not a local folder: masks are written into the dataset, so pass a local copy")
 
 
+def claim_source_without_settings(dataset: Dataset, name: str, overwrite: bool) -> None:
+    """claim_source's refusal that needs no settings, for a check before any model runs."""
+    saved = Path(dataset.root) / SEGMENT_DIR / name / "config.json"
+    if name in dataset.info.get("mask_sources", {}) and not saved.exists() and not overwrite:
+        raise UsageError(f"{dataset.root} already has '{name}' masks: pick another --name, or pass --overwrite to replace them")
+
+
 def claim_source(root: Path, name: str, description: dict[str, Any], registered: bool, overwrite: bool) -> None:
     """Record what makes this source; the same settings resume (a finished source is left as it is), other
     settings are refused unless ``overwrite``."""
