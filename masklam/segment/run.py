@@ -157,10 +157,10 @@ def check_before_models(config: SegmentConfig, overwrite: bool = False) -> None:
     from masklam.segment.writer import check_source_name, claim_source_without_settings
 
     dataset = open_dataset(config.data)
+    if config.model == ORACLE or config.prompts.oracle_box:  # first: without a simulator no name helps
+        require_simulator(dataset.info, config.data, "oracle masks (--model oracle, --prompt oracle-box)")
     check_source_name(dataset, config.source)
     claim_source_without_settings(dataset, config.source, overwrite)
-    if config.model == ORACLE or config.prompts.oracle_box:
-        require_simulator(dataset.info, config.data, "oracle masks (--model oracle, --prompt oracle-box)")
     episodes = dataset.episode_frames()
     check_prompts(config.prompts, dataset.info["env"]["render"]["size"], episodes)
     unknown = [split for split in config.teacher_splits if split not in episodes]
