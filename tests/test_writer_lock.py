@@ -64,3 +64,22 @@ def test_two_transforms_of_one_new_source_at_once_never_crash(masklam_cli, tmp_p
                 assert "is being written by another masklam" in err and len(err.strip().splitlines()) == 1, err
         assert masklam_cli("masks", "compare", str(data), "--pred", name).returncode == 0  # the source is whole
         time.sleep(0.1)
+
+
+@pytest.mark.parametrize(
+    "command, part",
+    [
+        (["publish", "DATA", "--repo-id", "someone/tiny", "--dry-run", "--no-progress", "--stage", "OUT"], "publish"),
+        (["pull", "someone/tiny", "--out", "OUT", "--no-progress"], "pull"),
+        (["report", "RUN", "--out", "OUT"], "report"),
+    ],
+)
+def test_publish_pull_and_report_refuse_a_held_output(masklam_cli, tmp_path, command, part):
+    out = tmp_path / "out"
+    args = [{"OUT": str(out), "DATA": str(tmp_path / "data"), "RUN": str(tmp_path / "run")}.get(arg, arg) for arg in command]
+    with writer_lock(out, part):
+        result = masklam_cli(*args)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    assert f"{out} is being written by another masklam (pid {os.getpid()} on " in lines[0]
+    assert not out.exists()  # refused before anything was written

@@ -14,7 +14,6 @@ import multiprocessing
 import os
 import pickle
 import queue
-import re
 import shlex
 import sys
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ import masklam
 from masklam.atomic import atomic_write_json, remove_stale_temp_files
 from masklam.data.dataset import INFO, check_backend, get_backend, index_path, read_json, split_counts, write_index
 from masklam.data.schema import ORACLE, SCHEMA_VERSION, SPLITS, Feature, Record, RecordMeta, record_key, shard_name
+from masklam.data.storage import DATASET_FILES, foreign_files, remove_owned
 from masklam.data.validate import CHECKSUMS
 from masklam.envs.policies import NoisyPolicy, file_sha256, make_policy, policy_checkpoint
 from masklam.envs.spec import EnvSpec
@@ -327,39 +327,8 @@ def _worker_write(plan: ShardPlan) -> None:
 
 
 # --- the command ----------------------------------------------------------------------------
-# What masklam writes in a dataset folder (relative POSIX paths): `--overwrite` deletes these and nothing else.
-SHARD = r"shard-\d{6}"
-SOURCE = r"[a-z0-9][a-z0-9_]*"
-SPLIT = "(?:" + "|".join(SPLITS) + ")"
-MASKLAM_FILES = re.compile(
-    "|".join(
-        [
-            re.escape(CONFIG_FILE),
-            re.escape(INFO),
-            rf"index/{SPLIT}/{SHARD}\.json",
-            rf"{SPLIT}/{SHARD}\.tar",  # webdataset
-            rf"masks/{SOURCE}/{SPLIT}/{SHARD}\.tar",
-            rf"data\.zarr/zarr\.json|data\.zarr/{SPLIT}/zarr\.json|data\.zarr/{SPLIT}/{SHARD}(?:\.zip|/.+)",  # zarr
-            rf"segment/{SOURCE}/(?:config\.json|distill\.json|student\.pt|{SPLIT}/{SHARD}\.json)",  # masklam segment
-            # its teacher's cache (masklam.segment.distill.CACHED, key.json)
-            rf"segment/{SOURCE}/teacher/(?:key\.json|marked\.json|proposer\.pt|(?:test-)?run-\d+\.npy|record-[^/]+\.npy|marked-\d+\.npz)",
-            rf"compare/compare-{SOURCE}-vs-{SOURCE}(?:\.json|-worst\.png)",  # masklam masks compare
-            r"(?:.*/)?\.[^/]+\.masklam-\d+-\d+\.tmp|\.masklam-tmp-\d+-[^/]+(?:/.+)?|\.masklam-write-test-\d+",  # an interrupted writer's leftovers
-        ]
-    )
-)
-
-
-def foreign_files(root: Path) -> list[str]:
-    """Files under ``root`` that masklam did not write (by the dataset layout, relative paths), sorted."""
-    found = []
-    for folder, subfolders, names in os.walk(root):
-        found += [(Path(folder) / name).relative_to(root).as_posix() for name in subfolders if (Path(folder) / name).is_symlink()]
-        for name in names:
-            relative = (Path(folder) / name).relative_to(root).as_posix()
-            if not MASKLAM_FILES.fullmatch(relative) or (Path(folder) / name).is_symlink():
-                found.append(relative)
-    return sorted(found)
+# What masklam writes in a dataset folder: `--overwrite` deletes these and nothing else (see masklam.data.storage).
+MASKLAM_FILES = DATASET_FILES
 
 
 def remove_dataset(root: Path) -> None:
@@ -372,15 +341,7 @@ def remove_dataset(root: Path) -> None:
         raise UsageError(
             f"--overwrite refused: {root} holds files masklam did not write ({named}{more}); nothing was deleted: move them away, or choose another --out"
         )
-    for folder, subfolders, names in os.walk(root, topdown=False):
-        for name in names:
-            (Path(folder) / name).unlink()
-        for name in subfolders:
-            path = Path(folder) / name
-            if path.is_symlink():
-                path.unlink()
-            else:
-                path.rmdir()  # empty now: every file in it was masklam's
+    remove_owned(root, DATASET_FILES)
 
 
 def prepare_output(root: Path, config: CollectConfig, overwrite: bool) -> None:

@@ -13,7 +13,7 @@ import numpy as np
 
 from masklam.atomic import atomic_write_json
 from masklam.data.backend import Backend
-from masklam.data.schema import BACKEND_NAMES, ORACLE, Record, RecordMeta, shard_name
+from masklam.data.schema import BACKEND_NAMES, ORACLE, SPLITS, Record, RecordMeta, shard_name
 from masklam.data.storage import DataPath, as_data_path, tree_bytes, writer_command
 from masklam.data.validate import check_index, check_info, check_record
 from masklam.errors import UsageError, did_you_mean
@@ -262,4 +262,11 @@ def open_dataset(path: str | Path) -> Dataset:
         root / INFO,
         f"{root} is not a finished masklam dataset; {writer_command()} that made it (see {root / 'collect.json'})",
     )
-    return Dataset(root, check_info(info, root / INFO, sorted(BACKENDS)), get_backend(info["backend"]))
+    info = check_info(info, root / INFO, sorted(BACKENDS))
+    for split in SPLITS:  # a split on disk that info.json lost: every reader would skip it without a word
+        folder = root / "index" / split
+        if split not in info["splits"] and folder.is_dir() and any(folder.glob("shard-*.json")):
+            raise UsageError(
+                f"{root / INFO}: splits.{split} is missing, but {folder} holds shard index files: the file is damaged; {writer_command()} to rewrite it"
+            )
+    return Dataset(root, info, get_backend(info["backend"]))

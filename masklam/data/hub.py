@@ -36,8 +36,10 @@ from masklam.atomic import atomic_file, atomic_write_bytes, atomic_write_json, r
 from masklam.data.dataset import INFO, Dataset, open_dataset, read_json
 from masklam.data.export import PARQUET
 from masklam.data.schema import SPLITS, ZARR_LAYOUTS
+from masklam.data.storage import ZARR_SHARD_FILES
 from masklam.data.zarr_backend import STORE, ZarrBackend
 from masklam.errors import UsageError
+from masklam.locks import writer_lock
 
 REPO_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
 CARD, PICTURE, PULL_RECORD = "README.md", "view.png", "pull.json"
@@ -163,6 +165,11 @@ def native_layout_text(backend: str, zarr_layout: str) -> str:
 
 def build_stage(dataset_path: Path, stage: Path, config: PublishConfig, show_progress: bool = True) -> list[str]:
     """Build (or bring up to date) the folder `publish` uploads; returns its files' relative paths."""
+    with writer_lock(stage, "publish"):  # one builder per stage
+        return _build_stage(dataset_path, stage, config, show_progress)
+
+
+def _build_stage(dataset_path: Path, stage: Path, config: PublishConfig, show_progress: bool = True) -> list[str]:
     from masklam.data.card import dataset_card
     from masklam.data.export import write_parquet_view
     from masklam.data.view import view
@@ -243,7 +250,12 @@ def publish(dataset_path: Path, config: PublishConfig, stage: Path | None = None
         raise UsageError("no Hugging Face token: log in with `hf auth login`, or set HF_TOKEN")
     dataset_path = Path(dataset_path)
     stage = Path(stage) if stage is not None else default_stage(dataset_path)
-    files = build_stage(dataset_path, stage, config, show_progress)
+    with writer_lock(stage, "publish"):  # held through the upload: another publish would rebuild the stage under it
+        return _publish_stage(huggingface_hub, dataset_path, stage, config, show_progress, echo)
+
+
+def _publish_stage(huggingface_hub, dataset_path: Path, stage: Path, config: PublishConfig, show_progress: bool, echo: Callable[[str], None]) -> str:
+    files = _build_stage(dataset_path, stage, config, show_progress)
     echo(f"staged {len(files)} files in {stage}")
     if not show_progress:
         huggingface_hub.utils.disable_progress_bars()
@@ -280,7 +292,7 @@ def unzip_shard(archive: Path, root: Path) -> None:
         except (OSError, zipfile.BadZipFile) as e:
             archive.unlink(missing_ok=True)  # fetched again by the next run
             raise UsageError(f"{archive} is damaged ({e}): re-run the same `masklam pull` to fetch it again") from None
-        backend._move_into_place(tmp, archive.with_suffix(""))
+        backend._move_into_place(tmp, archive.with_suffix(""), ZARR_SHARD_FILES)
     archive.unlink()
 
 
@@ -293,14 +305,15 @@ def pull(repo_id: str, out: Path, revision: str = "main", show_progress: bool = 
     origin = read_json(record, "delete it, or pull into another --out") if record.exists() else None
     if (origin or {}).get("repo_id", repo_id) != repo_id or (origin is None and out.is_dir() and any(out.iterdir())):
         raise UsageError(f"{out} holds something else than a pull of {repo_id}: choose another --out")
-    created = not out.exists()
-    atomic_write_json(record, {"repo_id": repo_id, "revision": revision})  # first: a later run resumes here
-    try:
-        return _pull_into(huggingface_hub, repo_id, out, revision, show_progress)
-    except BaseException:
-        if created:
-            remove_if_nothing_came(out)
-        raise
+    with writer_lock(out, "pull"):  # one download per folder: two would unzip the same shard at once
+        created = not out.exists()
+        atomic_write_json(record, {"repo_id": repo_id, "revision": revision})  # first: a later run resumes here
+        try:
+            return _pull_into(huggingface_hub, repo_id, out, revision, show_progress)
+        except BaseException:
+            if created:
+                remove_if_nothing_came(out)
+            raise
 
 
 def remove_if_nothing_came(out: Path) -> None:

@@ -23,6 +23,73 @@ RESERVED_FEATURE_NAMES = frozenset({"mask"})
 DataPath = Path | UPath
 
 
+# --- what masklam writes in a dataset folder -------------------------------------------------------------------
+# An inventory by layout (relative POSIX paths): `collect --overwrite`, the replacement of a Zarr shard or mask
+# source and the removal of a failed source delete these and nothing else; anything else is a user's, kept.
+SPLIT = r"(?:train|test)"  # masklam.data.schema.SPLITS
+SHARD = r"shard-\d{6}"
+SOURCE = MASK_SOURCE_RE.pattern.strip("^$")
+# Inside a Zarr array folder: its metadata and its chunks, named by their grid position.
+ZARR_ARRAY_FILES = re.compile(r"zarr\.json|c(?:/\d+)+")
+# Inside a Zarr shard folder: group and array metadata, the step arrays, the masks, the record ends.
+_ARRAY = f"(?:{ZARR_ARRAY_FILES.pattern})"
+ZARR_SHARD_FILES = re.compile(
+    rf"zarr\.json|(?:data|meta|data/mask)/zarr\.json|data/[A-Za-z0-9_]+/{_ARRAY}|data/mask/{SOURCE}/{_ARRAY}|meta/record_ends/{_ARRAY}"
+)
+DATASET_FILES = re.compile(
+    "|".join(
+        [
+            r"collect\.json|info\.json",  # masklam.data.collect.CONFIG_FILE, masklam.data.dataset.INFO
+            rf"index/{SPLIT}/{SHARD}\.json",
+            rf"{SPLIT}/{SHARD}\.tar",  # webdataset
+            rf"masks/{SOURCE}/{SPLIT}/{SHARD}\.tar",
+            rf"data\.zarr/zarr\.json|data\.zarr/{SPLIT}/zarr\.json|data\.zarr/{SPLIT}/{SHARD}(?:\.zip|/(?:{ZARR_SHARD_FILES.pattern}))",  # zarr
+            rf"segment/{SOURCE}/(?:config\.json|distill\.json|student\.pt|{SPLIT}/{SHARD}\.json)",  # masklam segment
+            # its teacher's cache (masklam.segment.distill.CACHED, key.json)
+            rf"segment/{SOURCE}/teacher/(?:key\.json|marked\.json|proposer\.pt|(?:test-)?run-\d+\.npy|record-[^/]+\.npy|marked-\d+\.npz)",
+            rf"compare/compare-{SOURCE}-vs-{SOURCE}(?:\.json|-worst\.png)",  # masklam masks compare
+            r"(?:.*/)?\.[^/]+\.masklam-\d+-\d+\.tmp|\.masklam-tmp-\d+-[^/]+(?:/.+)?|\.masklam-write-test-\d+",  # an interrupted writer's leftovers
+        ]
+    )
+)
+
+
+def foreign_files(folder: Path, owned: re.Pattern[str] = DATASET_FILES, prefix: str = "") -> list[str]:
+    """Files (and links) under ``folder`` that masklam does not write there, as paths relative to it, sorted.
+
+    ``owned`` matches the paths masklam writes, relative to ``folder`` (``prefix`` + the path, when the pattern
+    is of a folder above)."""
+    found = []
+    for parent, subfolders, names in os.walk(folder):
+        for name in subfolders:  # a link to a folder is not walked into: it is foreign, whatever it points to
+            if (Path(parent) / name).is_symlink():
+                found.append((Path(parent) / name).relative_to(folder).as_posix())
+        for name in names:
+            path = Path(parent) / name
+            relative = path.relative_to(folder).as_posix()
+            if path.is_symlink() or not owned.fullmatch(prefix + relative):
+                found.append(relative)
+    return sorted(found)
+
+
+def remove_owned(folder: Path, owned: re.Pattern[str], prefix: str = "") -> list[str]:
+    """Delete masklam's files under ``folder`` (those ``owned`` matches, see foreign_files) and the folders below it
+    left empty; return the foreign files, which stay (with the folders holding them)."""
+    foreign = foreign_files(folder, owned, prefix)
+    kept = set(foreign)
+    for parent, subfolders, names in os.walk(folder, topdown=False):
+        for name in names:
+            path = Path(parent) / name
+            if path.relative_to(folder).as_posix() not in kept:
+                path.unlink()
+        for name in subfolders:
+            path = Path(parent) / name
+            if path.is_symlink() or any(path.iterdir()):
+                continue  # a user's link, or a folder holding a user's file
+            path.rmdir()
+    return foreign  # ``folder`` itself stays: it may be a mount point, or the user's
+
+
 def as_data_path(location: str | Path) -> DataPath:
     """A local path or file:// URL as a plain Path (read as before); any other URL as a UPath, read through fsspec.
 

@@ -13,7 +13,7 @@ from masklam.data.schema import SPLITS
 def summarize(dataset: Dataset) -> dict[str, Any]:
     info = dataset.info
     splits = {}
-    for split in SPLITS:
+    for split in [split for split in SPLITS if split in info["splits"]]:  # a dataset may have no test split
         records = dataset.index(split)
         episodes = {r.episode: r for r in records}
         returns = np.array([r.episode_return for r in episodes.values()], dtype=np.float64)

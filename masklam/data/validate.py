@@ -139,6 +139,9 @@ def check_info(info: Any, path: DataPath, backends: Sequence[str]) -> dict[str, 
     rgb = features["rgb"]
     if rgb["dtype"] != "uint8" or len(rgb["shape"]) != 3 or rgb["shape"][2] != 3:
         raise f.fail("features.rgb", f"is {rgb['dtype']}{rgb['shape']}, expected uint8[H, W, 3]")
+    size = env["render"]["size"]  # what models and mask writers are built for: the frames must be that size
+    if rgb["shape"][:2] != [size, size]:
+        raise f.fail("features.rgb.shape", f"is {rgb['shape']}, but env.render.size says {size} px frames ([{size}, {size}, 3])")
     action_shape = features["action"]["shape"]
     if len(action_shape) != 1 or not np.issubdtype(np.dtype(features["action"]["dtype"]), np.floating):
         raise f.fail("features.action", f"is {features['action']['dtype']}{action_shape}, expected a float vector")

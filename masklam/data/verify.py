@@ -23,11 +23,12 @@ class Verdict:
     notes: list[str] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=lambda: {"shards": 0, "records": 0, "frames": 0})
     sources: list[str] = field(default_factory=list)
+    unregistered: set[str] = field(default_factory=set)  # mask sources stored in a shard that info.json does not list
 
     def summary(self) -> str:
         if self.problems:
             return f"{self.path}: {len(self.problems)} problem{'s' if len(self.problems) > 1 else ''} (listed above)"
-        checked = "every checksum verified" if not self.notes else "; ".join(self.notes)
+        checked = "; ".join(self.notes)
         return (
             f"{self.path}: ok ({self.counts['shards']} shards, {self.counts['records']} records, "
             f"{self.counts['frames']} frames, masks {', '.join(self.sources)}; {checked})"
@@ -74,6 +75,10 @@ def verify_split(dataset: Dataset, split: str, verdict: Verdict) -> None:
                     verdict.problems.append(str(error))
         if len(verdict.problems) == found:  # a shard that reads well may still be laid out against the format
             verdict.problems += dataset.backend.layout_problems(dataset.root, split, shard)
+        try:
+            verdict.unregistered.update(set(dataset.backend.mask_sources(dataset.root, split, shard)) - set(registered))
+        except UsageError:
+            pass  # an unreadable shard: its problem is listed above
     if every_index:
         counted = split_counts(metas)
         for key, value in counted.items():
@@ -93,4 +98,8 @@ def verify_dataset(path: str | Path) -> Verdict:
         verify_split(dataset, split, verdict)
     if not dataset.has_checksums and dataset.info["backend"] == "webdataset":  # zarr chunks always carry a crc32c
         verdict.notes.append("no checksums: written by an older masklam (re-collect to add them)")
+    else:
+        verdict.notes.append("every checksum verified")
+    for source in sorted(verdict.unregistered):  # not damage: a segment or transform that has not finished
+        verdict.notes.append(f"'{source}' masks are stored but not registered in info.json (unfinished: re-run the command that makes them)")
     return verdict

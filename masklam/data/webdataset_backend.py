@@ -188,7 +188,10 @@ def read_samples(path: DataPath, source: str, suffixes: set[str] | None = None) 
             try:
                 sample = next(samples, None)
             except READ_ERRORS as e:
-                raise corrupt_error(path, str(e), source) from e
+                problem = str(e)
+                if "duplicate file name" in problem:  # webdataset's group_by_keys: a record repeated in a row
+                    problem = f"member {str(e.args[0][0] if isinstance(e.args[0], tuple) else e.args[0]).split(':')[0]} is in the tar twice"
+                raise corrupt_error(path, problem, source) from e
             if sample is None:
                 return
             yield sample
@@ -289,8 +292,12 @@ class WebDatasetBackend:
                 raise missing_masks_error(path, source, self.mask_sources(root, split, shard))
         suffixes = None if fields is None else {META_FIELD, CHECKSUM_FIELD, *(f"{name}.npy" for name in fields)}
         masks_by_key = {source: SamplesByKey(read_samples(path, source, {MASK_FIELD, CHECKSUM_FIELD}), path, source) for source, path in mask_paths.items()}
+        seen: set[str] = set()
         for sample in read_samples(frames_path, ORACLE, suffixes):
             key = sample["__key__"]
+            if key in seen:  # the frames tar's damage: its mask tars, which hold each key once, are intact
+                raise corrupt_error(frames_path, f"record {key} is in the tar twice")
+            seen.add(key)
             check_sample(sample, frames_path, ORACLE, suffixes, require_checksums)
             meta = self._decode_meta(frames_path, sample)
             try:

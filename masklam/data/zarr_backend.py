@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -38,11 +39,14 @@ from zarr.storage import FsspecStore, LocalStore
 from masklam.atomic import atomic_write_bytes
 from masklam.data.schema import ORACLE, SCHEMA_VERSION, Feature, Record, RecordMeta, shard_name
 from masklam.data.storage import (
+    ZARR_ARRAY_FILES,
+    ZARR_SHARD_FILES,
     DataPath,
     check_masks,
     check_records,
     corrupt_error,
     drop_unlabelled_action,
+    foreign_files,
     missing_masks_error,
     missing_shard_error,
     step_or_nan,
@@ -181,7 +185,7 @@ class ZarrBackend:
             ends = np.cumsum([record.meta.frames for record in records], dtype=np.int64)
             write_array(store, "meta/record_ends", ends, STEPS_BLOSC)
             self._ensure_groups(root, split)
-            self._move_into_place(tmp, self.shard_path(root, split, shard))
+            self._move_into_place(tmp, self.shard_path(root, split, shard), ZARR_SHARD_FILES)
 
     def write_masks(self, root: Path, split: str, shard: int, source: str, masks: dict[str, np.ndarray]) -> None:
         if not self.has_shard(root, split, shard) and self.zip_path(root, split, shard).is_file():
@@ -193,7 +197,7 @@ class ZarrBackend:
         check_masks(source, masks, metas)
         with self._staging(root) as tmp:
             write_array(LocalStore(tmp), None, np.concatenate([masks[meta.key] for meta in metas]), MASKS_BLOSC)
-            self._move_into_place(tmp, self.shard_path(root, split, shard) / "data" / "mask" / source)
+            self._move_into_place(tmp, self.shard_path(root, split, shard) / "data" / "mask" / source, ZARR_ARRAY_FILES)
 
     @staticmethod
     @contextmanager
@@ -208,12 +212,16 @@ class ZarrBackend:
             shutil.rmtree(folder)
 
     @staticmethod
-    def _move_into_place(tmp: Path, dest: Path) -> None:
-        """Rename the finished folder ``tmp`` to ``dest``; an existing ``dest`` is moved aside first.
+    def _move_into_place(tmp: Path, dest: Path, owned: re.Pattern[str]) -> None:
+        """Rename the finished folder ``tmp`` to ``dest``; an existing ``dest`` is moved aside first (and deleted),
+        refused if it holds a file that ``owned`` (the files masklam writes there) does not match.
 
         A directory cannot be swapped for another in one step: readers see the old node or none
         for a moment, never a partial one.
         """
+        foreign = foreign_files(dest, owned) if dest.is_dir() else []
+        if foreign:
+            raise UsageError(f"{dest / foreign[0]} is not a file masklam wrote, and replacing {dest} would delete it: move it away and re-run")
         fsync_tree(tmp)
         if dest.exists():
             os.rename(dest, tmp.with_name("old"))  # removed with the staging folder

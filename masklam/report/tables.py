@@ -43,6 +43,7 @@ from masklam.atomic import atomic_write_bytes, atomic_write_json
 from masklam.configs import build
 from masklam.data.schema import ORACLE
 from masklam.errors import UsageError
+from masklam.locks import writer_lock
 
 BASELINE = "lapo"
 CONFIDENCE = 0.95
@@ -339,6 +340,11 @@ def describe_scale(variant: dict[str, Any]) -> str:
 
 
 def write_report(roots: list[Path], out: Path, echo: Callable[[str], None] = print) -> dict[str, Any]:
+    with writer_lock(Path(out), "report"):  # one writer per report folder
+        return _write_report(roots, out, echo)
+
+
+def _write_report(roots: list[Path], out: Path, echo: Callable[[str], None]) -> dict[str, Any]:
     from masklam.report.plots import plot_bars, plot_label_budget, plot_mask_degradation
 
     results = [collect_results(root) for root in roots]  # bad folders fail before anything is written

@@ -263,6 +263,23 @@ def cache_key(config: DistillConfig | None, teacher: dict[str, Any] | None) -> d
     return {"config": None if config is None else dataclasses.asdict(config), "teacher": teacher}
 
 
+def held_out_count(config: DistillConfig, runs: int) -> int:
+    """Runs (one per train record) held out to score the student."""
+    return max(1, round(config.held_out * runs))
+
+
+def check_distill(config: DistillConfig, records: int, size: int, data: str | Path) -> None:
+    """What distilling this dataset needs, checked from its metadata before any teacher labels a frame."""
+    if size % 4:
+        raise UsageError(f"--distill needs an image size divisible by 4 (the dataset's is {size})")
+    held = held_out_count(config, records)
+    if held >= records:  # 1 record: the one held out to score the student leaves none to train it on
+        raise UsageError(
+            f"--distill needs at least 2 train records (it holds out {held} to score the student, and trains on the rest); "
+            f"{data} has {records}: collect more episodes, or cut them into records with collect --chunk-steps"
+        )
+
+
 def distill(
     data: str | Path,
     name: str,
@@ -283,16 +300,12 @@ def distill(
             student = Student(config.width)
             student.load_state_dict(torch.load(weights, weights_only=True))
             return student.eval(), report
-    size = dataset.info["env"]["render"]["size"]
-    if size % 4:
-        raise UsageError(f"--distill needs an image size divisible by 4 (the dataset's is {size})")
+    check_distill(config, len(dataset.index("train")), dataset.info["env"]["render"]["size"], data)
     rng = np.random.default_rng(config.seed)
     records = list(dataset.records("train", mask_sources=tuple(set(reads) | ({ORACLE} & set(dataset.info["mask_sources"]))), fields=("rgb",)))
     runs = sample_runs(records, config.frames, rng)
     order = rng.permutation(len(runs))
-    held = set(order[: max(1, round(config.held_out * len(runs)))].tolist())
-    if len(held) == len(runs):
-        raise UsageError("--distill needs at least 2 train records (one is held out to score the student)")
+    held = set(order[: held_out_count(config, len(runs))].tolist())
     cache = open_teacher_cache(folder / "teacher", cache_key(config, teacher_key))
     labels = teacher_labels(cache, runs, teacher, show_progress)
     train = [i for i in range(len(runs)) if i not in held]

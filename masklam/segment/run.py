@@ -148,30 +148,34 @@ def mobile_sam_segmenter(config: SegmentConfig) -> tuple[Any, dict[str, Any]]:
     return segmenter, {"kind": MOBILE_SAM, "checkpoint": path.name, "checkpoint_sha256": file_sha256(path)[:16], **config.prompts.describe()}
 
 
-def check_before_models(config: SegmentConfig) -> None:
-    """What can be checked without a model, checked before one is loaded: the prompts against the dataset's frames,
-    splits and episodes, the simulator for oracle prompts, the splits for --teacher-on, enough records to distil."""
+def check_before_models(config: SegmentConfig, overwrite: bool = False) -> None:
+    """What can be checked without a model, checked before one is loaded (and before a teacher labels frames for
+    minutes): the source's name and whether it may be written, the prompts against the dataset's frames, splits and
+    episodes, the simulator for oracle prompts, the splits for --teacher-on, enough records and a size to distil."""
     from masklam.data.dataset import open_dataset
     from masklam.data.ingest import require_simulator
+    from masklam.segment.writer import check_source_name, claim_source_without_settings
 
     dataset = open_dataset(config.data)
-    if config.model == ORACLE or config.prompts.oracle_box:
+    if config.model == ORACLE or config.prompts.oracle_box:  # first: without a simulator no name helps
         require_simulator(dataset.info, config.data, "oracle masks (--model oracle, --prompt oracle-box)")
+    check_source_name(dataset, config.source)
+    claim_source_without_settings(dataset, config.source, overwrite)
     episodes = dataset.episode_frames()
     check_prompts(config.prompts, dataset.info["env"]["render"]["size"], episodes)
     unknown = [split for split in config.teacher_splits if split not in episodes]
     if unknown:
         raise UsageError(f"--teacher-on {','.join(config.teacher_splits)}: the dataset has no split {unknown[0]!r} (it has {', '.join(episodes)})")
     if config.distill is not None:
-        records = len(dataset.index("train")) if "train" in episodes else 0
-        if records < 2:
-            raise UsageError(f"--distill needs at least 2 train records (one is held out to score the student); {config.data} has {records}")
+        from masklam.segment.distill import check_distill
+
+        check_distill(config.distill, len(dataset.index("train")) if "train" in episodes else 0, dataset.info["env"]["render"]["size"], config.data)
 
 
 def segment_dataset(
     config: SegmentConfig, rank: int | None = None, world_size: int | None = None, overwrite: bool = False, show_progress: bool = True
 ) -> dict[str, Any]:
-    check_before_models(config)
+    check_before_models(config, overwrite)
     make_masks, description, reads = mask_function(config)
     teacher, report, teacher_description = make_masks, {}, description
     cache = Path(config.data) / SEGMENT_DIR / config.source / "teacher"

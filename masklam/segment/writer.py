@@ -13,7 +13,6 @@ in info.json (the same bytes whoever writes them), and the source becomes visibl
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -25,6 +24,7 @@ from tqdm import tqdm
 from masklam.atomic import atomic_write_json, remove_stale_temp_files
 from masklam.data.dataset import INFO, Dataset, open_dataset
 from masklam.data.schema import MASK_SOURCE_RE, ORACLE, Record
+from masklam.data.storage import DATASET_FILES, ZARR_ARRAY_FILES, remove_owned
 from masklam.errors import UsageError
 from masklam.locks import writer_lock
 from masklam.ranks import rank_and_world_size
@@ -42,6 +42,13 @@ def check_source_name(dataset: Dataset, name: str) -> None:
         raise UsageError("'oracle' names the simulator's masks, which are never replaced: pick another --name")
     if not isinstance(dataset.root, Path):
         raise UsageError(f"{dataset.root} is not a local folder: masks are written into the dataset, so pass a local copy")
+
+
+def claim_source_without_settings(dataset: Dataset, name: str, overwrite: bool) -> None:
+    """claim_source's refusal that needs no settings, for a check before any model runs."""
+    saved = Path(dataset.root) / SEGMENT_DIR / name / "config.json"
+    if name in dataset.info.get("mask_sources", {}) and not saved.exists() and not overwrite:
+        raise UsageError(f"{dataset.root} already has '{name}' masks: pick another --name, or pass --overwrite to replace them")
 
 
 def claim_source(root: Path, name: str, description: dict[str, Any], registered: bool, overwrite: bool) -> None:
@@ -126,17 +133,24 @@ def write_shards(dataset: Dataset, name: str, make_masks: MaskFunction, reads: t
 
 
 def remove_partial_source(dataset: Dataset, name: str, every: list[tuple[str, int]]) -> None:
-    """Remove what this run wrote of source ``name`` (its masks beside each shard, its markers), nothing else."""
+    """Remove what this run wrote of source ``name`` (its masks beside each shard, its markers), nothing else: a
+    user's file in any of these folders stays, with the folders holding it."""
     for split, shard in every:
         location = dataset.backend.mask_location(dataset.root, split, shard, name)
-        if location.is_dir():
-            shutil.rmtree(location)
-        elif location.exists():
+        if location.is_dir() and not location.is_symlink():  # a Zarr array folder
+            remove_owned(location, ZARR_ARRAY_FILES)
+            if not any(location.iterdir()):
+                location.rmdir()
+        elif location.is_file() and not location.is_symlink():  # a WebDataset tar: masklam's by its name
             location.unlink()
         for folder in (location.parent, location.parent.parent):  # masks/<name>/<split>, masks/<name> when empty
             if folder.name in (name, split) and folder.is_dir() and not any(folder.iterdir()):
                 folder.rmdir()
-    shutil.rmtree(dataset.root / SEGMENT_DIR / name)
+    folder = dataset.root / SEGMENT_DIR / name
+    if folder.is_dir():
+        remove_owned(folder, DATASET_FILES, prefix=f"{SEGMENT_DIR}/{name}/")
+        if not any(folder.iterdir()):
+            folder.rmdir()
 
 
 def check_mask(mask: np.ndarray, frames: int, size: int, name: str) -> np.ndarray:

@@ -13,7 +13,7 @@ from masklam.data.backend import Backend
 from masklam.data.dataset import BACKENDS
 from masklam.data.schema import ORACLE, Feature, Record, RecordMeta, record_key
 
-H, W = 6, 10  # W not a multiple of 8
+H = W = 10  # square, as every writer's frames are (info.json's env.render.size); not a multiple of 8
 FEATURES = {
     "rgb": Feature("uint8", (H, W, 3)),
     "state": Feature("float64", (5,)),

@@ -192,6 +192,17 @@ def empty_split(root: Path, backend: str) -> None:
         shutil.rmtree(path) if path.is_dir() else path.unlink()
 
 
+def repeated_record(root: Path, backend: str) -> None:
+    """The frames hold their first record twice (its masks, intact, once)."""
+    if backend == "webdataset":
+        rewrite_tar(root / "train/shard-000000.tar", lambda k, s, d: d, order=lambda keys: keys + keys[:1])
+    else:
+        path = root / "data.zarr/train/shard-000000/zarr.json"
+        group = json.loads(path.read_text())
+        group["attributes"]["records"].append(group["attributes"]["records"][0])
+        path.write_text(json.dumps(group))
+
+
 DAMAGE: dict[str, Callable[[Path, str], None]] = {
     "truncated shard": truncate,
     "deleted frames": delete_member("rgb"),
@@ -206,9 +217,15 @@ DAMAGE: dict[str, Callable[[Path, str], None]] = {
     "empty split": empty_split,
     **{f"info.json without {field}": edit_info(lambda info, field=field: info.pop(field)) for field in INFO_FIELDS},
     "info.json with a bad split count": edit_info(lambda info: info["splits"]["train"].update(shards="two")),
+    # info.json that disagrees with the arrays (each field well formed on its own)
+    "info.json with another frame size": edit_info(lambda info: info["env"]["render"].update(size=2 * SIZE)),
+    "info.json without the test split": edit_info(lambda info: info["splits"].pop("test")),
+    "info.json listing masks not stored": edit_info(lambda info: info["mask_sources"].update(ghost={"kind": "derived"})),
+    "a frames record twice": repeated_record,
 }
 # Damage `masklam info --no-verify` still sees: it reads info.json and the shard indexes, not the shards.
-METADATA = {"info.json not JSON", "empty split", "info.json with a bad split count"} | {f"info.json without {field}" for field in INFO_FIELDS}
+METADATA = {"info.json not JSON", "empty split", "info.json with a bad split count", "info.json with another frame size", "info.json without the test split"}
+METADATA |= {f"info.json without {field}" for field in INFO_FIELDS}
 # Which damage each command (besides verify and info) is run on: what it reads, one case per kind at least.
 COMMANDS: dict[str, list[str]] = {
     "train lam": [
@@ -219,9 +236,12 @@ COMMANDS: dict[str, list[str]] = {
         "flipped mask byte",
         "info.json without env",
         "info.json without mask_sources",
+        "info.json with another frame size",
+        "info.json without the test split",
     ],
     "probe": ["inf test action", "deleted actions", "flipped frame byte", "info.json without features"],
     "masks transform": ["deleted masks", "flipped mask byte", "wrong-shape mask", "info.json without mask_sources", "empty split"],
+    "masks compare": ["a frames record twice", "info.json with another frame size"],
     "publish --dry-run": ["deleted frames", "inf test action", "flipped frame byte", "info.json without env"],
 }
 
@@ -245,6 +265,7 @@ def command_args(command: str, data: Path, tmp_path: Path, lam_run: Path) -> lis
         ],
         "probe": ["probe", str(lam_run), "--data", str(data), "--windows", "20", "--no-progress"],
         "masks transform": ["masks", "transform", str(data), "--erode", "1", "--no-progress"],
+        "masks compare": ["masks", "compare", str(data), "--pred", "oracle"],
         "publish --dry-run": ["publish", str(data), "--repo-id", "someone/tiny", "--dry-run", "--no-progress", "--stage", str(tmp_path / "stage")],
     }[command]
 
@@ -275,6 +296,28 @@ def test_damage_is_one_line_and_exit_2(clean, request, tmp_path, backend, case, 
         assert str(data) in result.stdout, "verify lists each problem, naming the file, on stdout"
     else:
         assert str(data) in lines[0], "the error names the damaged file"
+
+
+# Damage that one file holds, and the intact files an error must not blame (nor tell the user to delete).
+BLAME = {
+    ("webdataset", "a frames record twice"): ("train/shard-000000.tar", "masks/"),
+    ("zarr", "a frames record twice"): ("data.zarr/train/shard-000000", "data/mask"),
+    ("webdataset", "info.json with another frame size"): ("info.json", "shard-"),
+    ("webdataset", "info.json without the test split"): ("info.json", "shard-"),
+}
+
+
+@pytest.mark.parametrize("backend, case", sorted(BLAME))
+@pytest.mark.parametrize("command", ["verify", "info", "masks compare"])
+def test_errors_blame_the_damaged_file(clean, tmp_path, backend, case, command):
+    data = tmp_path / "data"
+    shutil.copytree(clean[backend], data)
+    DAMAGE[case](data, backend)
+    result = cli(*command_args(command, data, tmp_path, None))
+    said = result.stdout + result.stderr
+    damaged, intact = BLAME[backend, case]
+    assert result.exit_code == 2 and f"{data}/{damaged}" in said, said
+    assert intact not in said, said
 
 
 @pytest.mark.parametrize("case", ["deleted frames", "flipped mask byte", "info.json not JSON"])
@@ -338,3 +381,13 @@ def test_a_transform_stopped_by_damage_leaves_no_partial_source(clean, tmp_path,
     assert result.exit_code == 2 and "shard-000001" in result.stderr, result.stderr
     assert snapshot(data) == before, "the transform left files behind"
     assert not (data / "segment/oracle_erode1").exists() and not (data / "masks/oracle_erode1").exists()
+
+
+def test_verify_notes_masks_stored_but_not_registered(clean, tmp_path):
+    """Masks info.json does not list are not damage (a segment or transform that has not finished): a note."""
+    data = tmp_path / "data"
+    shutil.copytree(clean["zarr"], data)
+    assert cli("masks", "transform", str(data), "--erode", "1", "--no-progress").exit_code == 0
+    edit_info(lambda info: info["mask_sources"].pop("oracle_erode1"))(data, "zarr")
+    result = cli("verify", str(data))
+    assert result.exit_code == 0 and "'oracle_erode1' masks are stored but not registered" in result.stdout, result.stdout

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -125,6 +126,45 @@ def test_overwrite_refuses_a_dataset_holding_user_files(with_sources, tmp_path, 
     foreign = "notes.txt" if where == "beside" else "index/sub/keep.txt"
     assert len(result.stderr.strip().splitlines()) == 1 and foreign in result.stderr, result.stderr
     assert snapshot(out) == before
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# Inside the backend's own folders, where every other file is masklam's: a shard (Zarr) or a mask source.
+INSIDE_SHARD = {
+    "zarr": ["data.zarr/train/shard-000000/notes.txt", "data.zarr/train/shard-000000/data/rgb/c/notes.txt", "data.zarr/train/shard-000000/data/mask/x"],
+    "webdataset": ["masks/oracle/train/notes.txt", "train/shard-000000.tar.bak"],
+}
+
+
+@pytest.mark.parametrize("which", [0, 1])
+def test_overwrite_refuses_a_user_file_inside_a_shard_and_keeps_it(with_sources, tmp_path, which):
+    out = tmp_path / "data"
+    shutil.copytree(with_sources[0], out)
+    backend = open_dataset(out).info["backend"]
+    foreign = out / INSIDE_SHARD[backend][which]
+    foreign.write_text("the user's own notes")
+    digest, before = sha256(foreign), snapshot(out)
+    result = cli(*COLLECT, "--seed", "1", "--out", str(out), "--overwrite")
+    lines = result.stderr.strip().splitlines()
+    assert result.exit_code == 2 and len(lines) == 1 and INSIDE_SHARD[backend][which] in lines[0], result.stderr
+    assert sha256(foreign) == digest and snapshot(out) == before
+
+
+def test_replacing_a_zarr_mask_source_keeps_a_user_file_inside_it(tmp_path):
+    """segment --overwrite replaces a Zarr source's array folder: a user's file in it is refused, not deleted."""
+    out = tmp_path / "data"
+    assert cli(*COLLECT, "--backend", "zarr", "--out", str(out)).exit_code == 0
+    assert cli("segment", str(out), "--model", "oracle", "--name", "copy", "--no-progress").exit_code == 0
+    foreign = out / "data.zarr/train/shard-000000/data/mask/copy/notes.txt"
+    foreign.write_text("mine")
+    digest = sha256(foreign)
+    result = cli("masks", "transform", str(out), "--erode", "1", "--name", "copy", "--overwrite", "--no-progress")
+    lines = result.stderr.strip().splitlines()
+    assert result.exit_code == 2 and len(lines) == 1 and str(foreign) in lines[0], result.stderr
+    assert sha256(foreign) == digest
 
 
 def test_overwrite_replaces_a_dataset_made_by_masklam(with_sources, tmp_path):

@@ -29,3 +29,15 @@ def test_a_student_distilled_from_the_oracle_matches_it(masklam_cli, distill_dat
     # Every frame of both splits labelled by the student, close to the oracle on the test episode too.
     test = next(dataset.records("test", mask_sources=("oracle", "oracle_student")))
     assert iou(test.masks["oracle_student"], test.masks["oracle"]) >= 0.7
+
+
+@pytest.mark.parametrize("episodes, size, says", [(1, 16, "at least 2 train records"), (2, 18, "divisible by 4")])
+def test_distill_refuses_pointless_work_before_any_teacher_runs(masklam_cli, tmp_path, episodes, size, says):
+    """Checked from the metadata: no teacher labels a frame, no teacher cache is left."""
+    data = tmp_path / "data"
+    collect = ["collect", "--env", "dmc:cheetah-run", "--steps", "6", "--size", str(size), "--episodes", str(episodes), "--test-episodes", "0"]
+    assert masklam_cli(*collect, "--out", str(data), "--no-progress").returncode == 0
+    result = masklam_cli("segment", str(data), "--model", "oracle", "--distill", "10", "--no-progress")
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and says in lines[0], result.stderr
+    assert not (data / "segment").exists()
