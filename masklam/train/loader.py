@@ -61,7 +61,7 @@ Window = dict[str, Any]
 T = TypeVar("T")
 LABEL_POLICY = 2  # 1: training read every labelled train episode; 2: in-pool episodes held out (in run settings)
 LABELS = ("training", "all")
-WINDOW_KEYS = frozenset({"obs", "future", "next", "obs_mask", "future_mask", "next_mask", "action", "labelled", "k", "episode"})
+WINDOW_KEYS = frozenset({"obs", "future", "next", "obs_mask", "future_mask", "next_mask", "action", "labelled", "k", "episode", "step"})
 
 
 @dataclass(frozen=True)
@@ -75,6 +75,7 @@ class WindowSpec:
     fields: tuple[str, ...] = ()  # extra per-step arrays to return at t (e.g. "state", "distractor_bg_frame")
     next_fields: tuple[str, ...] = ()  # ... and at t+1, as "next_<name>" (the probe's camera motion)
     episode: bool = False  # also return the episode index (probes cross-validate grouped by episode)
+    step: bool = False  # also return t within the episode (with episode: a key for the window; latent BC caches by it)
     labels: str = "training"  # "training": in-pool train episodes come unlabelled; "all": the probe's, every label
 
     def __post_init__(self) -> None:
@@ -109,6 +110,8 @@ def record_windows(record: Record, spec: WindowSpec, action_shape: tuple[int, ..
         window |= {f"next_{name}": np.array(record.steps[name][t + 1]) for name in spec.next_fields}
         if spec.episode:
             window["episode"] = np.int64(record.meta.episode)
+        if spec.step:
+            window["step"] = np.int64(record.meta.start + t)
         yield window
 
 

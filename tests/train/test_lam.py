@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -216,6 +217,33 @@ def test_probe_of_a_run_on_shaken_and_recoloured_video(tmp_path):
     assert sorted(result["distractor"]) == ["agent_color", "camera", "camera_motion"]
     assert all(isinstance(state["r2"], float) for state in result["distractor"].values())
     assert "distractor camera_motion R²" in render_probe(result)
+
+
+def test_latent_bc_labels_each_window_once_and_learns_the_same(tiny_data, tmp_path, monkeypatch):
+    """The latent targets cached per window are the ones the frozen IDM gives batch by batch: same losses."""
+    import masklam.train.stages as stages
+    from masklam.train.loop import OptimConfig
+
+    train_lam(tiny_config(tiny_data, "masklam", "optim.steps=3", "model.latent_dim=8"), tmp_path / "lam", show_progress=False)
+    stage = stages.StageConfig(preset="tiny", batch_size=8, log_every=1, optim=OptimConfig(steps=6, lr=1e-3))
+    labelled, original = [], stages.latent_targets
+
+    def recorded(*args, **kwargs):
+        labelled.append(original(*args, **kwargs))
+        return labelled[-1]
+
+    monkeypatch.setattr(stages, "latent_targets", recorded)
+    for cache in (True, False):
+        run = tmp_path / f"bc-{cache}"
+        shutil.copytree(tmp_path / "lam", run)
+        monkeypatch.setattr(stages, "LABEL_CACHE_BYTES", 1 << 30 if cache else 0)
+        stages.train_bc(run, stage, show_progress=False)
+    cached, on_the_fly = labelled
+    from masklam.data.dataset import open_dataset
+
+    windows = sum(meta.frames - 1 for meta in open_dataset(tiny_data).index("train"))
+    assert on_the_fly is None and len(cached.row) == len(cached.latents) == windows  # every window, once
+    np.testing.assert_allclose(losses(tmp_path / "bc-True", "bc"), losses(tmp_path / "bc-False", "bc"), rtol=1e-4)
 
 
 @pytest.mark.slow
