@@ -23,3 +23,21 @@ def rank_and_world_size(rank: int | None, world_size: int | None, slurm_array: b
     if not 0 <= rank < world_size:
         raise UsageError(f"rank {rank} is outside world size {world_size}: ranks go from 0 to world size - 1")
     return rank, world_size
+
+
+def rank_device(device: str, world_size: int, local_rank: int | None) -> str:
+    """The device this rank computes on. Under torchrun with CUDA each rank takes the GPU of its LOCAL_RANK
+    (one process per GPU on each node); every rank on ``cuda`` alone would all land on cuda:0."""
+    if world_size == 1 or not device.startswith("cuda"):
+        return device
+    if device != "cuda":
+        raise UsageError(f"device = {device!r} with {world_size} processes: give device = 'cuda', and each rank takes the GPU of its LOCAL_RANK")
+    if local_rank is None:
+        raise UsageError(f"{world_size} processes on CUDA, but LOCAL_RANK is not set: start them with torchrun")
+    return f"cuda:{local_rank}"
+
+
+def local_rank() -> int | None:
+    """torchrun's LOCAL_RANK: this process's index on its node."""
+    value = os.environ.get("LOCAL_RANK")
+    return None if value is None else int(value)

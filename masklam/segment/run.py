@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from masklam.data.schema import ORACLE
 from masklam.errors import UsageError
+from masklam.ranks import local_rank, rank_and_world_size, rank_device
 from masklam.segment.distill import DistillConfig, cache_key, distill, open_teacher_cache, student_function, teacher_on_splits
 from masklam.segment.prompts import PromptChain, PromptSpec, check_prompts, parse_prompt
 from masklam.segment.writer import SEGMENT_DIR, write_mask_source
@@ -176,6 +178,9 @@ def segment_dataset(
     config: SegmentConfig, rank: int | None = None, world_size: int | None = None, overwrite: bool = False, show_progress: bool = True
 ) -> dict[str, Any]:
     check_before_models(config, overwrite)
+    # Under torchrun each rank segments its own shards on the GPU of its LOCAL_RANK (rank_device).
+    _, ranks = rank_and_world_size(rank, world_size)
+    config = dataclasses.replace(config, device=rank_device(config.device, ranks, local_rank()))
     make_masks, description, reads = mask_function(config)
     teacher, report, teacher_description = make_masks, {}, description
     cache = Path(config.data) / SEGMENT_DIR / config.source / "teacher"

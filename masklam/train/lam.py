@@ -28,6 +28,7 @@ from masklam.errors import UsageError
 from masklam.methods import uses_masks
 from masklam.models.lam import LAOMLabels
 from masklam.models.presets import METHODS, PRESETS, LAMConfig, build_lam, lam_config
+from masklam.ranks import local_rank, rank_device
 from masklam.threads import leave_for_workers
 from masklam.train.loader import WindowDataset, WindowSpec, action_variance, make_loader
 from masklam.train.loop import OptimConfig, absolute_location, check_optim, claim_run_folder, fit
@@ -132,6 +133,13 @@ def setup_distributed(device: str) -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
+def seed_augmentations(model: torch.nn.Module, rank: int) -> None:
+    """LAOM's augmentation draws: rank r seeds with seed + r, so that ranks do not augment their shares of the
+    batch alike (rank 0 keeps the single-process draws)."""
+    if getattr(model, "generator", None) is not None:
+        model.generator.manual_seed(model.config.augment.seed + rank)
+
+
 def release_process_group() -> None:
     """Tear the process group down in the same order on every rank. Callers first drop their DDP model:
     its reducer holds the group, and a group freed late (at interpreter exit, gloo's threads still up) can
@@ -180,16 +188,21 @@ def train_lam(config: LAMTrainConfig, run_dir: Path, show_progress: bool = True)
     config = with_absolute_data(config)
     info = open_dataset(config.data.path).info
     torch.manual_seed(config.seed)
-    model = build_model(config, info).to(config.device)
     check_optim(config.optim)
-    rank, world_size = setup_distributed(config.device)
+    rank, world_size = setup_distributed(config.device)  # the process group first, then this rank's device
+    device = rank_device(config.device, world_size, local_rank())
+    if device.startswith("cuda"):
+        torch.cuda.set_device(device)  # NCCL's collectives and plain .cuda() go to this rank's GPU
+    model = build_model(config, info).to(device)
+    seed_augmentations(model, rank)
     leave_for_workers(config.data.workers)  # loader processes decode beside the training threads
     batches = window_batches(config, rank, world_size)  # bad settings fail here, before the run folder is claimed
     if isinstance(model, LAOMLabels):  # logged beside the action loss: does the head beat the mean action?
         model.action_variance = float(np.mean(action_variance(config.data.path)))
     claim_run_folder(run_dir, "lam", config, rank)
 
-    trained = torch.nn.parallel.DistributedDataParallel(model) if world_size > 1 else model
+    device_ids = [torch.device(device).index] if device.startswith("cuda") else None
+    trained = torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids) if world_size > 1 else model
     forward = torch.compile(trained) if config.compile else trained  # DDP's forward all-reduces the gradients
     result = fit(
         "lam",
@@ -200,7 +213,7 @@ def train_lam(config: LAMTrainConfig, run_dir: Path, show_progress: bool = True)
         config.optim,
         config.log_every,
         config.checkpoint_every,
-        config.device,
+        device,
         config.bf16,
         rank,
         world_size,

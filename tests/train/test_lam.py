@@ -153,6 +153,46 @@ def ddp_worker(rank: int, init_file: str, out: str) -> None:
     release_process_group()
 
 
+def test_each_rank_draws_its_own_augmentations():
+    from masklam.train.lam import seed_augmentations
+
+    draws = []
+    for rank in (0, 1, 0):
+        model = build_lam(lam_config("laom", "tiny"), action_dim=6)
+        seed_augmentations(model, rank)
+        draws.append(torch.rand(4, generator=model.generator))
+    assert torch.equal(draws[0], draws[2]) and not torch.equal(draws[0], draws[1])
+    fresh = build_lam(lam_config("laom", "tiny"), action_dim=6)
+    assert torch.equal(torch.rand(4, generator=fresh.generator), draws[0])  # rank 0 draws as one process does
+
+
+@pytest.mark.slow
+def test_torchrun_trains_with_two_gloo_processes_and_rank_0_writes(tiny_data, tmp_path):
+    """The real launcher: torchrun starts two CPU processes (gloo); rank 0 alone writes the run folder."""
+    run = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASKLAM_THREADS": "1"}
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "masklam.cli"]
+    args = [
+        "train",
+        "lam",
+        "--data",
+        str(tiny_data),
+        "--trainer",
+        "laom-tiny",
+        "--set",
+        "optim.steps=4",
+        "--set",
+        "log_every=1",
+        "--out",
+        str(run),
+        "--no-progress",
+    ]
+    done = subprocess.run([*launch, *args], capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert [json.loads(line)["step"] for line in (run / "lam-metrics.jsonl").read_text().splitlines()] == [1, 2, 3, 4]  # once each
+    assert (run / "lam.pt").exists()
+
+
 @pytest.mark.slow
 def test_two_process_ddp_gives_the_gradients_of_one_process(tmp_path):
     torch.multiprocessing.spawn(ddp_worker, args=(str(tmp_path / "init"), str(tmp_path / "grads.pt")), nprocs=2)
