@@ -150,12 +150,17 @@ def load_sam(path: Path, device: str = "cpu") -> tuple[torch.nn.Module, SamArchi
 class SamSegmenter(PromptChain):
     """segment-anything's SAM: frames encoded in batches, masks decoded one by one."""
 
-    def __init__(self, model: torch.nn.Module, prompts: PromptSpec, batch_size: int = 8, device: str = "cpu", half: bool = False) -> None:
+    def __init__(
+        self, model: torch.nn.Module, prompts: PromptSpec, batch_size: int = 8, device: str = "cpu", half: bool = False, dtype: torch.dtype | None = None
+    ) -> None:
+        """``half``: float16 (GPUs); ``dtype`` another reduced precision (bfloat16 runs on CPUs too: the tests')."""
         super().__init__(prompts, batch_size)
         self.model, self.device = model, device
-        self.dtype = torch.float16 if half else torch.float32
-        if half:
-            self.model.half()
+        self.dtype = dtype or (torch.float16 if half else torch.float32)
+        # The image encoder and the mask decoder, where the work is, in reduced precision; the prompt encoder
+        # stays float32 (its Fourier features multiply float32 coordinates), its outputs cast at the decoder.
+        model.image_encoder.to(self.dtype)
+        model.mask_decoder.to(self.dtype)
         with torch.no_grad():  # the same for every frame
             self.dense_pe = model.prompt_encoder.get_dense_pe().to(self.dtype)
 

@@ -135,3 +135,21 @@ def test_sam_as_the_teacher_of_a_distilled_student(dataset_factory, small_checkp
     result = segment_dataset(config, show_progress=False)
     assert result["registered"] and result["distill"]["teacher_frames"] >= 20
     assert "sam_vit_l_student" in open_dataset(data).info["mask_sources"]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["half", "bf16"])
+def test_the_segmenter_runs_in_reduced_precision(small_sam, dtype):
+    """--half on a GPU: the prompt encoder's float32 Fourier features met a float16 matrix and crashed before any
+    frame; the encoder and decoder now run in the reduced precision, the prompt encoder in float32 (CPU here)."""
+    from masklam.segment.prompts import Prompt, PromptSpec
+
+    torch.manual_seed(0)
+    frames = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    prompt = Prompt(points=((10.0, 12.0),), labels=(1,))
+    full = SamSegmenter(small_sam.build().eval(), PromptSpec(), batch_size=2)
+    torch.manual_seed(0)
+    reduced = SamSegmenter(small_sam.build().eval(), PromptSpec(), batch_size=2, dtype=dtype)
+    embedding, low = full.encode(frames), reduced.encode(frames)
+    assert low.dtype == dtype and torch.allclose(low.float(), embedding, atol=0.1 * embedding.abs().max().item())
+    mask = reduced.decode(low[:1], prompt, 32)
+    assert mask.shape == (32, 32) and mask.dtype == np.uint8
