@@ -193,7 +193,9 @@ def train_lam(config: LAMTrainConfig, run_dir: Path, show_progress: bool = True)
     device = rank_device(config.device, world_size, local_rank())
     if device.startswith("cuda"):
         torch.cuda.set_device(device)  # NCCL's collectives and plain .cuda() go to this rank's GPU
-    model = build_model(config, info).to(device)
+    # Convolution weights in channels_last: a tiny LAM step 1.25-1.29x faster on this CPU, the same loss to the
+    # last bit (7 December, interleaved timing); before DDP wraps the parameters.
+    model = build_model(config, info).to(device, memory_format=torch.channels_last)
     seed_augmentations(model, rank)
     leave_for_workers(config.data.workers)  # loader processes decode beside the training threads
     batches = window_batches(config, rank, world_size)  # bad settings fail here, before the run folder is claimed

@@ -93,7 +93,7 @@ def frozen_lam(run_dir: Path, data: str | None = None, fallback: str | None = No
     config = build(LAMTrainConfig, read_run_config(run_dir, "lam"), "lam-config")
     config = dataclasses.replace(config, data=dataclasses.replace(config.data, path=lam_dataset(run_dir, data, fallback)))
     info = open_dataset(config.data.path).info
-    model = build_model(config, info)
+    model = build_model(config, info).to(memory_format=torch.channels_last)  # see train_lam
     load_checkpoint(run_dir / CHECKPOINT, model)
     model.eval().requires_grad_(False)
     return config, model, info
@@ -114,7 +114,8 @@ def policy_model(stage: StageConfig, lam: torch.nn.Module, latent_dim: int | Non
     """The policy network: the stage's encoder size, the LAM's image and stack sizes, and the LAM's latent
     size unless ``latent_dim`` says otherwise (the action size, for BC on true actions)."""
     torch.manual_seed(stage.seed)
-    return LatentPolicy(policy_config(stage.preset, lam.config, **({"latent_dim": latent_dim} if latent_dim else {})))
+    policy = LatentPolicy(policy_config(stage.preset, lam.config, **({"latent_dim": latent_dim} if latent_dim else {})))
+    return policy.to(memory_format=torch.channels_last)  # see train_lam
 
 
 def frozen_stage_policy(run_dir: Path, stage: str, lam: torch.nn.Module, latent_dim: int | None = None) -> LatentPolicy | None:
