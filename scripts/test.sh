@@ -5,6 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # The sam and ultralytics extras pin torch 2.14.1 + torchvision 0.29.1 (both need torchvision); name them too.
 python3 -m pip install --quiet --disable-pip-version-check -e ".[test,hub,sam,ultralytics]" torch==2.14.1 torchvision==0.29.1
+# LeRobot's own code runs in .venv-lerobot/, lerobot over these packages (5 s once, 15 MB; see docs/install.md)
+bash scripts/lerobot_venv.sh || true
 python3 -m masklam.cli weights fetch mobile_sam || echo "MobileSAM weights not fetched: the real-weights test will skip"  # pretrained weights for tests/segment/test_mobile_sam.py
 export MUJOCO_GL="${MUJOCO_GL:-egl}"
 lint=0

@@ -1,14 +1,17 @@
 """`masklam export --format lerobot` read back as LeRobot reads it, and LeRobot datasets ingested.
 
-Two readers: ``datasets.Dataset.from_parquet`` with the features of meta/info.json (what ``LeRobotDataset``
-does for its data files) and PyAV at the episodes' timestamps (what its video decoders do) always run; the
-``lerobot`` package itself is used when it is importable (it cannot be installed beside the test extras: see
-docs/install.md for the separate virtual environment these tests also pass in).
+Three readers: ``datasets.Dataset.from_parquet`` with the features of meta/info.json (what ``LeRobotDataset``
+does for its data files) and PyAV at the episodes' timestamps (what its video decoders do), in this process;
+and ``LeRobotDataset`` itself (and LeRobot's writer), in the LeRobot venv that ``scripts/lerobot_venv.sh``
+makes (lerobot cannot be installed beside the test extras: docs/install.md), through ``tests/lerobot_check.py``.
+Without that venv those tests skip and say how to make it.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 from pathlib import Path
 
 import av
@@ -23,6 +26,26 @@ from masklam.data.schema import ORACLE
 from masklam.envs.spec import EnvSpec, RenderSpec, distractor_preset
 from masklam.errors import UsageError
 
+LEROBOT_CHECK = Path(__file__).resolve().parents[1] / "lerobot_check.py"
+LEROBOT_VENV = Path(__file__).resolve().parents[2] / ".venv-lerobot"
+
+
+def lerobot_python() -> str:
+    """The LeRobot venv's Python: $MASKLAM_LEROBOT_PYTHON, else .venv-lerobot/bin/python; skips if there is none."""
+    python = os.environ.get("MASKLAM_LEROBOT_PYTHON") or str(LEROBOT_VENV / "bin" / "python")
+    if not Path(python).exists():
+        pytest.skip(f"no LeRobot venv ({python}): `bash scripts/lerobot_venv.sh` makes it (scripts/test.sh does); see docs/install.md")
+    return python
+
+
+def run_lerobot(tmp: Path, *args: str) -> dict:
+    """tests/lerobot_check.py ARGS in the LeRobot venv: the JSON it printed."""
+    # offline, and Hugging Face caches (datasets caches its parquet reads) under the test's own folder
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp / "hf-home")}
+    done = subprocess.run([lerobot_python(), "-I", str(LEROBOT_CHECK), *args], capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-4000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
 
 @pytest.fixture(scope="module")
 def collected(tmp_path_factory) -> Path:
@@ -36,7 +59,14 @@ def collected(tmp_path_factory) -> Path:
 def masklam_episodes(data: Path) -> list:
     """Episodes in export order: train, then test."""
     dataset = open_dataset(data)
-    return [dataset.episode(split, meta.episode) for split in ("train", "test") for meta in dataset.index(split) if meta.chunk == 0]
+    sources = tuple(dataset.info["mask_sources"])
+    return [
+        dataset.episode(split, meta.episode, sources)
+        for split in ("train", "test")
+        if split in dataset.info["splits"]
+        for meta in dataset.index(split)
+        if meta.chunk == 0
+    ]
 
 
 def read_rows(out: Path):
@@ -154,16 +184,23 @@ def test_export_then_ingest_round_trip(collected, tmp_path):
     np.testing.assert_array_equal(np.asarray(rows[0][MASK_PREFIX + ORACLE]), masklam_episodes(collected)[0].masks[ORACLE][0] * 255)
 
 
-def test_a_one_dimensional_action_exports_and_comes_back(tmp_path):
-    """cartpole's action has one dimension: LeRobot keeps it as a plain column (it once failed in pyarrow)."""
+@pytest.fixture(scope="module")
+def cartpole(tmp_path_factory) -> Path:
+    """Two episodes of cartpole-swingup, whose action has one dimension, with oracle masks."""
+    root = tmp_path_factory.mktemp("cartpole") / "sim"
     spec = EnvSpec("dmc:cartpole-swingup", RenderSpec(size=32), distractor_preset("none"), episode_steps=8)
-    collect(CollectConfig(env=spec, episodes=2, test_episodes=0, seed=3), tmp_path / "sim", show_progress=False)
-    export_lerobot(tmp_path / "sim", tmp_path / "lerobot", "image", show_progress=False)
+    collect(CollectConfig(env=spec, episodes=2, test_episodes=0, seed=3), root, show_progress=False)
+    return root
+
+
+def test_a_one_dimensional_action_exports_and_comes_back(cartpole, tmp_path):
+    """cartpole's action has one dimension: LeRobot keeps it as a plain column (it once failed in pyarrow)."""
+    export_lerobot(cartpole, tmp_path / "lerobot", "image", show_progress=False)
     info, rows = read_rows(tmp_path / "lerobot")
     assert info["features"]["action"]["shape"] == [1] and rows.features["action"].dtype == "float32"
     ingest(IngestConfig(str(tmp_path / "lerobot"), size=32), tmp_path / "back", show_progress=False)
     back = list(open_dataset(tmp_path / "back").records("train", mask_sources=()))
-    for got, want in zip(back, masklam_episodes(tmp_path / "sim")):
+    for got, want in zip(back, masklam_episodes(cartpole)):
         assert got.steps["action"].shape == want.steps["action"].shape == (9, 1)
         np.testing.assert_array_equal(got.steps["action"][:-1], want.steps["action"][:-1])
 
@@ -176,60 +213,138 @@ def test_export_refuses_a_non_empty_folder(collected, tmp_path):
     assert (tmp_path / "taken" / "keep.txt").read_text() == "mine"
 
 
-def test_lerobot_dataset_loads_the_export(collected, tmp_path):
-    lerobot = pytest.importorskip("lerobot.datasets.lerobot_dataset", reason="lerobot is not installed (see docs/install.md)")
-    import torch
+# --- LeRobot's own loader, LeRobotDataset, in the LeRobot venv -------------------------------------------
+@pytest.fixture(scope="module")
+def no_action_video(tmp_path_factory) -> Path:
+    """An mp4 without actions (16 frames at 10 fps, each frame unlike the others), ingested at 32 px."""
+    root = tmp_path_factory.mktemp("video")
+    (root / "videos").mkdir()
+    with av.open(str(root / "videos" / "clip.mp4"), "w") as container:
+        stream = container.add_stream("libx264", rate=10, options={"crf": "10", "threads": "1"})
+        stream.width, stream.height, stream.pix_fmt = 48, 32, "yuv420p"
+        for t in range(16):
+            frame = np.zeros((32, 48, 3), np.uint8)
+            frame[..., 2] = 12 * t  # the frame's own blue level
+            frame[8:24, 2 * t : 2 * t + 10] = (255, 220, 0)  # and a block moving right
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
+    ingest(IngestConfig(str(root / "videos"), size=32), root / "data", show_progress=False)
+    return root / "data"
 
-    export_lerobot(collected, tmp_path / "lerobot", "image", show_progress=False)
-    loaded = lerobot.LeRobotDataset("masklam/export", root=tmp_path / "lerobot")
-    assert loaded.num_episodes == 3 and len(loaded) == 39 and loaded.fps == open_dataset(collected).info["fps"]
-    episodes = masklam_episodes(collected)
-    for episode, frame in [(0, 0), (0, 12), (1, 5), (2, 7)]:
-        item = loaded[sum(e.meta.frames for e in episodes[:episode]) + frame]
-        want = episodes[episode]
-        assert int(item["episode_index"]) == episode and int(item["frame_index"]) == frame
-        torch.testing.assert_close(item[IMAGE_KEY], torch.from_numpy(want.steps["rgb"][frame]).permute(2, 0, 1).float() / 255)
-        torch.testing.assert_close(item[MASK_PREFIX + ORACLE][0], torch.from_numpy(want.masks[ORACLE][frame]).float())
-        if bool(item[LABELLED_KEY]):
-            torch.testing.assert_close(item["action"], torch.from_numpy(want.steps["action"][frame]))
+
+@pytest.fixture(scope="module")
+def lerobot_venv() -> str:
+    return lerobot_python()
 
 
-def lerobot_written(root: Path) -> Path:
-    """Three short episodes written by lerobot's own LeRobotDataset.create / add_frame / save_episode."""
-    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+@pytest.fixture(scope="module")
+def lerobot_loaded(lerobot_venv, collected, cartpole, no_action_video, tmp_path_factory) -> dict:  # the venv first: it may skip
+    """LeRobotDataset over four exports, in one LeRobot process (its imports take seconds): per export, the
+    JSON lerobot_check.py printed ("error" set if LeRobot raised), the items' arrays, the masklam episodes."""
+    from typer.testing import CliRunner
 
-    features = {
-        "observation.images.front": {"dtype": "video", "shape": (48, 64, 3), "names": ["height", "width", "channels"]},
-        "observation.images.wrist": {"dtype": "image", "shape": (24, 24, 3), "names": ["height", "width", "channels"]},
-        "observation.state": {"dtype": "float32", "shape": (3,), "names": ["x", "y", "gripper"]},
-        "action": {"dtype": "float32", "shape": (2,), "names": ["dx", "dy"]},
-    }
-    made = LeRobotDataset.create("local/arm", fps=10, features=features, root=root, use_videos=True)
-    rng = np.random.default_rng(0)
-    for episode in range(3):
-        x = 20
-        for _t in range(8 + episode):
-            frame = np.full((48, 64, 3), 40, np.uint8)
-            x = int(np.clip(x + rng.integers(-3, 4), 6, 58))
-            frame[10:30, x - 6 : x + 6] = (250, 200, 30)
-            made.add_frame(
-                {
-                    "observation.images.front": frame,
-                    "observation.images.wrist": frame[::2, ::2][:24, :24].copy(),
-                    "observation.state": np.array([x, 20, episode], np.float32),
-                    "action": rng.normal(size=2).astype(np.float32),
-                    "task": "push the block" if episode < 2 else "wave",
-                }
-            )
-        made.save_episode()
-    made.finalize()
-    return root
+    from masklam.cli import app
+
+    root = tmp_path_factory.mktemp("lerobot")
+    exports = {"cheetah": (collected, "image"), "cartpole": (cartpole, "image"), "video": (no_action_video, "image"), "mp4": (no_action_video, "video")}
+    for name, (data, frames_as) in exports.items():  # `masklam export`, in this process
+        done = CliRunner().invoke(app, ["export", str(data), "--out", str(root / name), "--frames", frames_as, "--no-progress"])
+        assert done.exit_code == 0, done.output
+    report = run_lerobot(root, "load", str(root), *(str(root / name) for name in list(exports)[:3]), f"{root / 'mp4'}=pyav")
+    loaded = {}
+    for position, (name, (data, _)) in enumerate(exports.items()):
+        result = report["datasets"][position]
+        arrays = dict(np.load(root / f"{position}.npz")) if result["error"] is None else {}
+        loaded[name] = {
+            **result,
+            "versions": report["versions"],
+            "arrays": arrays,
+            "masklam": masklam_episodes(data),
+            "masklam_info": open_dataset(data).info,
+        }
+    return loaded
+
+
+def assert_loaded_as_recorded(loaded: dict, frames_exact: bool = True) -> None:
+    """Every item LeRobotDataset returned is the masklam record's frame: index, timestamp, image, mask, state, action."""
+    assert loaded["error"] is None, loaded["error"]
+    episodes, got, info = loaded["masklam"], loaded["arrays"], loaded["masklam_info"]
+    fps, action_dim = info["fps"], info["features"]["action"]["shape"][0]
+    assert loaded["episodes"] == len(episodes) and loaded["frames"] == sum(e.meta.frames for e in episodes) and loaded["fps"] == fps
+    first = 0
+    for number, episode in enumerate(episodes):
+        n, rows = episode.meta.frames, slice(first, first + episode.meta.frames)
+        np.testing.assert_array_equal(got["episode_index"][rows], number)
+        np.testing.assert_array_equal(got["frame_index"][rows], np.arange(n))
+        np.testing.assert_array_equal(got["index"][rows], np.arange(first, first + n))
+        np.testing.assert_allclose(got["timestamp"][rows], np.arange(n) / fps, rtol=0, atol=1e-6)  # float32 seconds
+        if "source_time" in episode.steps:  # an ingested video: the time its player shows the frame
+            np.testing.assert_allclose(got["timestamp"][rows], episode.steps["source_time"], rtol=0, atol=1e-6)
+        # images: float32 in [0, 1], channels first (value / 255, so exact for the PNG frames)
+        images = np.rint(got[IMAGE_KEY][rows] * 255).astype(np.uint8).transpose(0, 2, 3, 1)
+        if frames_exact:
+            np.testing.assert_array_equal(images, episode.steps["rgb"])
+        for source, mask in episode.masks.items():
+            np.testing.assert_array_equal(got[MASK_PREFIX + source][rows][:, 0], mask.astype(np.float32))
+        if "state" in episode.steps:
+            np.testing.assert_array_equal(got["observation.state"][rows], episode.steps["state"].astype(np.float32))
+        if action_dim == 0:
+            assert "action" not in got and LABELLED_KEY not in got  # no action feature, not zeros
+        else:
+            labelled = np.full(n, episode.meta.labelled)
+            labelled[-1] = False  # the final frame takes no action
+            np.testing.assert_array_equal(got[LABELLED_KEY][rows], labelled)
+            action = got["action"][rows].reshape(n, -1)  # LeRobot returns a one-element feature as a scalar
+            if episode.meta.labelled:  # an unlabelled record has no action; LeRobot has zeros there
+                np.testing.assert_array_equal(action[:-1], episode.steps["action"][:-1])
+            assert not action[~labelled].any() and action.shape[1] == action_dim
+        first += n
+
+
+def test_lerobot_dataset_loads_the_export(lerobot_loaded):
+    """A distracting cheetah: 6-dim actions, an unlabelled episode, oracle masks, train and test."""
+    loaded = lerobot_loaded["cheetah"]
+    assert loaded["frames"] == 39 and set(loaded["tasks"]) == {"dmc:cheetah-run"}
+    assert_loaded_as_recorded(loaded)
+
+
+def test_lerobot_dataset_loads_a_one_dimensional_action(lerobot_loaded):
+    """cartpole-swingup: LeRobot returns its 1-dim action as one float per frame."""
+    loaded = lerobot_loaded["cartpole"]
+    assert loaded["arrays"]["action"].shape == (18,) and loaded["arrays"]["observation.state"].shape == (18, 5)
+    assert_loaded_as_recorded(loaded)
+
+
+def test_lerobot_dataset_loads_an_ingested_video_without_actions(lerobot_loaded):
+    """An mp4 with no actions: LeRobot returns its frames and times, and no action (not zeros)."""
+    loaded = lerobot_loaded["video"]
+    assert loaded["frames"] == 16 and loaded["fps"] == 10
+    assert sorted(loaded["arrays"]) == ["episode_index", "frame_index", "index", IMAGE_KEY, "task_index", "timestamp"]
+    assert_loaded_as_recorded(loaded)
+
+
+def test_lerobot_dataset_decodes_the_video_export_with_pyav(lerobot_loaded):
+    """--frames video, read by LeRobotDataset(video_backend="pyav"): each frame is its own, within the codec's error."""
+    loaded = lerobot_loaded["mp4"]
+    if loaded["error"] and not loaded["versions"]["video_reader"]:
+        pytest.skip(
+            f"LeRobot's pyav backend is torchvision.io.VideoReader, which torchvision {loaded['versions']['torchvision']} lacks "
+            f"({loaded['error'][:80]}...): run with MASKLAM_LEROBOT_PYTHON set to a plain `pip install lerobot==0.4.4` venv (docs/install.md)"
+        )
+    assert_loaded_as_recorded(loaded, frames_exact=False)
+    want = loaded["masklam"][0].steps["rgb"].astype(int)
+    got = np.rint(loaded["arrays"][IMAGE_KEY] * 255).astype(int).transpose(0, 2, 3, 1)
+    errors = np.abs(got[:, None] - want[None]).mean(axis=(2, 3, 4))  # (LeRobot frame, masklam frame)
+    np.testing.assert_array_equal(errors.argmin(axis=1), np.arange(len(want)))  # no frame shifted, dropped or repeated
+    # libx264 yuv420p at crf 20, 32 px: measured 0.5-2.7 of 255 per frame (mean absolute error), the nearest
+    # other frame 8.2-17 (lerobot 0.4.4, torch 2.10, torchvision 0.25, PyAV 15.1)
+    assert 0 < errors.diagonal().max() < 6, errors.diagonal()
 
 
 @pytest.mark.slow
 def test_a_dataset_lerobot_wrote_is_ingested_segmented_trained_and_probed(tmp_path):
-    pytest.importorskip("lerobot.datasets.lerobot_dataset", reason="lerobot is not installed (see docs/install.md)")
-    source = lerobot_written(tmp_path / "arm")
+    source = tmp_path / "arm"  # three episodes written by LeRobotDataset.create / add_frame / save_episode / finalize
+    assert run_lerobot(tmp_path, "write", str(source))["frames"] == 8 + 9 + 10
     data = tmp_path / "data"
     info = ingest(IngestConfig(str(source), size=32, camera="observation.images.front", test_episodes=1, seed=0), data, show_progress=False)
     assert info["fps"] == 10 and info["action_names"] == ["dx", "dy"] and info["state_names"] == ["x", "y", "gripper"]
