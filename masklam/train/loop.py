@@ -278,11 +278,17 @@ def fit(
         bar = tqdm(total=optim.steps, initial=start, unit="step", desc=f"train {stage}", disable=rank != 0 or not show_progress or None)
         # A finished run runs no step: it reports the loss its last checkpoint recorded.
         began, loss = time.perf_counter(), torch.tensor(saved_loss(checkpoint) if start >= optim.steps else math.nan)
+        # Finiteness is gathered on the device and read at log and checkpoint steps only: reading it every step
+        # made the host wait for each step's last kernel, and a GPU sit idle while the next batch is prepared.
+        finite, checked = torch.ones((), dtype=torch.bool, device=device), start
         for step in range(start + 1, optim.steps + 1):
             out = train_step(model, forward, optimizer, next(batches), optim.grad_clip, device, bf16)
             loss = out["loss"]
-            if not torch.isfinite(loss):
-                raise UsageError(f"the {stage} loss became {loss.item()} at step {step}: lower optim.lr or check the data")
+            finite &= torch.isfinite(loss.detach())
+            if step % log_every == 0 or step % checkpoint_every == 0 or step == optim.steps:
+                if not finite:  # before a non-finite loss is logged or a model checkpointed
+                    raise UsageError(f"the {stage} loss became {loss.item()} between steps {checked + 1} and {step}: lower optim.lr or check the data")
+                checked = step
             bar.update(1)
             if rank == 0 and step % log_every == 0:
                 row = {"step": step, "loss": loss.item(), **{k: float(v.detach()) for k, v in out.items() if v.dim() == 0 and k != "loss"}}

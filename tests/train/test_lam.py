@@ -231,6 +231,12 @@ def test_the_training_bar_ends_on_the_last_steps_loss(tiny_data, tmp_path, monke
     assert shown[-1] == {"loss": f"{result['final_loss']:.4f}"} and len(shown) == 2
 
 
+def test_a_loss_that_blows_up_is_one_line_before_any_checkpoint(tiny_data, tmp_path):
+    with pytest.raises(UsageError, match=r"loss became (nan|inf) between steps 1 and 5"):
+        train_lam(tiny_config(tiny_data, "lapo", "optim.steps=20", "optim.lr=1e12", "log_every=5", "checkpoint_every=10"), tmp_path, show_progress=False)
+    assert not (tmp_path / "lam.pt").exists()
+
+
 def test_probe_of_a_trained_run(tiny_data, tmp_path):
     from masklam.eval.probe import probe_run
 
