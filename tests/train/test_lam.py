@@ -237,6 +237,19 @@ def test_a_loss_that_blows_up_is_one_line_before_any_checkpoint(tiny_data, tmp_p
     assert not (tmp_path / "lam.pt").exists()
 
 
+def test_compile_trains_the_same_steps_and_saves_a_plain_checkpoint(tiny_data, tmp_path, monkeypatch):
+    """compile = true (opt-in, for GPUs). Inductor took 188 s to compile the tiny LAPO on this CPU, so the test
+    traces with the aot_eager backend: torch.compile's whole path (Dynamo, AOTAutograd) but no code generation."""
+    import functools
+
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="aot_eager"))
+    train_lam(tiny_config(tiny_data, "lapo", "optim.steps=3", "log_every=1", "compile=true"), tmp_path / "compiled", show_progress=False)
+    train_lam(tiny_config(tiny_data, "lapo", "optim.steps=3", "log_every=1"), tmp_path / "eager", show_progress=False)
+    np.testing.assert_allclose(losses(tmp_path / "compiled"), losses(tmp_path / "eager"), rtol=1e-5)
+    state = torch.load(tmp_path / "compiled" / "lam.pt", weights_only=False)["model"]
+    assert not any(key.startswith("_orig_mod") for key in state)  # loads into the plain model the later stages build
+
+
 def test_probe_of_a_trained_run(tiny_data, tmp_path):
     from masklam.eval.probe import probe_run
 
