@@ -219,7 +219,7 @@ def export(
     out: Path = typer.Option(..., "--out", help="folder to write (must be empty, or --overwrite)"),
     format_: str = typer.Option("lerobot", "--format", help="lerobot: a LeRobot v3 dataset that LeRobotDataset loads"),
     frames: str = typer.Option("image", help="frames as: image (PNG, lossless) | video (mp4, lossy); masks are always PNG"),
-    overwrite: bool = typer.Option(False, help="replace a non-empty --out"),
+    overwrite: bool = typer.Option(False, help="replace an earlier masklam export at --out (never a folder holding anything else)"),
     progress: bool = typer.Option(True),
 ) -> None:
     """Export a dataset to another format (frames, every mask source, actions with a `labelled` flag, state)."""

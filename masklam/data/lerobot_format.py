@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -555,8 +556,38 @@ def hf_features(features: dict[str, Any], columns: list[str]) -> dict[str, Any]:
     return out
 
 
+# What `masklam export --format lerobot` writes (DATA_PATH, VIDEO_PATH, EPISODES_PATH and the meta files):
+# --overwrite replaces these and nothing else.
+EXPORT_FILES = re.compile(
+    r"meta/(?:info\.json|stats\.json|tasks\.parquet)|meta/episodes/chunk-\d+/file-\d+\.parquet"
+    r"|data/chunk-\d+/file-\d+\.parquet|videos/[^/]+/chunk-\d+/file-\d+\.mp4"
+)
+
+
+def check_replaceable(out: Path) -> None:
+    """``out`` may be replaced only if it is a LeRobot folder masklam exported, holding nothing else."""
+    from masklam.data.storage import foreign_files
+
+    if not out.is_dir():
+        raise UsageError(f"output {out} is a file: choose another --out")
+    if "masklam" not in read_json_or_empty(out / "meta" / "info.json"):
+        raise UsageError(f"output {out} is not a LeRobot export of masklam's: --overwrite replaces only those; choose another --out")
+    foreign = foreign_files(out, EXPORT_FILES)
+    if foreign:
+        more = f" and {len(foreign) - 1} more" if len(foreign) > 1 else ""
+        raise UsageError(f"output {out} holds {foreign[0]}{more}, which masklam did not write: move it away, or choose another --out")
+
+
+def read_json_or_empty(path: Path) -> dict[str, Any]:
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
 def replace_folder(staging: Path, out: Path) -> None:
-    """Move a finished staging folder onto ``out`` (removing what was there)."""
+    """Move a finished staging folder onto ``out``: what was there (checked: only masklam's export) goes."""
     if out.exists():
         shutil.rmtree(out)
     staging.rename(out)
@@ -589,8 +620,10 @@ def export_lerobot(data: str | Path, out: Path, frames_as: str = "image", overwr
 
     dataset = open_dataset(data)
     out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-        raise UsageError(f"output {out} exists and is not empty: choose another --out, or --overwrite to replace it")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        if not overwrite:
+            raise UsageError(f"output {out} exists and is not empty: choose another --out, or --overwrite to replace it")
+        check_replaceable(out)  # masklam never deletes a file it did not write
     info = dataset.info
     sources = sorted(info.get("mask_sources", {}))
     action_dim = info["features"]["action"]["shape"][0] if "action" in info["features"] else 0
@@ -612,8 +645,8 @@ def export_lerobot(data: str | Path, out: Path, frames_as: str = "image", overwr
         "(unlabelled episodes, and the final frame of every episode); filter on it before training on actions",
         "masks": f"{MASK_PREFIX}<source> images: 255 = agent, 0 = background (LeRobotDataset returns them as floats in [0, 1])",
     }
-    staging = out.with_name(f".{out.name}.export-{os.getpid()}")
-    if staging.exists():
+    staging = out.with_name(f".masklam-tmp-{os.getpid()}-export-{out.name}")  # marked: masklam's alone
+    if staging.exists():  # this pid's leftover from an earlier, killed process
         shutil.rmtree(staging)
     writer = LeRobotWriter(staging, float(info["fps"]), frames_as, (size, size, 3), sources, action_names, state_names, metadata)
     total = sum(entry["frames"] for entry in info["splits"].values())

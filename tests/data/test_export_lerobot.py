@@ -211,6 +211,19 @@ def test_export_refuses_a_non_empty_folder(collected, tmp_path):
     with pytest.raises(UsageError, match="not empty"):
         export_lerobot(collected, tmp_path / "taken", "image", show_progress=False)
     assert (tmp_path / "taken" / "keep.txt").read_text() == "mine"
+    # --overwrite replaces masklam's own export only, never a folder of the user's or a file put into an export
+    with pytest.raises(UsageError, match="not a LeRobot export of masklam's"):
+        export_lerobot(collected, tmp_path / "taken", "image", overwrite=True, show_progress=False)
+    assert (tmp_path / "taken" / "keep.txt").read_text() == "mine"
+    export_lerobot(collected, tmp_path / "export", "image", show_progress=False)
+    (tmp_path / "export" / "meta" / "notes.txt").write_text("mine")
+    with pytest.raises(UsageError, match="holds meta/notes.txt, which masklam did not write"):
+        export_lerobot(collected, tmp_path / "export", "image", overwrite=True, show_progress=False)
+    (tmp_path / "export" / "meta" / "notes.txt").unlink()
+    before = (tmp_path / "export" / "meta" / "info.json").read_bytes()
+    export_lerobot(collected, tmp_path / "export", "image", overwrite=True, show_progress=False)  # its own: replaced
+    assert (tmp_path / "export" / "meta" / "info.json").read_bytes() == before
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".masklam-tmp-")]  # no staging left behind
 
 
 # --- LeRobot's own loader, LeRobotDataset, in the LeRobot venv -------------------------------------------
