@@ -212,7 +212,8 @@ def test_two_writers_of_one_dataset_never_fail_but_in_one_line(datasets, tmp_pat
         for code, err in results:
             assert code in (0, 2), results
             if code == 2:
-                assert len(err.strip().splitlines()) == 1 and "is being written by another masklam (pid " in err, err
+                # The holder may not have written its pid yet: "(a process that has not said who it is yet)".
+                assert len(err.strip().splitlines()) == 1 and "is being written by another masklam (" in err, err
         assert any(code == 0 for code, _ in results), results
         assert intact(planted) and (data / "info.json").is_file()
         outcomes.add(tuple(sorted(code for code, _ in results)))
