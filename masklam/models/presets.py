@@ -2,8 +2,10 @@
 
 - ``paper``: 64 px (Distracting Control Suite; pass image_size=128 for Distracting Meta-World),
   IMPALA channels (16, 32, 32) x 4. The multiplier 4 is LAPO's (``idm_impala_scale`` and
-  ``policy_impala_scale`` in its config); MaskLAM and LAOM say "IMPALA" without a width, so 4 is
-  an assumption. Latents: 128 (MaskLAM, LAPO as MaskLAM runs it), 8192 (LAOM).
+  ``policy_impala_scale`` in its config); MaskLAM's and LAOM's papers say "IMPALA" without a width,
+  LAOM's released configs use 6 (``encoder_scale``). Latents: 128 (MaskLAM, LAPO as MaskLAM runs it),
+  8192 (LAOM). With the trainers' batch 128 and 100,000 steps a ``paper`` LAM run is about a ninth of
+  the FLOPs of LAOM's runs, a sixth for laom-labels (docs/training.md, "What each preset costs").
 - ``small``: 64 px, multiplier 1, smaller LAOM heads and latent: minutes per thousand steps on 2 cores.
 - ``tiny``: 32 px, channels (8, 16, 16): smoke runs and tests.
 
