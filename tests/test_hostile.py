@@ -5,7 +5,6 @@ asserts the exit code, one line of stderr, and the sha256 of every foreign file 
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import os
@@ -16,8 +15,6 @@ import time
 from pathlib import Path
 
 import pytest
-
-import masklam.atomic
 
 TINY = ["--env", "dmc:cheetah-run", "--steps", "6", "--size", "16", "--episodes", "2", "--test-episodes", "1", "--episodes-per-shard", "1"]
 COLLECT = ["collect", *TINY, "--no-progress"]
@@ -158,18 +155,7 @@ def test_a_report_folder_keeps_every_foreign_file(masklam_cli, tmp_path):
 
 
 # --- a full disk at the write layer of each stage --------------------------------------------------------------
-def fill_disk_after(monkeypatch, renames: int) -> None:
-    """Let ``renames`` atomic writes land, then every later one fails as a full disk does."""
-    replace, landed = os.replace, []
-
-    def full(source, target):
-        if len(landed) >= renames:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(target))
-        landed.append(target)
-        return replace(source, target)
-
-    monkeypatch.setattr(masklam.atomic.os, "replace", full)
-
+from test_disk_full import fill_disk_after  # noqa: E402  (tests/ is on the path, as for hub_server)
 
 STAGES = {
     "segment": lambda data, out: ["segment", str(data), "--model", "oracle", "--name", "copy", "--no-progress"],
