@@ -59,3 +59,21 @@ def test_a_full_disk_while_training_is_one_line(masklam_cli, tmp_path, monkeypat
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1 and "no space left on the device" in lines[0], result.stderr
     assert masklam_cli(*train).returncode == 0
+
+
+def test_a_full_disk_inside_zarrs_store_names_where_it_was_writing(masklam_cli, tmp_path, monkeypatch):
+    """zarr's store raises ENOSPC with no file name (seen on a real 2 MB tmpfs): the line says which shard's
+    staging folder it was, inside --out."""
+    import masklam.data.zarr_backend as zarr_backend
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # as zarr's LocalStore raises it: no filename
+
+    out = tmp_path / "data"
+    with monkeypatch.context() as patch:
+        patch.setattr(zarr_backend, "write_array", full)
+        result = masklam_cli(*COLLECT, "--backend", "zarr", "--out", str(out))
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"error: no space left on the device while writing {out}/.masklam-tmp-"), lines[0]
+    assert masklam_cli(*COLLECT, "--backend", "zarr", "--out", str(out)).returncode == 0  # resumes with space

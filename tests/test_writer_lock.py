@@ -83,3 +83,18 @@ def test_publish_pull_and_report_refuse_a_held_output(masklam_cli, tmp_path, com
     assert result.returncode == 2 and len(lines) == 1, result.stderr
     assert f"{out} is being written by another masklam (pid {os.getpid()} on " in lines[0]
     assert not out.exists()  # refused before anything was written
+
+
+def test_a_second_segment_of_one_source_is_refused_before_its_teacher_runs(masklam_cli, tmp_path):
+    """segment's lock covers the teacher and the student, not only the mask-writing step: a second
+    `segment --distill` of the same source used to redo the teacher's work before meeting the lock."""
+    from masklam.segment.writer import source_lock
+
+    data = tmp_path / "data"
+    assert masklam_cli(*COLLECT, "--out", str(data)).returncode == 0
+    segment = ["segment", str(data), "--model", "oracle", "--name", "copy", "--distill", "10", "--no-progress"]
+    with source_lock(data.resolve(), "copy", 0):
+        result = masklam_cli(*segment)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and "is being written by another masklam (pid " in lines[0], result.stderr
+    assert not (data / "segment" / "copy").exists()  # no teacher cache, no student: nothing was done

@@ -18,6 +18,7 @@ A shard (or a mask source) is built under ``.masklam-tmp-PID-XXXX/`` in the data
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import re
@@ -203,11 +204,16 @@ class ZarrBackend:
     @contextmanager
     def _staging(root: Path) -> Iterator[Path]:
         """A path in a fresh folder ROOT/.masklam-tmp-PID-XXXX (one per writer, so parallel writers never share one),
-        removed afterwards with whatever is left in it."""
+        removed afterwards with whatever is left in it. A full disk inside zarr's store raises an OSError that
+        names no file: it is raised again naming the staging folder, so the one-line message says where."""
         root.mkdir(parents=True, exist_ok=True)
         folder = Path(tempfile.mkdtemp(prefix=f"{STAGING}{os.getpid()}-", dir=root))  # the pid: a later run can tell a dead writer's
         try:
             yield folder / "node"
+        except OSError as error:
+            if error.errno in (errno.ENOSPC, errno.EDQUOT) and not error.filename:
+                raise OSError(error.errno, error.strerror, str(folder)) from error
+            raise
         finally:
             shutil.rmtree(folder)
 

@@ -12,7 +12,7 @@ from masklam.errors import UsageError
 from masklam.ranks import local_rank, rank_and_world_size, rank_device
 from masklam.segment.distill import DistillConfig, cache_key, distill, open_teacher_cache, student_function, teacher_on_splits
 from masklam.segment.prompts import PromptChain, PromptSpec, check_prompts, parse_prompt
-from masklam.segment.writer import SEGMENT_DIR, write_mask_source
+from masklam.segment.writer import SEGMENT_DIR, source_lock, write_mask_source
 
 SAM_MODELS = ("sam_vit_h", "sam_vit_l", "sam_vit_b")
 MOBILE_SAM = "mobile_sam"  # weights from `masklam weights fetch mobile_sam`, architecture built by Ultralytics
@@ -179,8 +179,15 @@ def segment_dataset(
 ) -> dict[str, Any]:
     check_before_models(config, overwrite)
     # Under torchrun each rank segments its own shards on the GPU of its LOCAL_RANK (rank_device).
-    _, ranks = rank_and_world_size(rank, world_size)
+    this_rank, ranks = rank_and_world_size(rank, world_size)
     config = dataclasses.replace(config, device=rank_device(config.device, ranks, local_rank()))
+    # The source's writer lock from here, before the teacher and the student: a second writer of the same
+    # source is refused at once, not after doing the teacher's work again.
+    with source_lock(Path(config.data).resolve(), config.source, this_rank):
+        return segment_locked(config, rank, world_size, overwrite, show_progress)
+
+
+def segment_locked(config: SegmentConfig, rank: int | None, world_size: int | None, overwrite: bool, show_progress: bool) -> dict[str, Any]:
     make_masks, description, reads = mask_function(config)
     teacher, report, teacher_description = make_masks, {}, description
     cache = Path(config.data) / SEGMENT_DIR / config.source / "teacher"
@@ -205,7 +212,7 @@ def segment_dataset(
         reads = reads if config.teacher_splits else ()
     else:
         make_masks = teacher
-    result = write_mask_source(config.data, config.source, description, make_masks, reads, rank, world_size, overwrite, show_progress)
+    result = write_mask_source(config.data, config.source, description, make_masks, reads, rank, world_size, overwrite, show_progress, locked=True)
     if hasattr(teacher, "counts"):  # a prompted model's chains (masklam's own, or one click's)
         result["teacher_counts"] = teacher.counts
     return {**result, **report}

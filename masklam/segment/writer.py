@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterator
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +71,11 @@ def claim_source(root: Path, name: str, description: dict[str, Any], registered:
     atomic_write_json(saved, description)
 
 
+def source_lock(root: Path, name: str, rank: int):
+    """The writer lock of mask source ``name`` of the dataset at ``root``, for one rank."""
+    return writer_lock(root, f"masks-{name}-rank{rank}")
+
+
 def write_mask_source(
     data: str | Path,
     name: str,
@@ -80,9 +86,11 @@ def write_mask_source(
     world_size: int | None = None,
     overwrite: bool = False,
     show_progress: bool = True,
+    locked: bool = False,
 ) -> dict[str, Any]:
     """Write source ``name`` for this rank's shards with ``make_masks`` (given records with the ``reads`` mask
-    sources); register it in info.json once every shard is done. Returns a summary."""
+    sources); register it in info.json once every shard is done. Returns a summary. ``locked``: the caller holds
+    the source's writer lock (source_lock) already, from before its own expensive work."""
     dataset = open_dataset(data)
     check_source_name(dataset, name)
     missing = [source for source in reads if source not in dataset.info.get("mask_sources", {})]
@@ -92,7 +100,7 @@ def write_mask_source(
     rank, world_size = rank_and_world_size(rank, world_size)
     registered = name in dataset.info.get("mask_sources", {})
     fresh = not registered and not (root / SEGMENT_DIR / name).exists()  # nothing of this source on disk yet
-    with writer_lock(root, f"masks-{name}-rank{rank}"):  # one writer per mask source (and rank)
+    with nullcontext() if locked else source_lock(root, name, rank):  # one writer per mask source (and rank)
         claim_source(root, name, description, registered, overwrite)
         remove_stale_temp_files(root, same_host=world_size == 1)  # an interrupted run's (ranks elsewhere: by age)
 
