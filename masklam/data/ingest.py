@@ -353,7 +353,7 @@ def _common_fps(rates: dict[str, float], config: IngestConfig, path: Path) -> fl
 
 
 def lerobot_source(path: Path, config: IngestConfig, hub: dict[str, Any] | None = None) -> Source:
-    from masklam.data.lerobot_format import LABELLED_KEY, MASK_PREFIX, decode_png_struct, decode_span, open_lerobot
+    from masklam.data.lerobot_format import LABELLED_KEY, MASK_PREFIX, SOURCE_COLUMNS, decode_png_struct, decode_span, open_lerobot
 
     folder = open_lerobot(path, config.camera)
     clips = []
@@ -371,6 +371,9 @@ def lerobot_source(path: Path, config: IngestConfig, hub: dict[str, Any] | None 
                 out["rgb"] = np.stack([scale.image(decode_png_struct(cells[i], path)) for i in keep])
             if "observation.state" in rows.column_names:
                 out["state"] = np.asarray(rows["observation.state"].to_pylist(), np.float32)[keep]
+            for name, dtype in SOURCE_COLUMNS.items():  # masklam's export of an ingested dataset: the original source's
+                if name in rows.column_names:
+                    out[name] = np.asarray(rows[name].to_pylist(), dtype).reshape(-1)[keep]
             for source in folder.mask_sources:
                 cells = rows[MASK_PREFIX + source].to_pylist()
                 out[MASK_STEP + source] = np.stack([scale_mask(decode_png_struct(cells[i], path), scale) for i in keep])
@@ -537,8 +540,8 @@ class IngestWriter:
         steps = clip.load(keep)
         masks = {key.removeprefix(MASK_STEP): steps.pop(key) for key in [k for k in steps if k.startswith(MASK_STEP)]}
         # where each stored frame came from: a user maps it back to the source (a player's time, or frame index)
-        steps["source_frame"] = keep.astype(np.int64)
-        steps["source_time"] = clip.times[keep].astype(np.float64)
+        steps.setdefault("source_frame", keep.astype(np.int64))  # a re-ingested export brings its own
+        steps.setdefault("source_time", clip.times[keep].astype(np.float64))
         if clip.actions is not None:
             # The action at a kept frame; with --fps the actions of dropped frames are dropped (see docs/ingest.md).
             action = clip.actions[keep].copy()

@@ -46,6 +46,9 @@ EPISODES_PATH = "meta/episodes/chunk-{chunk_index:03d}/file-{file_index:03d}.par
 IMAGE_KEY = "observation.image"
 MASK_PREFIX = "observation.mask."
 LABELLED_KEY = "action_labelled"
+# An ingested dataset's record of where each frame came from: exported as columns of their own (LeRobot's
+# timestamp must stay frame_index / fps), and read back on re-ingest.
+SOURCE_COLUMNS = {"source_frame": "int64", "source_time": "float64"}
 CAMERA_DTYPES = ("video", "image")
 QUANTILES = (0.01, 0.10, 0.50, 0.90, 0.99)
 
@@ -99,7 +102,7 @@ class LeRobotFolder:
         key = episode.data_file
         if key not in self._tables:
             self._tables.clear()  # episodes come in file order: keep one file in memory
-            columns = ["index", "frame_index"] + [c for c in ("action", "observation.state", LABELLED_KEY) if c in self.info["features"]]
+            columns = ["index", "frame_index"] + [c for c in ("action", "observation.state", LABELLED_KEY, *SOURCE_COLUMNS) if c in self.info["features"]]
             if not self.camera_is_video:
                 columns.append(self.camera)
             columns += [MASK_PREFIX + source for source in self.mask_sources]
@@ -354,6 +357,7 @@ class LeRobotWriter:
     action_names: list[str] | None
     state_names: list[str] | None
     metadata: dict[str, Any]
+    source_columns: bool = False  # the dataset records source_frame / source_time (ingested data)
     codec: str = ""
     tasks: dict[str, int] = field(default_factory=dict)
     episode_rows: list[dict[str, Any]] = field(default_factory=list)
@@ -378,12 +382,22 @@ class LeRobotWriter:
         columns += [MASK_PREFIX + source for source in self.mask_sources]
         columns += ["observation.state"] if self.state_names is not None else []
         columns += ["action", LABELLED_KEY] if self.action_names is not None else []
+        columns += list(SOURCE_COLUMNS) if self.source_columns else []
         return columns + ["timestamp", "frame_index", "episode_index", "index", "task_index"]
 
     def add_episode(
-        self, split: str, rgb: np.ndarray, masks: dict[str, np.ndarray], action: np.ndarray | None, labelled: np.ndarray, state: np.ndarray | None, task: str
+        self,
+        split: str,
+        rgb: np.ndarray,
+        masks: dict[str, np.ndarray],
+        action: np.ndarray | None,
+        labelled: np.ndarray,
+        state: np.ndarray | None,
+        task: str,
+        origin: dict[str, np.ndarray] | None = None,
     ) -> None:
-        """One episode's frames (n, H, W, 3), masks {source: (n, H, W) 0/1}, action (n, A) with NaN where unknown."""
+        """One episode's frames (n, H, W, 3), masks {source: (n, H, W) 0/1}, action (n, A) with NaN where unknown,
+        and (ingested data) ``origin``: each frame's source_frame and source_time."""
         episode, n = len(self.episode_rows), len(rgb)
         task_index = self.tasks.setdefault(task, len(self.tasks))
         first = self.frames_written
@@ -427,6 +441,11 @@ class LeRobotWriter:
             self.rows[LABELLED_KEY] += [bool(k) for k in known]
             self.stats.setdefault("action", RunningStats()).add(action[known])
             self.stats.setdefault(LABELLED_KEY, RunningStats()).add(known.astype(np.float64)[:, None])
+        if self.source_columns:
+            for name, dtype in SOURCE_COLUMNS.items():
+                values = np.asarray(origin[name], dtype)
+                self.rows[name] += values.tolist()
+                self.stats.setdefault(name, RunningStats()).add(values.astype(np.float64)[:, None])
         columns = {
             "timestamp": timestamps,
             "frame_index": np.arange(n),
@@ -490,6 +509,8 @@ class LeRobotWriter:
         if self.action_names is not None:
             features["action"] = {"dtype": "float32", "shape": [len(self.action_names)], "names": self.action_names}
             features[LABELLED_KEY] = {"dtype": "bool", "shape": [1], "names": None}
+        if self.source_columns:
+            features.update({name: {"dtype": dtype, "shape": [1], "names": None} for name, dtype in SOURCE_COLUMNS.items()})
         features.update({"timestamp": {"dtype": "float32", "shape": [1], "names": None}})
         features.update({name: {"dtype": "int64", "shape": [1], "names": None} for name in ("frame_index", "episode_index", "index", "task_index")})
         return features
@@ -648,7 +669,8 @@ def export_lerobot(data: str | Path, out: Path, frames_as: str = "image", overwr
     staging = out.with_name(f".masklam-tmp-{os.getpid()}-export-{out.name}")  # marked: masklam's alone
     if staging.exists():  # this pid's leftover from an earlier, killed process
         shutil.rmtree(staging)
-    writer = LeRobotWriter(staging, float(info["fps"]), frames_as, (size, size, 3), sources, action_names, state_names, metadata)
+    source_columns = all(name in info["features"] for name in SOURCE_COLUMNS)
+    writer = LeRobotWriter(staging, float(info["fps"]), frames_as, (size, size, 3), sources, action_names, state_names, metadata, source_columns)
     total = sum(entry["frames"] for entry in info["splits"].values())
     try:
         with tqdm(total=total, unit="frame", desc=f"export {dataset.root.name}", disable=not show_progress or None) as bar:
@@ -662,7 +684,8 @@ def export_lerobot(data: str | Path, out: Path, frames_as: str = "image", overwr
                             action = np.full((n, action_dim), np.nan, np.float32)
                         labelled = np.full(n, record.meta.labelled)
                         task = record.meta.extra.get("task") or env_id
-                        writer.add_episode(split, record.steps["rgb"], record.masks, action, labelled, record.steps.get("state"), task)
+                        origin = {name: record.steps[name] for name in SOURCE_COLUMNS} if source_columns else None
+                        writer.add_episode(split, record.steps["rgb"], record.masks, action, labelled, record.steps.get("state"), task, origin)
                         bar.update(n)
                     writer.close_file()
         writer.finish()

@@ -205,6 +205,32 @@ def test_a_one_dimensional_action_exports_and_comes_back(cartpole, tmp_path):
         np.testing.assert_array_equal(got.steps["action"][:-1], want.steps["action"][:-1])
 
 
+def test_an_ingested_videos_source_frames_and_times_survive_export_and_re_ingest(tmp_path):
+    """A variable-rate video's own frame times are not LeRobot's timestamp (frame_index / fps): they travel as
+    source_frame / source_time columns and come back on re-ingest."""
+    from fractions import Fraction
+
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    pts = [0, 40, 120, 160, 300, 340, 380, 500, 540, 580]  # ms: gaps of 40 to 160
+    with av.open(str(videos / "vfr.mp4"), "w") as container:
+        stream = container.add_stream("libx264", rate=25, options={"threads": "1"})
+        stream.width = stream.height = 16
+        stream.codec_context.time_base = Fraction(1, 1000)
+        for i, t in enumerate(pts):
+            frame = av.VideoFrame.from_ndarray(np.full((16, 16, 3), 20 * i, np.uint8), format="rgb24")
+            frame.pts, frame.time_base = t, Fraction(1, 1000)
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    ingest(IngestConfig(str(videos), size=16, test_episodes=0), tmp_path / "data", show_progress=False)
+    export_lerobot(tmp_path / "data", tmp_path / "lerobot", "image", show_progress=False)
+    ingest(IngestConfig(str(tmp_path / "lerobot"), size=16, test_episodes=0), tmp_path / "back", show_progress=False)
+    original, back = (next(open_dataset(tmp_path / d).records("train", mask_sources=())) for d in ("data", "back"))
+    np.testing.assert_array_equal(back.steps["source_frame"], original.steps["source_frame"])
+    np.testing.assert_allclose(back.steps["source_time"], np.array(pts) / 1000, atol=1e-9)
+    np.testing.assert_array_equal(back.steps["source_time"], original.steps["source_time"])
+
+
 def test_export_refuses_a_non_empty_folder(collected, tmp_path):
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "keep.txt").write_text("mine")
@@ -332,8 +358,11 @@ def test_lerobot_dataset_loads_an_ingested_video_without_actions(lerobot_loaded)
     """An mp4 with no actions: LeRobot returns its frames and times, and no action (not zeros)."""
     loaded = lerobot_loaded["video"]
     assert loaded["frames"] == 16 and loaded["fps"] == 10
-    assert sorted(loaded["arrays"]) == ["episode_index", "frame_index", "index", IMAGE_KEY, "task_index", "timestamp"]
+    assert sorted(loaded["arrays"]) == ["episode_index", "frame_index", "index", IMAGE_KEY, "source_frame", "source_time", "task_index", "timestamp"]
     assert_loaded_as_recorded(loaded)
+    record = loaded["masklam"][0]  # where each frame came from in the mp4, as LeRobot returns the columns
+    np.testing.assert_array_equal(loaded["arrays"]["source_frame"].reshape(-1), record.steps["source_frame"])
+    np.testing.assert_allclose(loaded["arrays"]["source_time"].reshape(-1), record.steps["source_time"], atol=1e-9)
 
 
 def test_lerobot_dataset_decodes_the_video_export_with_pyav(lerobot_loaded):
