@@ -81,6 +81,9 @@ def test_bad_collect_input_fails_cleanly(masklam_cli, tmp_path, case):
     [
         (["run", "dcs-cheetah-run-lo", "--out", "{tmp}/run"], "(did you mean 'dcs-cheetah-run-low'?)"),
         (["train", "lam", "--data", "{tmp}", "--trainer", "masklam-tiy", "--out", "{tmp}/run"], "(did you mean 'masklam-tiny'?)"),
+        (["segment", "{tmp}", "--model", "mobile_sa", "--box", "1,1,5,5"], "(did you mean 'mobile_sam'?)"),
+        (["ingest", "{tmp}", "--out", "{tmp}/o", "--resize", "crp"], "(did you mean 'crop'?)"),
+        (["run", "quickstart", "--set", 'methods=["lapp"]', "--dry-run", "--out", "{tmp}/run"], "(did you mean 'lapo'?)"),
     ],
 )
 def test_a_misspelt_name_gets_a_suggestion(masklam_cli, tmp_path, args, hint):

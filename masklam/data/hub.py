@@ -38,7 +38,7 @@ from masklam.data.export import PARQUET
 from masklam.data.schema import SPLITS, ZARR_LAYOUTS
 from masklam.data.storage import ZARR_SHARD_FILES
 from masklam.data.zarr_backend import STORE, ZarrBackend
-from masklam.errors import UsageError
+from masklam.errors import UsageError, did_you_mean
 from masklam.locks import writer_lock
 
 REPO_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
@@ -60,7 +60,7 @@ class PublishConfig:
     def __post_init__(self) -> None:
         check_repo_id(self.repo_id)
         if self.zarr_layout not in ZARR_LAYOUTS:
-            raise UsageError(f"--zarr-layout {self.zarr_layout!r}: choose one of {', '.join(ZARR_LAYOUTS)}")
+            raise UsageError(f"--zarr-layout {self.zarr_layout!r}{did_you_mean(self.zarr_layout, ZARR_LAYOUTS)}: choose one of {', '.join(ZARR_LAYOUTS)}")
         if not self.revision or not self.message.strip():
             raise UsageError("--revision and --message must not be empty")
 

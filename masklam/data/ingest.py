@@ -36,7 +36,7 @@ from masklam.data.collect import CONFIG_FILE, prepare_output
 from masklam.data.dataset import INFO, get_backend, index_path, read_json, split_counts, write_index
 from masklam.data.schema import RESIZE_MODES, SCHEMA_VERSION, SPLITS, Feature, Record, RecordMeta, record_key
 from masklam.data.validate import CHECKSUMS
-from masklam.errors import UsageError
+from masklam.errors import UsageError, did_you_mean
 from masklam.locks import writer_lock
 
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".avi", ".mov")
@@ -70,7 +70,9 @@ class IngestConfig:
         if not 16 <= self.size <= 512:
             raise UsageError(f"--size {self.size}: use a size between 16 and 512 px (64 and 128 are usual)")
         if self.resize not in RESIZE_MODES:
-            raise UsageError(f"--resize {self.resize!r}: choose crop (centre square, then resize) or squash (whole frame to a square)")
+            raise UsageError(
+                f"--resize {self.resize!r}{did_you_mean(self.resize, RESIZE_MODES)}: choose crop (centre square, then resize) or squash (whole frame to a square)"
+            )
         if (self.fps is not None and self.fps <= 0) or self.image_fps <= 0 or self.chunk_seconds < 0:
             raise UsageError("--fps and --image-fps must be positive and --chunk-seconds >= 0")
         if self.min_frames < 2:

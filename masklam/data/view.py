@@ -9,7 +9,7 @@ from PIL import Image
 
 from masklam.atomic import atomic_write_bytes
 from masklam.data.dataset import Dataset
-from masklam.errors import UsageError
+from masklam.errors import UsageError, did_you_mean
 
 MASK_COLOUR = np.array([0, 255, 255], dtype=np.float32)  # cyan: rare in photographs and in the scenes
 
@@ -40,7 +40,9 @@ def _episodes(dataset: Dataset, split: str, count: int, mask_source: str):
         raise UsageError(f"split '{split}' of {dataset.root} has no episodes: choose --split train or test")
     if mask_source != NONE and mask_source not in dataset.info["mask_sources"]:
         choices = ", ".join([*dataset.info["mask_sources"], NONE])
-        raise UsageError(f"mask source '{mask_source}' is not in {dataset.root}: choose one of {choices}")
+        raise UsageError(
+            f"mask source '{mask_source}' is not in {dataset.root}{did_you_mean(mask_source, dataset.info.get('mask_sources', {}))}: choose one of {choices}"
+        )
     return [dataset.episode(split, m.episode, mask_sources=() if mask_source == NONE else (mask_source,)) for m in metas]
 
 

@@ -87,7 +87,7 @@ class Recipe:
             raise UsageError("a recipe needs exactly one of [collect] (simulated data) and [ingest] (your videos or a LeRobot dataset)")
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown or not self.methods:
-            raise UsageError(f"recipe methods {unknown or '[]'}: choose from {', '.join(METHODS)}")
+            raise UsageError(f"recipe methods {unknown or '[]'}{did_you_mean(unknown[0], METHODS) if unknown else ''}: choose from {', '.join(METHODS)}")
         if not self.seeds or not self.labels or any(b < 0 for b in self.labels) or not self.masks:
             raise UsageError("recipe seeds, labels and masks need at least one entry each; label budgets are >= 0")
         for name, settings in self.datasets().items():

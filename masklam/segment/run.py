@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from masklam.data.schema import ORACLE
-from masklam.errors import UsageError
+from masklam.errors import UsageError, did_you_mean
 from masklam.ranks import local_rank, rank_and_world_size, rank_device
 from masklam.segment.distill import DistillConfig, cache_key, distill, open_teacher_cache, student_function, teacher_on_splits
 from masklam.segment.prompts import PromptChain, PromptSpec, check_prompts, parse_prompt
@@ -37,7 +37,9 @@ class SegmentConfig:
 
     def __post_init__(self) -> None:
         if self.model not in (MOBILE_SAM, *SAM_MODELS, ORACLE) and not self.model.startswith(ULTRALYTICS):
-            raise UsageError(f"unknown --model {self.model!r}: choose {MOBILE_SAM}, {', '.join(SAM_MODELS)}, ultralytics:<weights file> or oracle")
+            raise UsageError(
+                f"unknown --model {self.model!r}{did_you_mean(self.model, (MOBILE_SAM, *SAM_MODELS, 'oracle'))}: choose {MOBILE_SAM}, {', '.join(SAM_MODELS)}, ultralytics:<weights file> or oracle"
+            )
         if self.prompts.auto and (self.model.startswith(ULTRALYTICS) or self.model == ORACLE):
             raise UsageError(f"--prompt auto needs a model masklam decodes itself: --model {MOBILE_SAM} or {', '.join(SAM_MODELS)}")
         if self.batch_size is None:

@@ -24,7 +24,7 @@ import torch.distributed as dist
 
 from masklam.configs import SettingError, load_config, require
 from masklam.data.dataset import open_dataset
-from masklam.errors import UsageError
+from masklam.errors import UsageError, did_you_mean
 from masklam.methods import uses_masks
 from masklam.models.lam import LAOMLabels
 from masklam.models.presets import METHODS, PRESETS, LAMConfig, build_lam, lam_config
@@ -76,9 +76,9 @@ class LAMTrainConfig:
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
-            raise UsageError(f"unknown method '{self.method}': choose one of {', '.join(METHODS)}")
+            raise UsageError(f"unknown method '{self.method}'{did_you_mean(self.method, METHODS)}: choose one of {', '.join(METHODS)}")
         if self.preset not in PRESETS:
-            raise UsageError(f"unknown model preset '{self.preset}': choose one of {', '.join(PRESETS)}")
+            raise UsageError(f"unknown model preset '{self.preset}'{did_you_mean(self.preset, PRESETS)}: choose one of {', '.join(PRESETS)}")
         require(self.seed >= 0, "seed", self.seed, "seeds are integers >= 0")
         for name in ("log_every", "checkpoint_every"):
             require(getattr(self, name) >= 1, name, getattr(self, name), "must be at least 1 (steps)")

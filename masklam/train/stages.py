@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from masklam.configs import apply_overrides, build, to_dict
 from masklam.data.dataset import open_dataset
-from masklam.errors import UsageError
+from masklam.errors import UsageError, did_you_mean
 from masklam.models.lam import ActionDecoder, ActionDecoderConfig, LatentPolicy
 from masklam.models.presets import PRESETS, policy_config
 from masklam.train.lam import CHECKPOINT, CONFIG, LAMTrainConfig, build_model, train_lam, window_batches, with_absolute_data
@@ -59,7 +59,7 @@ class StageConfig:
 
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:
-            raise UsageError(f"unknown model preset '{self.preset}': choose one of {', '.join(PRESETS)}")
+            raise UsageError(f"unknown model preset '{self.preset}'{did_you_mean(self.preset, PRESETS)}: choose one of {', '.join(PRESETS)}")
         if self.labelled < 0 or self.batch_size < 1 or self.seed < 0:
             raise UsageError("labelled and seed must be >= 0 and batch_size >= 1")
 
