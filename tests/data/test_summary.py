@@ -30,6 +30,16 @@ def test_info_on_an_ingested_video_and_on_its_lerobot_export(masklam_cli, tmp_pa
     assert "masks       none yet (masklam segment)" in shown and "Var(a)      - (no labelled actions)" in shown
     assert "return mean" not in shown and shown.splitlines()[-2].split() == ["train", "1", "0", "12"]  # no returns column
 
+    # view before any masks: frames only, no "oracle" to miss; with one source, that source by default
+    from masklam.data.view import NONE, default_mask_source
+    from masklam.segment.writer import write_mask_source
+
+    assert default_mask_source(open_dataset(data)) == NONE
+    viewed = masklam_cli("view", str(data), "--out", str(tmp_path / "before.png"), "--episodes", "1", "--frames", "2")
+    assert viewed.returncode == 0 and (tmp_path / "before.png").is_file(), viewed.stderr
+    write_mask_source(data, "mine", {"kind": "all agent"}, lambda records: (np.ones(r.steps["rgb"].shape[:3], np.uint8) for r in records), show_progress=False)
+    assert default_mask_source(open_dataset(data)) == "mine"
+
     export_lerobot(str(data), tmp_path / "lerobot", "image", False, show_progress=False)
     result = masklam_cli("info", str(tmp_path / "lerobot"))
     assert result.returncode == 2 and result.stderr.strip().splitlines() == [
