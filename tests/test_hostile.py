@@ -161,11 +161,33 @@ STAGES = {
     "segment": lambda data, out: ["segment", str(data), "--model", "oracle", "--name", "copy", "--no-progress"],
     "masks transform": lambda data, out: ["masks", "transform", str(data), "--erode", "1", "--no-progress"],
     "report": lambda data, out: ["report", str(fake_runs(out.parent / "runs")), "--out", str(out)],
+    "ingest": lambda data, out: [
+        "ingest",
+        str(frame_folder(out.parent / "frames")),
+        "--out",
+        str(out.parent / "ingested"),
+        "--size",
+        "16",
+        "--test-episodes",
+        "0",
+    ],
 }
 
 
+def frame_folder(folder: Path) -> Path:
+    """A folder of 8 PNG frames: the cheapest source ingest reads."""
+    from PIL import Image
+
+    clip = folder / "clip"
+    if not clip.exists():
+        clip.mkdir(parents=True)
+        for i in range(8):
+            Image.new("RGB", (16, 16), (30 * i, 0, 0)).save(clip / f"{i:03d}.png")
+    return folder
+
+
 @pytest.mark.parametrize(
-    "stage, backend", [(stage, backend) for stage in sorted(STAGES) for backend in sorted(LEVELS) if stage != "report" or backend == "zarr"]
+    "stage, backend", [(stage, backend) for stage in sorted(STAGES) for backend in sorted(LEVELS) if stage not in ("report", "ingest") or backend == "zarr"]
 )
 def test_a_full_disk_is_one_line_at_every_stage(masklam_cli, datasets, tmp_path, monkeypatch, stage, backend):
     data = copy(datasets, backend, tmp_path)
