@@ -223,13 +223,17 @@ def episode_share(values: np.ndarray, episodes: np.ndarray, weighted: bool = Tru
     return float(between.sum() / total.sum()) if weighted else float(np.mean(between / total))
 
 
+# Stored states whose change over the window is probed too (read at t+1 as next_<name>), and its report name.
+MOTIONS = {"distractor_camera": "camera_motion"}
+
+
 def distractor_states(values: dict[str, np.ndarray], names: tuple[str, ...]) -> dict[str, np.ndarray]:
     """The states the distractor probe reads, by report name: each stored one, and the camera's motion between
     the window's two frames (its pose at t+1 minus at t) where the camera shakes: a latent action, made from
     that pair of frames, is the place a camera's motion would hide, more than its pose."""
     states = {name.removeprefix("distractor_"): values[name] for name in names}
-    if "distractor_camera" in names:
-        states["camera_motion"] = values["next_distractor_camera"] - values["distractor_camera"]
+    for name in (name for name in names if name in MOTIONS):
+        states[MOTIONS[name]] = values[f"next_{name}"] - values[name]
     return states
 
 
@@ -279,7 +283,7 @@ def probe_run(run_dir, data: str, windows: int = 20000, batch_size: int = 64, sh
     # for the background instead.
     background = ("distractor_bg_frame", "distractor_bg_video")
     distractors = tuple(name for name in info["features"] if name.startswith("distractor_") and name not in background)
-    moving = tuple(name for name in distractors if name == "distractor_camera")  # its motion too: at t+1
+    moving = tuple(name for name in distractors if name in MOTIONS)  # their motion too: at t+1
     spec = replace(window_spec(config, labelled_only=True, fields=distractors), labels="all", next_fields=moving)  # the yardstick reads every label
 
     def latents(split: str, limit: int):

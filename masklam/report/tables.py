@@ -273,7 +273,7 @@ def variant_table(variant: dict[str, Any], budget: int, clean: dict[str, Any] | 
     """The variant's table; ``clean``: the same recipe's variant without distractors, whose episode shares are
     the baseline shown beside the distracted ones (what the method's latent spreads between episodes anyway)."""
     rows = {label: summarise(cells[budget]) for label, cells in variant["runs"].items() if budget in cells}
-    clean_rows = {label: summarise(cells[budget]) for label, cells in clean["runs"].items() if budget in cells} if clean else {}
+    clean_shares = {label: mean_ci(cells[budget]["episode_share"]) for label, cells in clean["runs"].items() if budget in cells} if clean else {}
     baseline = next((row for row in rows.values() if row["method"] == BASELINE), None)
     online = variant.get("simulated", True)
     metaworld = online and variant["env"].startswith("metaworld:")
@@ -288,7 +288,7 @@ def variant_table(variant: dict[str, Any], budget: int, clean: dict[str, Any] | 
         + [f"R² {name} ↓" for name in states]
         + (["distractor R² ↓"] if mean_only else [])
         + ["episode share ↓"]
-        + (["episode share, clean data"] if clean_rows else [])
+        + (["episode share, clean data"] if clean_shares else [])
     )
     header += ["return / expert ↑", "return / BC ↑"] if online else []
     header += ["success ↑"] if metaworld else []
@@ -302,7 +302,7 @@ def variant_table(variant: dict[str, Any], budget: int, clean: dict[str, Any] | 
         cells += [fmt(row["states"].get(name)) for name in states]
         cells += [fmt(row["distractor"])] if mean_only else []
         cells += [fmt(row["episode_share"])]
-        cells += [fmt(clean_rows[label]["episode_share"]) if label in clean_rows else "—"] if clean_rows else []
+        cells += [fmt(clean_shares.get(label))] if clean_shares else []
         cells += [fmt(row["by_expert"]), fmt(row["by_bc"])] if online else []
         cells += [fmt(row["success"], percent=True)] if metaworld else []
         cells += [comparison(row, baseline, "nmse", lower_is_better=True)]
@@ -312,7 +312,7 @@ def variant_table(variant: dict[str, Any], budget: int, clean: dict[str, Any] | 
     lines += ["", "Intervals resample " + "; ".join(resampled) + "; every other column its seeds."]
     if variant.get("action_share") is not None:
         lines[-1] += f" The action's own episode share: {variant['action_share']:.3f}."
-    if clean_rows:
+    if clean_shares:
         lines[-1] += " Episode share, clean data: the same method and seeds on this recipe's variant without distractors."
     return "\n".join(lines), {label: without_grids(row) for label, row in rows.items()}
 

@@ -185,7 +185,7 @@ def segment_dataset(
     config = dataclasses.replace(config, device=rank_device(config.device, ranks, local_rank()))
     # The source's writer lock from here, before the teacher and the student: a second writer of the same
     # source is refused at once, not after doing the teacher's work again.
-    with source_lock(Path(config.data).resolve(), config.source, this_rank):
+    with source_lock(Path(config.data), config.source, this_rank):
         return segment_locked(config, rank, world_size, overwrite, show_progress)
 
 

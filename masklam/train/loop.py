@@ -44,6 +44,7 @@ class OptimConfig:
 # Settings that name a dataset: compared by the folder they resolve to, and stored with where they are from the
 # run folder too, so that a run folder moved or copied together with its dataset still finds it.
 DATA_KEYS = ("data.path", "data")
+BAR_METRICS = ("loss", "action_nmse")  # on the progress bar (action_nmse: LAOM-Labels' head against Var(a))
 LOCATIONS = "_locations"  # key of a saved config: dataset setting -> its path relative to the run folder
 
 
@@ -297,11 +298,11 @@ def fit(
                 log.flush()
                 for name, value in row.items():
                     writer.add_scalar(f"{stage}/{name}", value, step)
-                bar.set_postfix({name: f"{row[name]:.4f}" for name in ("loss", "action_nmse") if name in row})  # LAOM-Labels' head vs Var(a)
+                bar.set_postfix({name: f"{row[name]:.4f}" for name in BAR_METRICS if name in row})
             if rank == 0 and (step % checkpoint_every == 0 or step == optim.steps):
                 save_checkpoint(checkpoint, model, optimizer, step, loss.item())
         if start < optim.steps:  # the bar ends on the last step's loss, not the last logged one
-            bar.set_postfix({name: f"{float(out[name].detach()):.4f}" for name in ("loss", "action_nmse") if name in out})
+            bar.set_postfix({name: f"{float(out[name].detach()):.4f}" for name in BAR_METRICS if name in out})
         bar.close()
         if rank == 0:
             log.close()

@@ -179,10 +179,7 @@ def latent_targets(lam: torch.nn.Module, data: str, spec: WindowSpec, show_progr
     """Every train window's latent, once, in evaluation batches; None when they would not fit LABEL_CACHE_BYTES
     (the paper preset's 8,192-dim LAOM latents over millions of windows), and BC labels each batch instead."""
     windows = sum(meta.frames - 1 for meta in open_dataset(data).index("train"))
-    probe = next(iter(make_loader(WindowDataset(data, "train", spec, epochs=1, shuffle_buffer=1), 1)))
-    with torch.no_grad():
-        width = lam.latent(probe).shape[1]
-    if windows * width * 4 > LABEL_CACHE_BYTES:
+    if windows * lam.config.latent_dim * 4 > LABEL_CACHE_BYTES:  # the latent's width, as the policy's output
         return None
     keys, latents = [], []
     stream = WindowDataset(data, "train", spec, epochs=1, shuffle_buffer=1)  # every window once, in stored order
