@@ -718,6 +718,7 @@ def run_command(
     overrides: list[str] = typer.Option([], "--set", help="override a recipe setting: --set seeds=[0,1,2] --set collect.episodes=50"),
     workers: int = typer.Option(1, help="collection worker processes"),
     dry_run: bool = typer.Option(False, "--dry-run", help="print the plan (done / to do) and stop"),
+    until: str = typer.Option("evaluate", help="stop after this stage of every run: data, lam, probe, bc, decoder or evaluate (probe: the LAM measures only)"),
     progress: bool = typer.Option(True),
 ) -> None:
     """Carry out a recipe: collect -> masks -> train each method x seed -> probe -> evaluate -> report; resumable."""
@@ -725,7 +726,7 @@ def run_command(
     from masklam.pipeline.run import run_recipe
 
     loaded = load_recipe(recipe, overrides)
-    run_recipe(loaded, out or Path("runs") / loaded.name, workers, dry_run, show_progress=progress, echo=typer.echo)
+    run_recipe(loaded, out or Path("runs") / loaded.name, workers, dry_run, show_progress=progress, echo=typer.echo, until=until)
 
 
 @app.command()

@@ -20,8 +20,13 @@ from typing import Any
 
 from masklam.atomic import atomic_write_json
 from masklam.data.schema import ORACLE
+from masklam.errors import UsageError
 from masklam.pipeline.layout import LEDGER, REFERENCE_FILES, budget_folder, grid, link_files, link_shared, mask_comparison, overrides_of, read_ledger
 from masklam.pipeline.recipe import Recipe, recipe_json
+
+# The stages of a recipe in the order each run goes through them; `--until probe` runs every method x seed
+# up to its probe (the LAM measures) and leaves BC, the decoder and the returns for a later resume.
+STAGES = ("data", "lam", "probe", "bc", "decoder", "evaluate")
 
 
 @dataclass
@@ -31,6 +36,7 @@ class Step:
     outputs: list[Path]
     work: Callable[[], None] = field(repr=False)
     reset: list[Path] = field(default_factory=list)  # deleted first when the step ran before with other settings
+    stage: str = "data"  # one of STAGES: what `masklam run --until` stops after
 
     def fingerprint(self, root: Path | None = None) -> str:
         """A hash of the settings, with the run folder's own path written as $RUN: a moved or copied run folder
@@ -130,12 +136,14 @@ def plan(recipe: Recipe, root: Path, workers: int = 1, show_progress: bool = Tru
                 [folder / "lam.pt"],
                 lambda lam=lam, f=folder: train_lam(lam, f, show_progress),
                 stage_files(folder, "lam"),
+                "lam",
             ),
             Step(
                 f"probe {name}",
                 {"lam": to_dict(lam), "windows": e.probe_windows, "probe": PROBE_VERSION},
                 [folder / "probe.json"],
                 lambda f=folder, d=data: probe_run(f, d, e.probe_windows, show_progress=show_progress),
+                stage="probe",
             ),
             Step(
                 f"train bc {name}",
@@ -143,6 +151,7 @@ def plan(recipe: Recipe, root: Path, workers: int = 1, show_progress: bool = Tru
                 [folder / "bc.pt"],
                 lambda f=folder, s=stage, d=data: train_bc(f, s, show_progress, lam_data=d),
                 stage_files(folder, "bc"),
+                "bc",
             ),
         ]
         if recipe.train.reference and recipe.simulated:  # the reference only normalises online returns
@@ -159,6 +168,7 @@ def plan(recipe: Recipe, root: Path, workers: int = 1, show_progress: bool = Tru
                         [folder / "bc-actions.pt"],
                         lambda f=folder, s=stage, d=data: train_action_bc(f, s, show_progress, lam_data=d),
                         stage_files(folder, "bc-actions"),
+                        "bc",
                     )
                 )
             else:
@@ -169,6 +179,7 @@ def plan(recipe: Recipe, root: Path, workers: int = 1, show_progress: bool = Tru
                         {"trained in": str(owner), **settings},
                         [folder / "bc-actions.pt"],
                         lambda o=owner, f=folder: link_files(o, f, REFERENCE_FILES),
+                        stage="bc",
                     )
                 )
         for budget in recipe.labels:
@@ -187,6 +198,7 @@ def plan(recipe: Recipe, root: Path, workers: int = 1, show_progress: bool = Tru
                     [target / "decoder.pt"],
                     decode,
                     stage_files(target, "decoder"),
+                    "decoder",
                 )
             )
             if recipe.simulated:  # ingested data has no simulator to evaluate in
@@ -196,6 +208,7 @@ def plan(recipe: Recipe, root: Path, workers: int = 1, show_progress: bool = Tru
                         {"lam": to_dict(lam), "stage": to_dict(decoder), "evaluate": asdict(e), **labels},
                         [target / "evaluate.json"],
                         lambda t=target, d=data: evaluate_run(t, e.episodes, e.seed, e.steps, show_progress=show_progress, data=d),
+                        stage="evaluate",
                     )
                 )
     return steps
@@ -222,13 +235,22 @@ def is_done(step: Step, ledger: dict[str, Any], root: Path) -> bool:
 
 
 def run_recipe(
-    recipe: Recipe, root: Path, workers: int = 1, dry_run: bool = False, show_progress: bool = True, echo: Callable[[str], None] = print
+    recipe: Recipe,
+    root: Path,
+    workers: int = 1,
+    dry_run: bool = False,
+    show_progress: bool = True,
+    echo: Callable[[str], None] = print,
+    until: str = STAGES[-1],
 ) -> list[Step]:
-    """Run (or with ``dry_run`` only list) the recipe's steps that are not done yet, then the report."""
+    """Run (or with ``dry_run`` only list) the recipe's steps that are not done yet, up to and including the
+    stage ``until``, then the report of what is there."""
     from masklam.report.tables import write_report
 
+    if until not in STAGES:
+        raise UsageError(f"unknown stage {until!r}: --until takes one of {', '.join(STAGES)}")
     root = Path(root).resolve()  # one spelling of every path in the steps' settings, whatever the cwd or --out
-    steps = plan(recipe, root, workers, show_progress)
+    steps = [step for step in plan(recipe, root, workers, show_progress) if STAGES.index(step.stage) <= STAGES.index(until)]
     ledger = read_ledger(root)
     done = [is_done(step, ledger, root) for step in steps]
     todo = [step for step, finished in zip(steps, done) if not finished]
