@@ -85,7 +85,10 @@ def plot_label_budget(budgets: dict[str, dict[str, dict[str, Any]]], title: str,
     axis.set_xlabel("labelled transitions for the decoder")
     axis.set_ylabel("return / expert's")
     axis.set_title(title)
-    axis.legend(fontsize=8)
+    if axis.get_legend_handles_labels()[0]:
+        axis.legend(fontsize=8)
+    else:  # a run stopped before its returns (`masklam run --until probe`)
+        axis.text(0.5, 0.5, "no returns yet", ha="center", va="center", transform=axis.transAxes)
     return save(figure, path)
 
 

@@ -161,6 +161,28 @@ def test_bc_on_true_actions_is_trained_once_per_seed_and_shared(finished, tmp_pa
 
 
 @pytest.mark.slow
+def test_until_probe_stops_every_run_after_its_probe_and_a_full_run_resumes_the_rest(finished, tmp_path):
+    import shutil
+
+    recipe, root = finished
+    copy = tmp_path / "run"
+    shutil.copytree(root / "data", copy / "data")
+    ledger = json.loads((root / "steps.json").read_text())
+    data_steps = {step: entry for step, entry in ledger.items() if step.split()[0] in ("collect", "masks", "compare")}
+    (copy / "steps.json").write_text(json.dumps(data_steps))
+    ran = run_recipe(load_recipe(recipe), copy, show_progress=False, echo=lambda _: None, until="probe")
+    assert sorted(step.id.split(" low ")[0] for step in ran) == ["probe"] * 3 + ["train lam"] * 3
+    runs = copy / "runs" / "low"
+    assert all((runs / run / "seed0" / "probe.json").exists() for run in ("lapo", "masklam", "masklam-oracle_dilate1"))
+    assert not list(runs.rglob("bc.pt")) and not list(runs.rglob("evaluate.json"))
+    assert "| lapo | 1 |" in (copy / "report" / "results.md").read_text()  # the report of what is there
+    rest = run_recipe(load_recipe(recipe), copy, dry_run=True, echo=lambda _: None)
+    assert rest and not any(step.id.startswith(("train lam", "probe")) for step in rest)
+    with pytest.raises(UsageError, match="--until takes one of"):
+        run_recipe(load_recipe(recipe), copy, until="returns")
+
+
+@pytest.mark.slow
 def test_report_command_and_dry_run(masklam_cli, finished, tmp_path):
     recipe, root = finished
     done = masklam_cli("report", str(root), "--out", str(tmp_path / "report"))
