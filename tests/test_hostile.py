@@ -9,9 +9,6 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -206,17 +203,19 @@ def test_a_full_disk_is_one_line_at_every_stage(masklam_cli, datasets, tmp_path,
 
 # --- two writers at once ---------------------------------------------------------------------------------------
 def test_two_writers_of_one_dataset_never_fail_but_in_one_line(datasets, tmp_path):
-    """As many trials as fit in ~20 s (at least 2): two collects resuming one dataset at once, started together."""
+    """20 trials: two collects resuming one dataset, released at the same instant (tests/racing.py)."""
+    from racing import race
+
     data = copy(datasets, "zarr", tmp_path)
     planted = plant(data, ["", "index/train/", "data.zarr/train/"])
-    command = [sys.executable, "-m", "masklam.cli", *COLLECT, "--backend", "zarr", "--workers", "1", "--out", str(data)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    trials, outcomes, deadline = 0, set(), time.monotonic() + 20
-    while trials < 2 or time.monotonic() < deadline:
+    command = [*COLLECT, "--backend", "zarr", "--workers", "1", "--out", str(data)]
+
+    def reset(_trial: int) -> None:
         (data / "index/train/shard-000000.json").unlink()  # a shard to write again, and info.json after it
         (data / "info.json").unlink()
-        started = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for _ in range(2)]
-        results = [(p.wait(timeout=300), p.stderr.read()) for p in started]
+
+    outcomes = []
+    for results in race([command] * 20, reset, {"MASKLAM_CACHE": os.environ["MASKLAM_CACHE"]}):
         for code, err in results:
             assert code in (0, 2), results
             if code == 2:
@@ -224,9 +223,8 @@ def test_two_writers_of_one_dataset_never_fail_but_in_one_line(datasets, tmp_pat
                 assert len(err.strip().splitlines()) == 1 and "is being written by another masklam (" in err, err
         assert any(code == 0 for code, _ in results), results
         assert intact(planted) and (data / "info.json").is_file()
-        outcomes.add(tuple(sorted(code for code, _ in results)))
-        trials += 1
+        outcomes.append(tuple(sorted(code for code, _ in results)))
     from masklam.data.verify import verify_dataset
 
-    assert not verify_dataset(data).problems
-    print(f"{trials} trials, outcomes {sorted(outcomes)}")
+    assert len(outcomes) == 20 and not verify_dataset(data).problems
+    print(f"outcomes of 20 trials: {sorted(set(outcomes))}")

@@ -23,10 +23,12 @@ shards, info.json last. Re-running it resumes. Streaming needs no pull: `--data 
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import re
 import shutil
+import warnings
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -38,7 +40,7 @@ from masklam.data.export import PARQUET
 from masklam.data.schema import SPLITS, ZARR_LAYOUTS
 from masklam.data.storage import ZARR_SHARD_FILES
 from masklam.data.zarr_backend import STORE, ZarrBackend
-from masklam.errors import UsageError, did_you_mean
+from masklam.errors import UsageError, did_you_mean, disk_full
 from masklam.locks import writer_lock
 
 REPO_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
@@ -340,12 +342,16 @@ def _pull_into(huggingface_hub, repo_id: str, out: Path, revision: str, show_pro
         # A zip unpacked by an earlier run is not fetched again.
         todo = [f for f in wanted if not (f.endswith(".zip") and (out / f.removesuffix(".zip") / "zarr.json").is_file())]
         download = dict(repo_id=repo_id, repo_type="dataset", revision=sha, local_dir=out)
-        huggingface_hub.snapshot_download(**download, allow_patterns=todo)
-        for relative in todo:
-            if relative.startswith(f"{STORE}/") and relative.endswith(".zip"):
-                unzip_shard(out / relative, out)
-        huggingface_hub.snapshot_download(**download, allow_patterns=[INFO])  # last: present = complete
+        with warnings.catch_warnings():  # its multi-line guess about free space: a real full disk is one line below
+            warnings.filterwarnings("ignore", message="Not enough free disk space")
+            huggingface_hub.snapshot_download(**download, allow_patterns=todo)
+            for relative in todo:
+                if relative.startswith(f"{STORE}/") and relative.endswith(".zip"):
+                    unzip_shard(out / relative, out)
+            huggingface_hub.snapshot_download(**download, allow_patterns=[INFO])  # last: present = complete
     except hub_call_errors() as error:
+        if disk_full(error):  # a full disk is not the network: said as the CLI says every full disk, naming out
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(out)) from error
         raise hub_error("pull", repo_id, error) from None
     atomic_write_json(record, {"repo_id": repo_id, "revision": revision, "sha": sha})
     open_dataset(out)  # a one-line error if what came down is not a readable dataset

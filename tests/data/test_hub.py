@@ -300,3 +300,57 @@ def test_every_layout_publishes_and_pulls_back(backend, layout, datasets_by_back
             for source in SOURCES:
                 np.testing.assert_array_equal(a.masks[source], b.masks[source], strict=True)
             np.testing.assert_array_equal(a.steps["rgb"], b.steps["rgb"], strict=True)
+
+
+# --- a real full disk: a small tmpfs (root only; skipped where the machine does not permit mounting) ------------
+@pytest.fixture
+def small_disk(tmp_path):
+    """A tmpfs of 64 KiB at tmp_path/"disk"; ``grow()`` gives it room without touching what is on it."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(disk)], capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root): the injected-ENOSPC tests still run")
+
+    def grow() -> None:
+        subprocess.run(["mount", "-o", "remount,size=64m", str(disk)], check=True)
+
+    yield disk, grow
+    subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def full_disk_line(result) -> str:
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, (result.returncode, result.stderr)
+    assert lines[0].startswith("error: no space left on the device") and "re-run the same command" in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.mark.slow
+def test_a_full_disk_while_staging_a_publish_is_one_line_and_the_rerun_finishes(datasets_by_backend, staged, small_disk, tmp_path):
+    disk, grow = small_disk
+    stage = disk / "stage"
+    command = ["publish", str(datasets_by_backend["zarr"]), "--repo-id", "me/tiny", "--dry-run", "--no-progress", "--stage", str(stage)]
+    with FakeHub() as hub:  # --dry-run never calls it
+        line = full_disk_line(run_cli(command, hub, tmp_path / "hf-home"))
+        assert str(disk) in line  # names where it was writing
+        grow()
+        result = run_cli(command, hub, tmp_path / "hf-home")
+    assert result.returncode == 0, result.stderr
+    assert stage_files(stage) == stage_files(staged["zarr"])  # the same stage as one built with space
+
+
+@pytest.mark.slow
+def test_a_full_disk_while_pulling_is_one_line_and_the_rerun_finishes(datasets_by_backend, staged, small_disk, tmp_path):
+    disk, grow = small_disk
+    out = disk / "pulled"
+    with FakeHub() as hub:
+        hub.put_files("me/tiny", stage_files(staged["webdataset"]), message="published")
+        command = ["pull", "me/tiny", "--out", str(out), "--no-progress"]
+        line = full_disk_line(run_cli(command, hub, tmp_path / "hf-home", token=None))
+        assert str(out) in line and "network" not in line  # a full disk, not the Hub out of reach
+        grow()
+        result = run_cli(command, hub, tmp_path / "hf-home", token=None)
+    assert result.returncode == 0, result.stderr
+    pulled, original = open_dataset(out), open_dataset(datasets_by_backend["webdataset"])
+    for split in ("train", "test"):
+        assert [r.meta for r in pulled.records(split)] == [r.meta for r in original.records(split)]
