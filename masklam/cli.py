@@ -404,6 +404,8 @@ def expert_handover(
 train_app = typer.Typer(help="Train latent action models and the stages after them (latent BC, action decoder).", no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(train_app, name="train")
 
+DEVICE_HELP = "where to compute: auto (CUDA when torch sees a GPU, else the CPU), cpu, cuda, cuda:1, mps"
+
 
 @train_app.command("lam")
 @fails_cleanly
@@ -415,12 +417,13 @@ def train_lam_command(
     mask_source: Optional[str] = typer.Option(
         None, "--mask-source", help="agent masks of masked methods (default: oracle); same as --set data.mask_source=NAME"
     ),
+    device: Optional[str] = typer.Option(None, help=DEVICE_HELP + " (default: auto); same as --set device=NAME"),
     progress: bool = typer.Option(True),
 ) -> None:
     """Pretrain a latent action model (lapo, masklam, laom, laom-labels) on a dataset's transitions."""
     from masklam.train.lam import load_trainer, train_lam
 
-    config = load_trainer(trainer, overrides, data, mask_source)
+    config = load_trainer(trainer, [*overrides, *([f"device={json.dumps(device)}"] if device else [])], data, mask_source)
     result = train_lam(config, out, show_progress=progress)
     typer.echo(f"trained {config.method} for {result['steps']} steps (final loss {result['final_loss']:.4f}); checkpoint: {out}/lam.pt")
 
@@ -433,13 +436,14 @@ def probe(
         ..., "--data", help="dataset: probes fit on its train split (ridge cross-validated over its episodes), scored on its test split and in-pool"
     ),
     windows: int = typer.Option(20000, help="train windows to fit on (a quarter as many test windows)"),
+    device: str = typer.Option("auto", help=DEVICE_HELP + " (the LAM's latents; the ridge runs on the CPU)"),
     as_json: bool = typer.Option(False, "--json"),
     progress: bool = typer.Option(True),
 ) -> None:
     """Normalised linear-probe MSE from the frozen latent action to the action (test split and in-pool, with the chosen ridge), and distractor R²."""
     from masklam.eval.probe import probe_run, render_probe
 
-    result = probe_run(run, data, windows, show_progress=progress)
+    result = probe_run(run, data, windows, show_progress=progress, device=device)
     typer.echo(json.dumps(result, indent=1) if as_json else render_probe(result))
 
 
@@ -449,12 +453,13 @@ def train_bc_command(
     run: Path = typer.Argument(..., help="a LAM run folder (from masklam train lam)"),
     data: Optional[str] = typer.Option(None, "--data", help="dataset (default: the LAM's)"),
     overrides: list[str] = typer.Option([], "--set", help="override a setting: --set optim.steps=500 --set preset=tiny"),
+    device: str = typer.Option("auto", help=DEVICE_HELP),
     progress: bool = typer.Option(True),
 ) -> None:
     """Latent behaviour cloning: a policy from the frame stack to the frozen LAM's latent action."""
     from masklam.train.stages import stage_config, train_bc
 
-    result = train_bc(run, stage_config(overrides, data=data), show_progress=progress)
+    result = train_bc(run, stage_config(overrides, data=data), show_progress=progress, device=device)
     typer.echo(f"trained the latent policy for {result['steps']} steps (final loss {result['final_loss']:.4f}); checkpoint: {run}/bc.pt")
 
 
@@ -465,12 +470,13 @@ def train_decoder_command(
     labelled: int = typer.Option(0, "--labelled", help="labelled transitions to train on (0 = all)"),
     data: Optional[str] = typer.Option(None, "--data", help="dataset (default: the LAM's)"),
     overrides: list[str] = typer.Option([], "--set", help="override a setting: --set optim.steps=500"),
+    device: str = typer.Option("auto", help=DEVICE_HELP),
     progress: bool = typer.Option(True),
 ) -> None:
     """The action decoder: an MLP from the frozen latent policy's output to real actions, on labelled transitions only."""
     from masklam.train.stages import stage_config, train_decoder
 
-    result = train_decoder(run, stage_config(overrides, data=data, labelled=labelled), show_progress=progress)
+    result = train_decoder(run, stage_config(overrides, data=data, labelled=labelled), show_progress=progress, device=device)
     typer.echo(
         f"trained the action decoder on {result['labelled_transitions']} labelled transitions (final loss {result['final_loss']:.4f}); checkpoint: {run}/decoder.pt"
     )
@@ -482,12 +488,13 @@ def train_action_bc_command(
     run: Path = typer.Argument(..., help="a LAM run folder (its dataset and frame stack are used)"),
     data: Optional[str] = typer.Option(None, "--data", help="dataset (default: the LAM's)"),
     overrides: list[str] = typer.Option([], "--set", help="override a setting: --set optim.steps=500"),
+    device: str = typer.Option("auto", help=DEVICE_HELP),
     progress: bool = typer.Option(True),
 ) -> None:
     """The reference policy for normalised returns: BC from the frame stack to every labelled true action."""
     from masklam.train.stages import stage_config, train_action_bc
 
-    result = train_action_bc(run, stage_config(overrides, data=data), show_progress=progress)
+    result = train_action_bc(run, stage_config(overrides, data=data), show_progress=progress, device=device)
     typer.echo(f"trained BC on true actions for {result['steps']} steps (final loss {result['final_loss']:.4f}); checkpoint: {run}/bc-actions.pt")
 
 
@@ -504,13 +511,14 @@ def train_all_command(
     ),
     stage_overrides: list[str] = typer.Option([], "--stage-set", help="settings of the BC and decoder stages: --stage-set optim.steps=500"),
     reference: bool = typer.Option(True, help="also train BC on true actions, the reference of normalised returns"),
+    device: Optional[str] = typer.Option(None, help=DEVICE_HELP + ", for every stage (default: auto); same as --set device=NAME"),
     progress: bool = typer.Option(True),
 ) -> None:
     """LAM pretraining, latent behaviour cloning, the action decoder (and the BC-on-actions reference), in one run folder."""
     from masklam.train.lam import load_trainer
     from masklam.train.stages import stage_config, train_all
 
-    config = load_trainer(trainer, overrides, data, mask_source)
+    config = load_trainer(trainer, [*overrides, *([f"device={json.dumps(device)}"] if device else [])], data, mask_source)
     stage = stage_config(stage_overrides, preset=config.preset, labelled=labelled)
     result = train_all(config, out, stage, reference, show_progress=progress, echo=typer.echo)
     typer.echo(f"trained {config.method}: LAM, latent policy and action decoder ({result['labelled_transitions']} labelled transitions) in {out}")
@@ -524,13 +532,14 @@ def evaluate(
     data: Optional[str] = typer.Option(None, "--data", help="the LAM's dataset, when it has moved since training (default: where the run folder says)"),
     seed: int = typer.Option(0),
     steps: Optional[int] = typer.Option(None, help="steps per episode (default: the dataset's episode length)"),
+    device: str = typer.Option("auto", help=DEVICE_HELP + " (the networks; the simulator runs on the CPU)"),
     as_json: bool = typer.Option(False, "--json"),
     progress: bool = typer.Option(True),
 ) -> None:
     """Online rollouts of the decoded latent policy in the dataset's distracting environment."""
     from masklam.eval.rollout import evaluate_run, render_evaluation
 
-    result = evaluate_run(run, episodes, seed, steps, show_progress=progress, data=data)
+    result = evaluate_run(run, episodes, seed, steps, show_progress=progress, data=data, device=device)
     typer.echo(json.dumps(result, indent=1) if as_json else render_evaluation(result))
 
 
@@ -567,7 +576,7 @@ def segment(
     ),
     reprompt: bool = typer.Option(True, help="re-prompt a frame whose followed mask jumps (area, centroid) or drifts from the episode's first mask"),
     batch_size: Optional[int] = typer.Option(None, help="frames encoded together (default: 1 on a CPU, where batches are slower; 8 on a GPU)"),
-    device: str = typer.Option("cpu", help="cpu, cuda, cuda:1, ..."),
+    device: str = typer.Option("auto", help=DEVICE_HELP + " (the model, and the distilled student)"),
     half: bool = typer.Option(False, help="half precision (GPUs)"),
     propagate: str = typer.Option(
         "chain", help="later frames: chain (prompted by the mask before them) or video (SAM 2's video predictor carries the first frame's mask)"

@@ -56,7 +56,7 @@ BAD_SETTINGS = [
     ("masklam-tiny", "data.workers=-1", "data.workers"),
     ("masklam-tiny", "log_every=0", "log_every"),
     ("masklam-tiny", "seed=-1", "seed"),
-    ("masklam-tiny", "device=gpu", "device"),
+    ("masklam-tiny", 'device="gpu"', "device"),
 ]
 
 

@@ -260,20 +260,23 @@ def collect_latents(
     return np.concatenate(latents)[:limit], {name: np.concatenate(v)[:limit] for name, v in values.items()}
 
 
-def probe_run(run_dir, data: str, windows: int = 20000, batch_size: int = 64, show_progress: bool = True) -> dict:
-    """Action and distractor probes of a trained LAM run (lam.pt + lam-config.json) on a dataset."""
+def probe_run(run_dir, data: str, windows: int = 20000, batch_size: int = 64, show_progress: bool = True, device: str = "auto") -> dict:
+    """Action and distractor probes of a trained LAM run (lam.pt + lam-config.json) on a dataset; the LAM's
+    latents are computed on ``device`` (masklam/devices.py), the ridge probes on the CPU."""
     from dataclasses import replace
     from pathlib import Path
 
     from masklam.atomic import atomic_write_json
     from masklam.data.dataset import open_dataset
+    from masklam.devices import resolve, to_device
     from masklam.train.loader import WindowDataset, action_variance, make_loader
     from masklam.train.stages import frozen_lam, window_spec
 
     if windows < 1:
         raise UsageError(f"--windows {windows}: the probes need at least 1 train window")
     run_dir = Path(run_dir)
-    config, model, _ = frozen_lam(run_dir, fallback=data)  # --data gives the model's shapes if the run's data moved
+    device = resolve(device)
+    config, model, _ = frozen_lam(run_dir, fallback=data, device=device)  # --data: the model's shapes if the run's data moved
     dataset = open_dataset(data)
     info = dataset.info
     # Distractor states to probe: those that mean the same in every episode. Not the background's: its frame
@@ -289,7 +292,8 @@ def probe_run(run_dir, data: str, windows: int = 20000, batch_size: int = 64, sh
     def latents(split: str, limit: int):
         stream = WindowDataset(data, split, replace(spec, episode=True), seed=config.seed, shuffle_buffer=256, epochs=1)
         fields = ("action", *distractors, *(f"next_{name}" for name in moving), "episode")
-        return collect_latents(model.latent, make_loader(stream, batch_size), fields, limit, f"probe {split}", show_progress)
+        latent_of = lambda batch: model.latent(to_device(batch, device))  # noqa: E731
+        return collect_latents(latent_of, make_loader(stream, batch_size), fields, limit, f"probe {split}", show_progress)
 
     train_z, train_values = latents("train", windows)
     test_z, test_values = latents("test", max(windows // 4, 1))

@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from masklam.atomic import atomic_write_json
 from masklam.data.ingest import require_simulator
+from masklam.devices import resolve
 from masklam.envs.env import DistractingEnv
 from masklam.envs.spec import EnvSpec
 from masklam.errors import UsageError
@@ -28,16 +29,16 @@ from masklam.train.stages import frozen_lam, frozen_policy, frozen_stage_policy
 EVAL_SEED_KEY = 11  # evaluation episodes draw seeds no dataset episode uses
 
 
-def load_decoded_policy(run_dir: Path, data: str | None = None):
-    """The run's frozen LAM, latent policy and action decoder, and the LAM's config and dataset info
-    (``data``: where the LAM's dataset is, when not where the run folder says)."""
-    lam_config, lam, info = frozen_lam(run_dir, data)
+def load_decoded_policy(run_dir: Path, data: str | None = None, device: str = "cpu"):
+    """The run's frozen LAM, latent policy and action decoder on ``device``, and the LAM's config and dataset
+    info (``data``: where the LAM's dataset is, when not where the run folder says)."""
+    lam_config, lam, info = frozen_lam(run_dir, data, device=device)
     policy = frozen_policy(run_dir, lam)
     if not (run_dir / "decoder.pt").exists():
         raise UsageError(f"{run_dir} has no action decoder (decoder.pt): run `masklam train decoder {run_dir}` first")
     decoder = ActionDecoder(ActionDecoderConfig(latent_dim=policy.config.latent_dim), info["features"]["action"]["shape"][0])
     load_checkpoint(run_dir / "decoder.pt", decoder)
-    return lam_config, lam, policy, decoder.eval(), info
+    return lam_config, lam, policy, decoder.to(device).eval(), info
 
 
 def rollout_returns(env: DistractingEnv, act, stack: int, episodes: int, seed: int, limit: int, bar) -> tuple[np.ndarray, list[bool]]:
@@ -49,7 +50,7 @@ def rollout_returns(env: DistractingEnv, act, stack: int, episodes: int, seed: i
         frames = deque([observation.rgb] * stack, maxlen=stack)  # the stack starts filled with the first frame
         total, success = 0.0, False
         for _ in range(limit):
-            action = act(torch.from_numpy(np.stack(frames))[None])
+            action = act(torch.from_numpy(np.stack(frames))[None])  # act moves it to its device and back
             transition = env.step(np.clip(action, env.action_low, env.action_high))
             frames.append(transition.observation.rgb)
             total += transition.reward
@@ -63,24 +64,28 @@ def rollout_returns(env: DistractingEnv, act, stack: int, episodes: int, seed: i
 
 
 def evaluate_run(
-    run_dir: Path, episodes: int = 10, seed: int = 0, steps: int | None = None, show_progress: bool = True, data: str | None = None
+    run_dir: Path, episodes: int = 10, seed: int = 0, steps: int | None = None, show_progress: bool = True, data: str | None = None, device: str = "auto"
 ) -> dict[str, Any]:
-    run_dir = Path(run_dir)
+    """Online returns of the decoded policy (and of BC on true actions, when trained) in the test split's
+    simulator; the networks run on ``device`` (masklam/devices.py), the simulator on the CPU."""
+    run_dir, device = Path(run_dir), resolve(device)
     if episodes < 1:
         raise UsageError("--episodes must be at least 1")
     lam_config, lam, info = frozen_lam(run_dir, data)
     require_simulator(info, lam_config.data.path, "evaluate (online rollouts)")  # before asking for the other stages
-    lam_config, lam, policy, decoder, info = load_decoded_policy(run_dir, data)
+    lam_config, lam, policy, decoder, info = load_decoded_policy(run_dir, data, device)
     reference_policy = frozen_stage_policy(run_dir, "bc-actions", lam, latent_dim=info["features"]["action"]["shape"][0])
     spec = EnvSpec.from_json(info["env"])
     stack = lam_config.data.stack
     with DistractingEnv(spec, "test") as env, torch.no_grad():
         limit = steps or env.max_steps
         bar = tqdm(total=episodes * limit * (2 if reference_policy else 1), unit="step", desc="evaluate", disable=not show_progress or None)
-        returns, successes = rollout_returns(env, lambda obs: decoder(policy.latent({"obs": obs}))[0].numpy(), stack, episodes, seed, limit, bar)
+        decoded = lambda obs: decoder(policy.latent({"obs": obs.to(device)}))[0].float().cpu().numpy()  # noqa: E731
+        returns, successes = rollout_returns(env, decoded, stack, episodes, seed, limit, bar)
         bc_returns = None
         if reference_policy is not None:
-            bc_returns, _ = rollout_returns(env, lambda obs: reference_policy.latent({"obs": obs})[0].numpy(), stack, episodes, seed, limit, bar)
+            reference = lambda obs: reference_policy.latent({"obs": obs.to(device)})[0].float().cpu().numpy()  # noqa: E731
+            bc_returns, _ = rollout_returns(env, reference, stack, episodes, seed, limit, bar)
         bar.close()
     collector = info["splits"]["test"].get("mean_return") or info["splits"]["train"].get("mean_return")
     mean = float(returns.mean())

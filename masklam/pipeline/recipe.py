@@ -40,6 +40,7 @@ class TrainSettings:
     lam_per_method: dict[str, list[str]] = field(default_factory=dict)
     stages: list[str] = field(default_factory=list)  # latent BC / decoder / BC-on-actions overrides, as --stage-set
     reference: bool = True  # train BC on true actions, the reference of normalised returns
+    device: str = "auto"  # every stage of every run (masklam/devices.py): auto = CUDA when torch sees a GPU
 
 
 @dataclass(frozen=True)
@@ -143,12 +144,12 @@ class Recipe:
             return {self.collect.distractors if self.simulated else INGESTED: base}
         return {name: build(type(base), {**asdict(base), **changes}, f"variants.{name}") for name, changes in self.variants.items()}
 
-    @staticmethod
-    def segment_config(entry: dict[str, Any], data: str):
+    def segment_config(self, entry: dict[str, Any], data: str):
+        """An entry's segment settings; its device is the run's ([train] device) unless the entry names one."""
         from masklam.segment.run import SegmentConfig
 
         try:
-            return SegmentConfig.from_options(data, **entry)
+            return SegmentConfig.from_options(data, **{"device": self.train.device, **entry})
         except TypeError as error:
             raise UsageError(f"recipe [[segment]] entry {entry}: {error}") from None
 

@@ -52,6 +52,7 @@ def plan(recipe: Recipe, root: Path, workers: int = 1, show_progress: bool = Tru
     from masklam.configs import to_dict
     from masklam.data.collect import collect
     from masklam.data.ingest import ingest
+    from masklam.devices import resolve
     from masklam.eval.probe import PROBE_VERSION, probe_run
     from masklam.eval.rollout import evaluate_run
     from masklam.segment.compare import compare_sources
@@ -63,6 +64,9 @@ def plan(recipe: Recipe, root: Path, workers: int = 1, show_progress: bool = Tru
     from masklam.train.stages import stage_config, train_action_bc, train_bc, train_decoder
 
     steps: list[Step] = []
+    # The LAM's settings name the device it trained on (cpu here, as before there was a choice); the later
+    # stages take it as an argument, outside their settings.
+    device = resolve(recipe.train.device)
     datasets = recipe.datasets()
     made_by = {recipe.segment_config(e, "-").source: e for e in recipe.segment} | {recipe.transform(e)[1]: e for e in recipe.transforms}
     for variant, settings in datasets.items():
@@ -123,7 +127,8 @@ def plan(recipe: Recipe, root: Path, workers: int = 1, show_progress: bool = Tru
     reference_owners: dict[str, tuple[Path, dict[str, Any]]] = {}  # BC on true actions: who trains each distinct one
     for run in grid(recipe):
         data, folder = str(root / "data" / run.variant), run.folder(root)
-        lam = load_trainer(recipe.trainer(run.method), [*recipe.lam_overrides(run.method), *overrides_of(dict(run.sweep)), f"seed={run.seed}"], data, run.mask)
+        overrides = [*recipe.lam_overrides(run.method), *overrides_of(dict(run.sweep)), f"seed={run.seed}", f"device={json.dumps(device)}"]
+        lam = load_trainer(recipe.trainer(run.method), overrides, data, run.mask)
         stage = stage_config(recipe.train.stages, "train.stages", preset=lam.preset, seed=run.seed)
         check_settings(lam, stage, datasets[run.variant].size, checked)
         name = f"{run.variant} {run.label} seed{run.seed}"
@@ -142,14 +147,14 @@ def plan(recipe: Recipe, root: Path, workers: int = 1, show_progress: bool = Tru
                 f"probe {name}",
                 {"lam": to_dict(lam), "windows": e.probe_windows, "probe": PROBE_VERSION},
                 [folder / "probe.json"],
-                lambda f=folder, d=data: probe_run(f, d, e.probe_windows, show_progress=show_progress),
+                lambda f=folder, d=data: probe_run(f, d, e.probe_windows, show_progress=show_progress, device=device),
                 stage="probe",
             ),
             Step(
                 f"train bc {name}",
                 {"lam": to_dict(lam), "stage": to_dict(stage)},
                 [folder / "bc.pt"],
-                lambda f=folder, s=stage, d=data: train_bc(f, s, show_progress, lam_data=d),
+                lambda f=folder, s=stage, d=data: train_bc(f, s, show_progress, lam_data=d, device=device),
                 stage_files(folder, "bc"),
                 "bc",
             ),
@@ -166,7 +171,7 @@ def plan(recipe: Recipe, root: Path, workers: int = 1, show_progress: bool = Tru
                         f"train bc-actions {name}",
                         settings,
                         [folder / "bc-actions.pt"],
-                        lambda f=folder, s=stage, d=data: train_action_bc(f, s, show_progress, lam_data=d),
+                        lambda f=folder, s=stage, d=data: train_action_bc(f, s, show_progress, lam_data=d, device=device),
                         stage_files(folder, "bc-actions"),
                         "bc",
                     )
@@ -189,7 +194,7 @@ def plan(recipe: Recipe, root: Path, workers: int = 1, show_progress: bool = Tru
 
             def decode(f=folder, t=target, s=decoder, d=data):
                 link_shared(f, t)
-                train_decoder(t, s, show_progress, lam_data=d)
+                train_decoder(t, s, show_progress, lam_data=d, device=device)
 
             steps.append(
                 Step(
@@ -207,7 +212,7 @@ def plan(recipe: Recipe, root: Path, workers: int = 1, show_progress: bool = Tru
                         f"evaluate {where}",
                         {"lam": to_dict(lam), "stage": to_dict(decoder), "evaluate": asdict(e), **labels},
                         [target / "evaluate.json"],
-                        lambda t=target, d=data: evaluate_run(t, e.episodes, e.seed, e.steps, show_progress=show_progress, data=d),
+                        lambda t=target, d=data: evaluate_run(t, e.episodes, e.seed, e.steps, show_progress=show_progress, data=d, device=device),
                         stage="evaluate",
                     )
                 )

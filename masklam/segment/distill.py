@@ -177,13 +177,17 @@ class Composer:
         return warped[:, :3].permute(0, 2, 3, 1), (warped[:, 3] > 0.5).float()
 
 
-def train_student(frames: np.ndarray, masks: np.ndarray, config: DistillConfig, show_progress: bool, desc: str = "distil student") -> Student:
+def train_student(
+    frames: np.ndarray, masks: np.ndarray, config: DistillConfig, show_progress: bool, desc: str = "distil student", device: str = "cpu"
+) -> Student:
+    """Batches are composed on the CPU from the seed, so a device changes where the student computes only."""
     torch.manual_seed(config.seed)
-    student = Student(config.width)
+    student = Student(config.width).to(device)
     optimizer = torch.optim.AdamW(student.parameters(), lr=config.lr)
     composer = Composer(frames, masks, config.composite, np.random.default_rng(config.seed))
     for _ in tqdm(range(config.steps), unit="step", desc=desc, disable=not show_progress or None):
         batch, target = composer.batch(config.batch_size)
+        batch, target = batch.to(device, non_blocking=True), target.to(device, non_blocking=True)
         logits = student(batch)
         probability = logits.sigmoid()
         dice = 1 - (2 * (probability * target).sum() + 1) / (probability.sum() + target.sum() + 1)
@@ -196,7 +200,8 @@ def train_student(frames: np.ndarray, masks: np.ndarray, config: DistillConfig, 
 
 @torch.no_grad()
 def predict(student: Student, frames: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    out = [(student(torch.from_numpy(frames[i : i + batch_size])) > 0).numpy() for i in range(0, len(frames), batch_size)]
+    device = next(student.parameters()).device
+    out = [(student(torch.from_numpy(frames[i : i + batch_size]).to(device)) > 0).cpu().numpy() for i in range(0, len(frames), batch_size)]
     return np.concatenate(out).astype(np.uint8)
 
 
@@ -288,6 +293,7 @@ def distill(
     config: DistillConfig,
     show_progress: bool = True,
     teacher_key: dict[str, Any] | None = None,
+    device: str = "cpu",
 ) -> tuple[Student, dict[str, Any]]:
     """Train (or reload) the student for source ``name``; the student and its report. ``teacher_key``
     says which teacher labelled the cached runs (its description in info.json)."""
@@ -298,8 +304,8 @@ def distill(
         report = json.loads(report_path.read_text())
         if report["config"] == dataclasses.asdict(config):
             student = Student(config.width)
-            student.load_state_dict(torch.load(weights, weights_only=True))
-            return student.eval(), report
+            student.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+            return student.to(device).eval(), report
     check_distill(config, len(dataset.index("train")), dataset.info["env"]["render"]["size"], data)
     rng = np.random.default_rng(config.seed)
     records = list(dataset.records("train", mask_sources=tuple(set(reads) | ({ORACLE} & set(dataset.info["mask_sources"]))), fields=("rgb",)))
@@ -311,7 +317,7 @@ def distill(
     train = [i for i in range(len(runs)) if i not in held]
     frames = np.concatenate([runs[i].steps["rgb"] for i in train])
     masks = np.concatenate([labels[i] for i in train])
-    student = train_student(frames, masks, config, show_progress)
+    student = train_student(frames, masks, config, show_progress, device=device)
     held_frames = np.concatenate([runs[i].steps["rgb"] for i in sorted(held)])
     held_masks = np.concatenate([labels[i] for i in sorted(held)])
     report = {

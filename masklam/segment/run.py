@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from masklam.data.schema import ORACLE
+from masklam.devices import resolve
 from masklam.errors import UsageError, did_you_mean
 from masklam.ranks import local_rank, rank_and_world_size, rank_device
 from masklam.segment.distill import DistillConfig, cache_key, distill, open_teacher_cache, student_function, teacher_on_splits
@@ -28,7 +29,7 @@ class SegmentConfig:
     checkpoint: str | None = None
     name: str | None = None  # default: the model's name
     batch_size: int | None = None  # frames encoded together; default 1 on a CPU (faster there), 8 on a GPU
-    device: str = "cpu"
+    device: str = "auto"  # masklam/devices.py: CUDA when torch sees a GPU
     half: bool = False
     distill: DistillConfig | None = None  # label every frame with a student trained on the teacher's masks
     propagate: str = "chain"  # later frames: prompted by the mask before (chain) or SAM 2's video memory (video)
@@ -42,6 +43,7 @@ class SegmentConfig:
             )
         if self.prompts.auto and (self.model.startswith(ULTRALYTICS) or self.model == ORACLE):
             raise UsageError(f"--prompt auto needs a model masklam decodes itself: --model {MOBILE_SAM} or {', '.join(SAM_MODELS)}")
+        object.__setattr__(self, "device", resolve(self.device))
         if self.batch_size is None:
             object.__setattr__(self, "batch_size", 1 if self.device == "cpu" else 8)
         if self.batch_size < 1:
@@ -74,7 +76,7 @@ class SegmentConfig:
         checkpoint: str | None = None,
         name: str | None = None,
         batch_size: int | None = None,
-        device: str = "cpu",
+        device: str = "auto",
         half: bool = False,
         distill: int = 0,
         distill_steps: int = 1500,
@@ -204,7 +206,7 @@ def segment_locked(config: SegmentConfig, rank: int | None, world_size: int | No
         teacher, report["marked"] = one_click(open_dataset(config.data), make_masks, config.prompts, proposer_settings, cache, show_progress)
         description = {**description, "marked": report["marked"]}
     if config.distill is not None:
-        student, report["distill"] = distill(config.data, config.source, teacher, reads, config.distill, show_progress, teacher_description)
+        student, report["distill"] = distill(config.data, config.source, teacher, reads, config.distill, show_progress, teacher_description, config.device)
         make_masks = student_function(student)
         if config.teacher_splits:
             if config.prompts.marked:

@@ -24,6 +24,7 @@ import torch.distributed as dist
 
 from masklam.configs import SettingError, load_config, require
 from masklam.data.dataset import open_dataset
+from masklam.devices import AUTO, resolve
 from masklam.errors import UsageError, did_you_mean
 from masklam.methods import uses_masks
 from masklam.models.lam import LAOMLabels
@@ -57,6 +58,8 @@ class DataConfig:
 
 
 # Model fields the trainer sets itself: from the dataset's frames and from data.stack.
+PLACEMENT = ("device",)  # where the LAM trains, not what: a run folder resumes on another device
+
 DERIVED_MODEL_FIELDS = {"image_size": "the dataset's frame size", "frame_stack": "data.stack"}
 
 
@@ -70,7 +73,7 @@ class LAMTrainConfig:
     model: dict[str, Any] = field(default_factory=dict)  # any field of the method's model config (checked below)
     log_every: int = 50
     checkpoint_every: int = 500
-    device: str = "cpu"
+    device: str = "auto"  # where it trains (masklam/devices.py); not recorded as a setting that changes the run
     bf16: bool = False  # autocast matmuls to bfloat16 (GPUs)
     compile: bool = False  # torch.compile the model (GPUs)
 
@@ -83,9 +86,9 @@ class LAMTrainConfig:
         for name in ("log_every", "checkpoint_every"):
             require(getattr(self, name) >= 1, name, getattr(self, name), "must be at least 1 (steps)")
         try:
-            torch.device(self.device)
+            self.device == AUTO or torch.device(self.device)
         except RuntimeError:
-            raise SettingError(f"device = {self.device!r}: use cpu, cuda, cuda:1, mps, ...", "device") from None
+            raise SettingError(f"device = {self.device!r}: use auto, cpu, cuda, cuda:1, mps, ...", "device") from None
         for name, source in DERIVED_MODEL_FIELDS.items():
             if name in self.model:
                 raise UsageError(f"model.{name} is set from {source}: leave it out of the model settings")
@@ -183,14 +186,13 @@ def with_absolute_data(config: LAMTrainConfig) -> LAMTrainConfig:
 
 def train_lam(config: LAMTrainConfig, run_dir: Path, show_progress: bool = True) -> dict[str, Any]:
     run_dir = Path(run_dir)
-    if config.device.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError(f"device = {config.device!r} but torch sees no CUDA GPU here: --set device=cpu")
+    chosen = resolve(config.device)
     config = with_absolute_data(config)
     info = open_dataset(config.data.path).info
     torch.manual_seed(config.seed)
     check_optim(config.optim)
-    rank, world_size = setup_distributed(config.device)  # the process group first, then this rank's device
-    device = rank_device(config.device, world_size, local_rank())
+    rank, world_size = setup_distributed(chosen)  # the process group first, then this rank's device
+    device = rank_device(chosen, world_size, local_rank())
     if device.startswith("cuda"):
         torch.cuda.set_device(device)  # NCCL's collectives and plain .cuda() go to this rank's GPU
     # Convolution weights in channels_last: a tiny LAM step 1.25-1.29x faster on this CPU, the same loss to the
@@ -201,7 +203,7 @@ def train_lam(config: LAMTrainConfig, run_dir: Path, show_progress: bool = True)
     batches = window_batches(config, rank, world_size)  # bad settings fail here, before the run folder is claimed
     if isinstance(model, LAOMLabels):  # logged beside the action loss: does the head beat the mean action?
         model.action_variance = float(np.mean(action_variance(config.data.path)))
-    claim_run_folder(run_dir, "lam", config, rank)
+    claim_run_folder(run_dir, "lam", config, rank, ignore=PLACEMENT)
 
     device_ids = [torch.device(device).index] if device.startswith("cuda") else None
     trained = torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids) if world_size > 1 else model

@@ -24,10 +24,11 @@ from tqdm import tqdm
 
 from masklam.configs import apply_overrides, build, to_dict
 from masklam.data.dataset import open_dataset
+from masklam.devices import AUTO, resolve, to_device
 from masklam.errors import UsageError, did_you_mean
 from masklam.models.lam import ActionDecoder, ActionDecoderConfig, LatentPolicy
 from masklam.models.presets import PRESETS, policy_config
-from masklam.train.lam import CHECKPOINT, CONFIG, LAMTrainConfig, build_model, train_lam, window_batches, with_absolute_data
+from masklam.train.lam import CHECKPOINT, CONFIG, PLACEMENT, LAMTrainConfig, build_model, train_lam, window_batches, with_absolute_data
 from masklam.train.loader import WindowDataset, WindowSpec, make_loader
 from masklam.train.loop import (
     OptimConfig,
@@ -85,9 +86,11 @@ def lam_dataset(run_dir: Path, data: str | None = None, fallback: str | None = N
         raise
 
 
-def frozen_lam(run_dir: Path, data: str | None = None, fallback: str | None = None) -> tuple[LAMTrainConfig, torch.nn.Module, dict[str, Any]]:
-    """The trained LAM of a run folder, in eval mode, with its dataset's info. The config's data.path is where
-    the dataset is now (see lam_dataset: ``data`` says where it has moved)."""
+def frozen_lam(
+    run_dir: Path, data: str | None = None, fallback: str | None = None, device: str = "cpu"
+) -> tuple[LAMTrainConfig, torch.nn.Module, dict[str, Any]]:
+    """The trained LAM of a run folder, in eval mode on ``device``, with its dataset's info. The config's
+    data.path is where the dataset is now (see lam_dataset: ``data`` says where it has moved)."""
     if not (run_dir / CHECKPOINT).exists() or not (run_dir / CONFIG).exists():
         raise UsageError(f"{run_dir} has no trained LAM ({CHECKPOINT}, {CONFIG}): run `masklam train lam --out {run_dir}` first")
     config = build(LAMTrainConfig, read_run_config(run_dir, "lam"), "lam-config")
@@ -95,7 +98,7 @@ def frozen_lam(run_dir: Path, data: str | None = None, fallback: str | None = No
     info = open_dataset(config.data.path).info
     model = build_model(config, info).to(memory_format=torch.channels_last)  # see train_lam
     load_checkpoint(run_dir / CHECKPOINT, model)
-    model.eval().requires_grad_(False)
+    model.to(device).eval().requires_grad_(False)
     return config, model, info
 
 
@@ -125,7 +128,11 @@ def frozen_stage_policy(run_dir: Path, stage: str, lam: torch.nn.Module, latent_
     config = build(StageConfig, read_run_config(run_dir, stage), f"{stage}-config")
     policy = policy_model(config, lam, latent_dim)
     load_checkpoint(run_dir / f"{stage}.pt", policy)
-    return policy.eval().requires_grad_(False)
+    return policy.to(device_of(lam)).eval().requires_grad_(False)
+
+
+def device_of(model: torch.nn.Module) -> str:
+    return str(next(model.parameters()).device)
 
 
 def window_spec(lam_config: LAMTrainConfig, labelled_only: bool, fields: tuple[str, ...] = ()) -> WindowSpec:
@@ -134,14 +141,15 @@ def window_spec(lam_config: LAMTrainConfig, labelled_only: bool, fields: tuple[s
     return WindowSpec(stack=lam_config.data.stack, future_max=1, mask_source=masks, labelled_only=labelled_only, fields=fields)
 
 
-def train_bc(run_dir: Path, stage: StageConfig, show_progress: bool = True, lam_data: str | None = None) -> dict[str, Any]:
-    """``lam_data``: where the LAM's dataset is now, when the caller knows (not a setting: not recorded)."""
-    run_dir = Path(run_dir)
+def train_bc(run_dir: Path, stage: StageConfig, show_progress: bool = True, lam_data: str | None = None, device: str = AUTO) -> dict[str, Any]:
+    """``lam_data``: where the LAM's dataset is now, when the caller knows; ``device``: where to train
+    (masklam/devices.py). Neither is a setting: neither is recorded."""
+    run_dir, device = Path(run_dir), resolve(device)
     stage = as_lams_data(run_dir, stage)
-    lam_config, lam, _ = frozen_lam(run_dir, lam_data, fallback=stage.data)
+    lam_config, lam, _ = frozen_lam(run_dir, lam_data, fallback=stage.data, device=device)
     check_optim(stage.optim)
     claim_run_folder(run_dir, "bc", stage, ignore=DECODER_ONLY)
-    policy = policy_model(stage, lam)
+    policy = policy_model(stage, lam).to(device)
     data = stage.data or lam_config.data.path
     spec = dataclasses.replace(window_spec(lam_config, labelled_only=False), episode=True, step=True)
     targets = latent_targets(lam, data, spec, show_progress)
@@ -154,7 +162,17 @@ def train_bc(run_dir: Path, stage: StageConfig, show_progress: bool = True, lam_
         return policy({**batch, "latent_target": target})
 
     return fit(
-        "bc", run_dir, policy, forward, batches, stage.optim, stage.log_every, stage.checkpoint_every, batch_size=stage.batch_size, show_progress=show_progress
+        "bc",
+        run_dir,
+        policy,
+        forward,
+        batches,
+        stage.optim,
+        stage.log_every,
+        stage.checkpoint_every,
+        device,
+        batch_size=stage.batch_size,
+        show_progress=show_progress,
     )
 
 
@@ -185,7 +203,7 @@ def latent_targets(lam: torch.nn.Module, data: str, spec: WindowSpec, show_progr
     stream = WindowDataset(data, "train", spec, epochs=1, shuffle_buffer=1)  # every window once, in stored order
     with torch.no_grad(), tqdm(total=windows, unit="window", desc="label windows", disable=not show_progress or None) as bar:
         for batch in make_loader(stream, batch_size):
-            latents.append(lam.latent(batch))
+            latents.append(lam.latent(to_device(batch, device_of(lam))))
             keys.append(torch.stack([batch["episode"], batch["step"]], 1))
             bar.update(len(keys[-1]))
     return LatentTargets(torch.cat(keys).numpy(), torch.cat(latents))
@@ -217,9 +235,9 @@ def check_labelled(data: str, labelled: int) -> None:
         )
 
 
-def labelled_latents(run_dir: Path, stage: StageConfig, lam_data: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Latent-policy outputs and actions of the first ``stage.labelled`` labelled train transitions."""
-    lam_config, lam, _ = frozen_lam(run_dir, lam_data, fallback=stage.data)
+def labelled_latents(run_dir: Path, stage: StageConfig, lam_data: str | None = None, device: str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """Latent-policy outputs and actions of the first ``stage.labelled`` labelled train transitions, on ``device``."""
+    lam_config, lam, _ = frozen_lam(run_dir, lam_data, fallback=stage.data, device=device)
     policy = frozen_policy(run_dir, lam)
     data = stage.data or lam_config.data.path
     check_labelled(data, stage.labelled)
@@ -227,6 +245,7 @@ def labelled_latents(run_dir: Path, stage: StageConfig, lam_data: str | None = N
     latents, actions, count = [], [], 0
     with torch.no_grad():
         for batch in make_loader(windows, stage.batch_size):
+            batch = to_device(batch, device)
             latents.append(policy.latent(batch))
             actions.append(batch["action"])
             count += len(batch["action"])
@@ -240,19 +259,19 @@ def labelled_latents(run_dir: Path, stage: StageConfig, lam_data: str | None = N
     return latents_t, actions_t
 
 
-def train_decoder(run_dir: Path, stage: StageConfig, show_progress: bool = True, lam_data: str | None = None) -> dict[str, Any]:
-    run_dir = Path(run_dir)
+def train_decoder(run_dir: Path, stage: StageConfig, show_progress: bool = True, lam_data: str | None = None, device: str = AUTO) -> dict[str, Any]:
+    run_dir, device = Path(run_dir), resolve(device)
     stage = as_lams_data(run_dir, stage)
     check_optim(stage.optim)
-    latents, actions = labelled_latents(run_dir, stage, lam_data)
+    latents, actions = labelled_latents(run_dir, stage, lam_data, device)
     claim_run_folder(run_dir, "decoder", stage)
     torch.manual_seed(stage.seed)
-    decoder = ActionDecoder(ActionDecoderConfig(latent_dim=latents.shape[1]), actions.shape[1])
+    decoder = ActionDecoder(ActionDecoderConfig(latent_dim=latents.shape[1]), actions.shape[1]).to(device)
     sampler = torch.Generator().manual_seed(stage.seed)
 
     def batches():
         while True:
-            index = torch.randint(len(latents), (stage.batch_size,), generator=sampler)
+            index = torch.randint(len(latents), (stage.batch_size,), generator=sampler).to(device)  # drawn on the CPU: the same on any device
             yield {"latent": latents[index], "action": actions[index], "labelled": torch.ones(len(index), dtype=torch.bool)}
 
     def forward(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -268,23 +287,24 @@ def train_decoder(run_dir: Path, stage: StageConfig, show_progress: bool = True,
         stage.optim,
         stage.log_every,
         stage.checkpoint_every,
+        device,
         batch_size=stage.batch_size,
         show_progress=show_progress,
     )
     return {**result, "labelled_transitions": len(latents)}
 
 
-def train_action_bc(run_dir: Path, stage: StageConfig, show_progress: bool = True, lam_data: str | None = None) -> dict[str, Any]:
+def train_action_bc(run_dir: Path, stage: StageConfig, show_progress: bool = True, lam_data: str | None = None, device: str = AUTO) -> dict[str, Any]:
     """The reference policy: the same network, from the frame stack straight to the true actions, on every
     labelled train transition (all of the dataset's labels). Its online return normalises the LAM policies'."""
-    run_dir = Path(run_dir)
+    run_dir, device = Path(run_dir), resolve(device)
     stage = as_lams_data(run_dir, stage)
-    lam_config, lam, info = frozen_lam(run_dir, lam_data, fallback=stage.data)
+    lam_config, lam, info = frozen_lam(run_dir, lam_data, fallback=stage.data)  # its shapes only: it stays on the CPU
     check_optim(stage.optim)
     data = stage.data or lam_config.data.path
     windows = WindowDataset(data, "train", window_spec(lam_config, labelled_only=True), seed=stage.seed, shuffle_buffer=stage.shuffle_buffer)
     claim_run_folder(run_dir, "bc-actions", stage, ignore=DECODER_ONLY)
-    policy = policy_model(stage, lam, latent_dim=info["features"]["action"]["shape"][0])
+    policy = policy_model(stage, lam, latent_dim=info["features"]["action"]["shape"][0]).to(device)
     batches = iter(make_loader(windows, stage.batch_size))
 
     def forward(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -299,6 +319,7 @@ def train_action_bc(run_dir: Path, stage: StageConfig, show_progress: bool = Tru
         stage.optim,
         stage.log_every,
         stage.checkpoint_every,
+        device,
         batch_size=stage.batch_size,
         show_progress=show_progress,
     )
@@ -338,7 +359,7 @@ def stale_stages(run_dir: Path, lam: LAMTrainConfig, stage: StageConfig, referen
             return True
         return not same_settings(previous, to_dict(config), run_dir, ignore)
 
-    if changed("lam", lam) and (run_dir / CHECKPOINT).exists():
+    if changed("lam", lam, PLACEMENT) and (run_dir / CHECKPOINT).exists():
         raise UsageError(
             f"{run_dir} holds a lam run with another config: use another --out, or the same LAM settings to resume it "
             "(settings of the later stages may change: those stages are trained again)"
@@ -366,8 +387,8 @@ def train_all(lam: LAMTrainConfig, run_dir: Path, stage: StageConfig, reference:
         for path in stage_files(run_dir, name):
             path.unlink(missing_ok=True)
     train_lam(lam, run_dir, show_progress=show_progress)
-    train_bc(run_dir, stage, show_progress=show_progress)
-    result = train_decoder(run_dir, stage, show_progress=show_progress)
+    train_bc(run_dir, stage, show_progress=show_progress, device=lam.device)  # one device for every stage
+    result = train_decoder(run_dir, stage, show_progress=show_progress, device=lam.device)
     if reference:
-        train_action_bc(run_dir, stage, show_progress=show_progress)
+        train_action_bc(run_dir, stage, show_progress=show_progress, device=lam.device)
     return result

@@ -393,3 +393,38 @@ def test_bf16_autocast_trains(tiny_data, tmp_path):
     train_lam(tiny_config(tiny_data, "masklam", "optim.steps=30", "optim.lr=1e-3", "bf16=true"), tmp_path, show_progress=False)
     curve = losses(tmp_path)
     assert all(np.isfinite(curve)) and sum(curve[-2:]) / 2 < sum(curve[:2]) / 2, curve
+
+
+def test_the_device_is_where_a_run_computes_not_a_setting(masklam_cli, tiny_data, tmp_path):
+    from masklam.devices import resolve
+    from masklam.train.loop import OptimConfig
+    from masklam.train.stages import StageConfig, train_bc
+
+    assert resolve("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(UsageError, match="use auto, cpu, cuda"):
+        resolve("gpu")
+    train_lam(tiny_config(tiny_data, "lapo", "optim.steps=2", 'device="cpu"'), tmp_path, show_progress=False)
+    # The same run on another device resumes (here: finds its steps done) instead of being refused.
+    assert train_lam(tiny_config(tiny_data, "lapo", "optim.steps=2", 'device="auto"'), tmp_path, show_progress=False)["steps"] == 2
+    stage = StageConfig(preset="tiny", batch_size=8, log_every=1, optim=OptimConfig(steps=2))
+    train_bc(tmp_path, stage, show_progress=False, device="cpu")
+    assert "device" not in json.loads((tmp_path / "bc-config.json").read_text())  # not recorded: any device resumes it
+    if not torch.cuda.is_available():  # a CUDA device asked for on a machine without one: one line, exit 2
+        for args in (["probe", str(tmp_path), "--data", str(tiny_data)], ["evaluate", str(tmp_path)], ["train", "bc", str(tmp_path)]):
+            done = masklam_cli(*args, "--device", "cuda", "--no-progress")
+            assert done.returncode == 2 and "torch sees no CUDA GPU here" in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run with `device` where one is lent)")
+def test_every_stage_runs_on_a_gpu(tiny_data, tmp_path):
+    from masklam.eval.probe import probe_run
+    from masklam.eval.rollout import evaluate_run
+    from masklam.train.loop import OptimConfig
+    from masklam.train.stages import StageConfig, train_action_bc, train_bc, train_decoder
+
+    train_lam(tiny_config(tiny_data, "masklam", "optim.steps=4", 'device="cuda"', "bf16=true"), tmp_path, show_progress=False)
+    stage = StageConfig(preset="tiny", batch_size=8, labelled=40, log_every=1, optim=OptimConfig(steps=4))
+    for train in (train_bc, train_decoder, train_action_bc):
+        train(tmp_path, stage, show_progress=False, device="cuda")
+    assert probe_run(tmp_path, str(tiny_data), windows=64, show_progress=False, device="cuda")["action_nmse"] is not None
+    assert np.isfinite(evaluate_run(tmp_path, episodes=1, steps=5, show_progress=False, device="cuda")["return_mean"])
