@@ -50,6 +50,7 @@ FOLDS = 5  # at most; fewer when the train windows come from fewer episodes
 # 1: ridge 1e-3 on raw latents, test only; 2: in-pool by cross-validation; 3: in-pool episodes held out, R²
 # unclipped, share weighted; 4: the camera's motion between a window's frames probed beside its pose
 PROBE_VERSION = 4
+DIAGNOSTIC_WINDOWS = 2048  # train windows for a latent-FDM method's diagnostics (LAOM, LAOM-Labels)
 
 
 @dataclass(frozen=True)
@@ -269,6 +270,8 @@ def probe_run(run_dir, data: str, windows: int = 20000, batch_size: int = 64, sh
     from masklam.atomic import atomic_write_json
     from masklam.data.dataset import open_dataset
     from masklam.devices import resolve, to_device
+    from masklam.eval.diagnostics import latent_fdm_diagnostics
+    from masklam.models.lam import LAOM
     from masklam.train.loader import WindowDataset, action_variance, make_loader
     from masklam.train.stages import frozen_lam, window_spec
 
@@ -342,6 +345,9 @@ def probe_run(run_dir, data: str, windows: int = 20000, batch_size: int = 64, sh
             "action": episode_share(train_values["action"], episodes),
         },
     }
+    if isinstance(model, LAOM):  # a latent FDM: what z does for it (masklam/eval/diagnostics.py)
+        stream = WindowDataset(data, "train", replace(spec, episode=True), seed=config.seed, shuffle_buffer=256, epochs=1)
+        result["fdm_diagnostics"] = latent_fdm_diagnostics(model, make_loader(stream, batch_size), min(windows, DIAGNOSTIC_WINDOWS), config.seed)
     atomic_write_json(run_dir / "probe.json", result)
     return result
 
@@ -370,4 +376,10 @@ def render_probe(result: dict) -> str:
             lines.append(f"distractor {name:<13} constant in these windows: not probed")
             continue
         lines.append(f"distractor {name:<13} R² {value['r2']:.4f}   (in-pool; 0 = the latent gives none of it away, 1 = all, below 0 worse than its mean)")
+    if fdm := result.get("fdm_diagnostics"):
+        same = "n/a" if fdm["fdm_error_same_episode_z"] is None else f"{fdm['fdm_error_same_episode_z']:.4g}"
+        lines.append(
+            f"latent FDM error       {fdm['fdm_error']:.4g} with its z; {same} with z of the same episode, {fdm['fdm_error_random_z']:.4g} "
+            f"of a random window, {fdm['fdm_error_mean_z']:.4g} with the mean z; the target's one-step change {fdm['target_one_step_change']:.4g}"
+        )
     return "\n".join(lines)
