@@ -418,13 +418,14 @@ def train_lam_command(
         None, "--mask-source", help="agent masks of masked methods (default: oracle); same as --set data.mask_source=NAME"
     ),
     device: Optional[str] = typer.Option(None, help=DEVICE_HELP + " (default: auto); same as --set device=NAME"),
+    probe_at: list[int] = typer.Option([], "--probe-at", help="keep the model at this step as lam-step<N>.pt, for `masklam probe RUN --at N` (repeatable)"),
     progress: bool = typer.Option(True),
 ) -> None:
     """Pretrain a latent action model (lapo, masklam, laom, laom-labels) on a dataset's transitions."""
     from masklam.train.lam import load_trainer, train_lam
 
     config = load_trainer(trainer, [*overrides, *([f"device={json.dumps(device)}"] if device else [])], data, mask_source)
-    result = train_lam(config, out, show_progress=progress)
+    result = train_lam(config, out, show_progress=progress, keep_at=tuple(probe_at))
     typer.echo(f"trained {config.method} for {result['steps']} steps (final loss {result['final_loss']:.4f}); checkpoint: {out}/lam.pt")
 
 
@@ -437,13 +438,14 @@ def probe(
     ),
     windows: int = typer.Option(20000, help="train windows to fit on (a quarter as many test windows)"),
     device: str = typer.Option("auto", help=DEVICE_HELP + " (the LAM's latents; the ridge runs on the CPU)"),
+    at: Optional[int] = typer.Option(None, "--at", help="probe the model kept at this training step (train lam --probe-at), into probe-step<N>.json"),
     as_json: bool = typer.Option(False, "--json"),
     progress: bool = typer.Option(True),
 ) -> None:
     """Normalised linear-probe MSE from the frozen latent action to the action (test split and in-pool, with the chosen ridge), and distractor R²."""
     from masklam.eval.probe import probe_run, render_probe
 
-    result = probe_run(run, data, windows, show_progress=progress, device=device)
+    result = probe_run(run, data, windows, show_progress=progress, device=device, at=at)
     typer.echo(json.dumps(result, indent=1) if as_json else render_probe(result))
 
 

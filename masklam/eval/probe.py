@@ -261,9 +261,10 @@ def collect_latents(
     return np.concatenate(latents)[:limit], {name: np.concatenate(v)[:limit] for name, v in values.items()}
 
 
-def probe_run(run_dir, data: str, windows: int = 20000, batch_size: int = 64, show_progress: bool = True, device: str = "auto") -> dict:
-    """Action and distractor probes of a trained LAM run (lam.pt + lam-config.json) on a dataset; the LAM's
-    latents are computed on ``device`` (masklam/devices.py), the ridge probes on the CPU."""
+def probe_run(run_dir, data: str, windows: int = 20000, batch_size: int = 64, show_progress: bool = True, device: str = "auto", at: int | None = None) -> dict:
+    """Action and distractor probes of a trained LAM run (lam.pt + lam-config.json) on a dataset, into
+    probe.json; ``at``: of the model kept at that training step, into probe-step<N>.json. The LAM's latents are
+    computed on ``device`` (masklam/devices.py), the ridge probes on the CPU."""
     from dataclasses import replace
     from pathlib import Path
 
@@ -279,7 +280,7 @@ def probe_run(run_dir, data: str, windows: int = 20000, batch_size: int = 64, sh
         raise UsageError(f"--windows {windows}: the probes need at least 1 train window")
     run_dir = Path(run_dir)
     device = resolve(device)
-    config, model, _ = frozen_lam(run_dir, fallback=data, device=device)  # --data: the model's shapes if the run's data moved
+    config, model, _ = frozen_lam(run_dir, fallback=data, device=device, at=at)  # --data: the model's shapes if the run's data moved
     dataset = open_dataset(data)
     info = dataset.info
     # Distractor states to probe: those that mean the same in every episode. Not the background's: its frame
@@ -327,6 +328,7 @@ def probe_run(run_dir, data: str, windows: int = 20000, batch_size: int = 64, sh
         "run": str(run_dir),
         "data": str(data),
         "method": config.method,
+        "step": at if at is not None else config.optim.steps,  # the training step of the model probed
         "probe_version": PROBE_VERSION,
         "windows": {"train": len(train_z), "test": len(test_z)},
         "train_episodes": len(np.unique(episodes)),
@@ -348,8 +350,13 @@ def probe_run(run_dir, data: str, windows: int = 20000, batch_size: int = 64, sh
     if isinstance(model, LAOM):  # a latent FDM: what z does for it (masklam/eval/diagnostics.py)
         stream = WindowDataset(data, "train", replace(spec, episode=True), seed=config.seed, shuffle_buffer=256, epochs=1)
         result["fdm_diagnostics"] = latent_fdm_diagnostics(model, make_loader(stream, batch_size), min(windows, DIAGNOSTIC_WINDOWS), config.seed)
-    atomic_write_json(run_dir / "probe.json", result)
+    atomic_write_json(run_dir / probe_file(at), result)
     return result
+
+
+def probe_file(at: int | None = None) -> str:
+    """probe.json of the final model; probe-step<N>.json of the one kept at step N."""
+    return "probe.json" if at is None else f"probe-step{at}.json"
 
 
 def render_probe(result: dict) -> str:

@@ -41,6 +41,7 @@ class TrainSettings:
     stages: list[str] = field(default_factory=list)  # latent BC / decoder / BC-on-actions overrides, as --stage-set
     reference: bool = True  # train BC on true actions, the reference of normalised returns
     device: str = "auto"  # every stage of every run (masklam/devices.py): auto = CUDA when torch sees a GPU
+    probe_at: list[int] = field(default_factory=list)  # LAM steps to keep and probe besides the last (learning curves)
 
 
 @dataclass(frozen=True)

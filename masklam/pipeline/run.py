@@ -53,14 +53,14 @@ def plan(recipe: Recipe, root: Path, workers: int = 1, show_progress: bool = Tru
     from masklam.data.collect import collect
     from masklam.data.ingest import ingest
     from masklam.devices import resolve
-    from masklam.eval.probe import PROBE_VERSION, probe_run
+    from masklam.eval.probe import PROBE_VERSION, probe_file, probe_run
     from masklam.eval.rollout import evaluate_run
     from masklam.segment.compare import compare_sources
     from masklam.segment.run import segment_dataset
     from masklam.segment.transforms import derive_source
     from masklam.train.lam import load_trainer, train_lam
     from masklam.train.loader import LABEL_POLICY
-    from masklam.train.loop import stage_files
+    from masklam.train.loop import check_keep_at, kept_checkpoint, stage_files
     from masklam.train.stages import stage_config, train_action_bc, train_bc, train_decoder
 
     steps: list[Step] = []
@@ -134,13 +134,17 @@ def plan(recipe: Recipe, root: Path, workers: int = 1, show_progress: bool = Tru
         name = f"{run.variant} {run.label} seed{run.seed}"
         # Steps that learn from actions carry the label policy: runs made when they read the in-pool episodes' labels re-run.
         labels = {"labels": LABEL_POLICY}
+        # Probe points are part of the LAM step only when there are some (runs made before them keep their
+        # hash); changing them trains the LAM again from step 0, the only way to keep its earlier models.
+        keep_at = check_keep_at(tuple(recipe.train.probe_at), lam.optim.steps)
+        kept = [kept_checkpoint(folder, "lam", step) for step in keep_at]
         steps += [
             Step(
                 f"train lam {name}",
-                {**to_dict(lam), **(labels if lam.method == "laom-labels" else {})},
-                [folder / "lam.pt"],
-                lambda lam=lam, f=folder: train_lam(lam, f, show_progress),
-                stage_files(folder, "lam"),
+                {**to_dict(lam), **(labels if lam.method == "laom-labels" else {}), **({"probe_at": list(keep_at)} if keep_at else {})},
+                [folder / "lam.pt", *kept],
+                lambda lam=lam, f=folder, k=keep_at: train_lam(lam, f, show_progress, keep_at=k),
+                [*stage_files(folder, "lam"), *kept],
                 "lam",
             ),
             Step(
@@ -149,6 +153,16 @@ def plan(recipe: Recipe, root: Path, workers: int = 1, show_progress: bool = Tru
                 [folder / "probe.json"],
                 lambda f=folder, d=data: probe_run(f, d, e.probe_windows, show_progress=show_progress, device=device),
                 stage="probe",
+            ),
+            *(
+                Step(
+                    f"probe {name} step{at}",
+                    {"lam": to_dict(lam), "windows": e.probe_windows, "probe": PROBE_VERSION, "at": at},
+                    [folder / probe_file(at)],
+                    lambda f=folder, d=data, at=at: probe_run(f, d, e.probe_windows, show_progress=show_progress, device=device, at=at),
+                    stage="probe",
+                )
+                for at in keep_at
             ),
             Step(
                 f"train bc {name}",

@@ -1,5 +1,5 @@
 """The report's plots (PNG, written atomically): NMSE and return per method, return against the label
-budget, NMSE against mask quality. Means with error bars spanning their 95 % bootstrap interval (report.tables:
+budget, NMSE against mask quality, NMSE along training. Means with error bars spanning their 95 % bootstrap interval (report.tables:
 stats are (mean, low, high)); the bar chart's title says what each interval resampled."""
 
 from __future__ import annotations
@@ -108,5 +108,20 @@ def plot_mask_degradation(rows: dict[str, dict[str, Any]], masks: list[str], tit
     axis.set_xticks(range(len(masks)), masks, rotation=30, ha="right")
     axis.set_ylabel("action probe NMSE (test)")
     axis.set_title(title)
+    axis.legend(fontsize=8)
+    return save(figure, path)
+
+
+def plot_curves(curves: dict[str, dict[int, Stat | None]], title: str, path: Path) -> Path:
+    """Probe NMSE (test) against the LAM's training steps, one line per run label, log-scaled steps."""
+    figure, axis = plt.subplots(figsize=(5.5, 3.6))
+    for label, points in curves.items():
+        steps = [step for step, stat in sorted(points.items()) if stat]
+        means, errors = means_and_errors([points[step] for step in steps])
+        axis.errorbar(steps, means, yerr=errors, marker="o", capsize=3, label=label)
+    axis.set_xscale("log")
+    axis.set_xlabel("LAM training steps")
+    axis.set_ylabel("probe NMSE, test")
+    axis.set_title(title, fontsize=10)
     axis.legend(fontsize=8)
     return save(figure, path)

@@ -165,10 +165,17 @@ def collect_results(root: Path) -> dict[str, Any]:
             "simulated": recipe.simulated,  # ingested data has no simulator: no online returns to report
             "mask_iou": {source: mask_iou(root, variant, source) for source in recipe.masks} if recipe.simulated else {},
             "runs": defaultdict(dict),
+            "curves": defaultdict(lambda: defaultdict(lambda: {"nmse": [], "in_pool": []})),  # label -> step -> seeds' values
         }
     for run in grid(recipe):
         folder = run.folder(root)
         probe = read_output(folder / "probe.json")
+        for path in sorted(folder.glob("probe-step*.json")) + [folder / "probe.json"]:  # the curve, the last model too
+            point = read_output(path)
+            if point is not None and point.get("step") is not None:
+                values = variants[run.variant]["curves"][run.label][int(point["step"])]
+                values["nmse"].append(point["action_nmse"])
+                values["in_pool"].append(point.get("in_pool_nmse"))
         for budget in recipe.labels:
             evaluation = read_output(budget_folder(recipe, folder, budget) / "evaluate.json")
             cell = variants[run.variant]["runs"][run.label].setdefault(
@@ -204,6 +211,20 @@ def collect_results(root: Path) -> dict[str, Any]:
                 cell["by_bc"].append(evaluation["normalised_by_bc_actions"])
                 cell["success"].append(evaluation.get("success_rate"))
     return {"root": str(root), "recipe": recipe.name, "labels": list(recipe.labels), "masks": list(recipe.masks), "variants": variants}
+
+
+def curve_table(curves: dict[str, dict[int, dict[str, list]]]) -> tuple[str, dict[str, dict[int, Any]]] | None:
+    """Probe NMSE (test) against the LAM's training steps: a row per run label, a column per step probed; None
+    unless some run was probed at more than one step (`[train] probe_at`)."""
+    if not any(len(points) > 1 for points in curves.values()):
+        return None
+    steps = sorted({step for points in curves.values() for step in points})
+    stats = {label: {step: mean_ci(points[step]["nmse"]) for step in sorted(points)} for label, points in curves.items()}
+    seeds = {label: max(len(point["nmse"]) for point in points.values()) for label, points in curves.items()}
+    lines = ["| method | seeds | " + " | ".join(f"step {step}" for step in steps) + " |", "|---|---|" + "---|" * len(steps)]
+    for label, row in stats.items():
+        lines.append(f"| {label} | {seeds[label]} | " + " | ".join(fmt(row.get(step)) for step in steps) + " |")
+    return "\n".join(lines), stats
 
 
 def mask_iou(root: Path, variant: str, source: str) -> dict[str, float] | None:
@@ -345,7 +366,7 @@ def write_report(roots: list[Path], out: Path, echo: Callable[[str], None] = pri
 
 
 def _write_report(roots: list[Path], out: Path, echo: Callable[[str], None]) -> dict[str, Any]:
-    from masklam.report.plots import plot_bars, plot_label_budget, plot_mask_degradation
+    from masklam.report.plots import plot_bars, plot_curves, plot_label_budget, plot_mask_degradation
 
     results = [collect_results(root) for root in roots]  # bad folders fail before anything is written
     out = Path(out)
@@ -384,8 +405,17 @@ def _write_report(roots: list[Path], out: Path, echo: Callable[[str], None]) -> 
                 table,
                 "",
             ]
+            curves = curve_table(variant["curves"])
+            if curves is not None:
+                sections += [
+                    "Probe NMSE on the test split along the LAM's training (the table above reports the last point; intervals over seeds):",
+                    "",
+                    curves[0],
+                    "",
+                ]
             summary[key] = {
-                "scale": {k: v for k, v in variant.items() if k != "runs"},
+                "scale": {k: v for k, v in variant.items() if k not in ("runs", "curves")},
+                "curves": {label: {str(step): stat for step, stat in row.items()} for label, row in curves[1].items()} if curves else {},
                 "rows": rows,
                 "budgets": {
                     str(b): {label: without_grids(summarise(cells[b])) for label, cells in variant["runs"].items() if b in cells} for b in result["labels"]
@@ -397,6 +427,8 @@ def _write_report(roots: list[Path], out: Path, echo: Callable[[str], None]) -> 
                 pictures.append(plot_label_budget(summary[key]["budgets"], f"{variant['env']}: label budget", out / f"{stem}-labels.png"))
             if len(result["masks"]) > 1:
                 pictures.append(plot_mask_degradation(rows, result["masks"], f"{variant['env']}: mask quality", out / f"{stem}-masks.png"))
+            if curves is not None:
+                pictures.append(plot_curves(curves[1], f"{variant['env']} ({variant['distractors']}): probe NMSE along training", out / f"{stem}-curves.png"))
             sections += [f"![{p.stem}]({p.name})" for p in pictures] + [""]
     text = "\n".join(sections)
     atomic_write_bytes(out / "results.md", text.encode())

@@ -32,7 +32,7 @@ from masklam.models.presets import METHODS, PRESETS, LAMConfig, build_lam, lam_c
 from masklam.ranks import local_rank, rank_device
 from masklam.threads import leave_for_workers
 from masklam.train.loader import WindowDataset, WindowSpec, action_variance, make_loader
-from masklam.train.loop import OptimConfig, absolute_location, check_optim, claim_run_folder, fit
+from masklam.train.loop import OptimConfig, absolute_location, check_keep_at, check_optim, claim_run_folder, fit
 from masklam.train.presets import trainer_file
 
 CHECKPOINT = "lam.pt"
@@ -184,8 +184,11 @@ def with_absolute_data(config: LAMTrainConfig) -> LAMTrainConfig:
     return dataclasses.replace(config, data=dataclasses.replace(config.data, path=absolute_location(config.data.path)))
 
 
-def train_lam(config: LAMTrainConfig, run_dir: Path, show_progress: bool = True) -> dict[str, Any]:
+def train_lam(config: LAMTrainConfig, run_dir: Path, show_progress: bool = True, keep_at: tuple[int, ...] = ()) -> dict[str, Any]:
+    """``keep_at``: steps whose model is kept as lam-step<N>.pt, for probes along training (not a setting:
+    the same run with or without them)."""
     run_dir = Path(run_dir)
+    keep_at = check_keep_at(tuple(keep_at), config.optim.steps)
     chosen = resolve(config.device)
     config = with_absolute_data(config)
     info = open_dataset(config.data.path).info
@@ -223,6 +226,7 @@ def train_lam(config: LAMTrainConfig, run_dir: Path, show_progress: bool = True)
         world_size,
         config.data.batch_size,
         show_progress,
+        keep_at,
     )
     if world_size > 1:
         del forward, trained

@@ -187,6 +187,19 @@ def save_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.O
         torch.save(state, f)
 
 
+def kept_checkpoint(run_dir: Path, stage: str, step: int) -> Path:
+    """Where ``fit(keep_at=...)`` keeps the model of ``step``."""
+    return Path(run_dir) / f"{stage}-step{step}.pt"
+
+
+def check_keep_at(keep_at: tuple[int, ...], steps: int) -> tuple[int, ...]:
+    """Steps to keep a checkpoint at, sorted; each within the run's 1..steps."""
+    wrong = [step for step in keep_at if not 1 <= step <= steps]
+    if wrong:
+        raise UsageError(f"probe points {wrong} are outside this run's steps 1..{steps}: choose steps the LAM trains through")
+    return tuple(sorted(set(keep_at)))
+
+
 def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None) -> int:
     """Restore a checkpoint into ``model`` (and ``optimizer``); the step it was taken at, 0 if there is none."""
     if not path.exists():
@@ -260,8 +273,11 @@ def fit(
     world_size: int = 1,
     batch_size: int = 0,
     show_progress: bool = True,
+    keep_at: tuple[int, ...] = (),
 ) -> dict[str, Any]:
-    """Train ``model`` by ``forward(batch)["loss"]`` for ``optim.steps`` steps; resume from ``run_dir/<stage>.pt``."""
+    """Train ``model`` by ``forward(batch)["loss"]`` for ``optim.steps`` steps; resume from ``run_dir/<stage>.pt``.
+    At each step in ``keep_at`` a copy of the model is kept as ``<stage>-step<N>.pt`` (kept_checkpoint), to be
+    probed later: a run is then probed along its training without being trained again."""
     with writer_lock(run_dir, f"{stage}-rank{rank}"):  # one trainer per run folder, stage (and rank)
         checkpoint = run_dir / f"{stage}.pt"
         optimizer = make_optimizer(model, optim)
@@ -286,7 +302,7 @@ def fit(
             out = train_step(model, forward, optimizer, next(batches), optim.grad_clip, device, bf16)
             loss = out["loss"]
             finite &= torch.isfinite(loss.detach())
-            if step % log_every == 0 or step % checkpoint_every == 0 or step == optim.steps:
+            if step % log_every == 0 or step % checkpoint_every == 0 or step == optim.steps or step in keep_at:
                 if not finite:  # before a non-finite loss is logged or a model checkpointed
                     raise UsageError(f"the {stage} loss became {loss.item()} between steps {checked + 1} and {step}: lower optim.lr or check the data")
                 checked = step
@@ -299,6 +315,8 @@ def fit(
                 for name, value in row.items():
                     writer.add_scalar(f"{stage}/{name}", value, step)
                 bar.set_postfix({name: f"{row[name]:.4f}" for name in BAR_METRICS if name in row})
+            if rank == 0 and step in keep_at:  # before the resume checkpoint: a run killed after it has its copy
+                save_checkpoint(kept_checkpoint(run_dir, stage, step), model, optimizer, step, loss.item())
             if rank == 0 and (step % checkpoint_every == 0 or step == optim.steps):
                 save_checkpoint(checkpoint, model, optimizer, step, loss.item())
         if start < optim.steps:  # the bar ends on the last step's loss, not the last logged one

@@ -38,6 +38,7 @@ from masklam.train.loop import (
     find_dataset,
     fit,
     is_local,
+    kept_checkpoint,
     load_checkpoint,
     read_run_config,
     same_settings,
@@ -87,17 +88,21 @@ def lam_dataset(run_dir: Path, data: str | None = None, fallback: str | None = N
 
 
 def frozen_lam(
-    run_dir: Path, data: str | None = None, fallback: str | None = None, device: str = "cpu"
+    run_dir: Path, data: str | None = None, fallback: str | None = None, device: str = "cpu", at: int | None = None
 ) -> tuple[LAMTrainConfig, torch.nn.Module, dict[str, Any]]:
-    """The trained LAM of a run folder, in eval mode on ``device``, with its dataset's info. The config's
+    """The trained LAM of a run folder, in eval mode on ``device``, with its dataset's info; ``at``: the model
+    kept at that step of its training (`train lam --probe-at`) instead of the final one. The config's
     data.path is where the dataset is now (see lam_dataset: ``data`` says where it has moved)."""
-    if not (run_dir / CHECKPOINT).exists() or not (run_dir / CONFIG).exists():
+    weights = run_dir / CHECKPOINT if at is None else kept_checkpoint(run_dir, "lam", at)
+    if at is not None and not weights.exists() and (run_dir / CONFIG).exists():
+        raise UsageError(f"{run_dir} kept no LAM at step {at} ({weights.name}): train it with --probe-at {at} (a new run folder)")
+    if not weights.exists() or not (run_dir / CONFIG).exists():
         raise UsageError(f"{run_dir} has no trained LAM ({CHECKPOINT}, {CONFIG}): run `masklam train lam --out {run_dir}` first")
     config = build(LAMTrainConfig, read_run_config(run_dir, "lam"), "lam-config")
     config = dataclasses.replace(config, data=dataclasses.replace(config.data, path=lam_dataset(run_dir, data, fallback)))
     info = open_dataset(config.data.path).info
     model = build_model(config, info).to(memory_format=torch.channels_last)  # see train_lam
-    load_checkpoint(run_dir / CHECKPOINT, model)
+    load_checkpoint(weights, model)
     model.to(device).eval().requires_grad_(False)
     return config, model, info
 

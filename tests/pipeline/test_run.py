@@ -183,6 +183,42 @@ def test_until_probe_stops_every_run_after_its_probe_and_a_full_run_resumes_the_
 
 
 @pytest.mark.slow
+def test_probe_points_keep_models_along_training_and_the_report_draws_the_curve(finished, tmp_path):
+    import shutil
+
+    import torch
+
+    recipe, root = finished
+    copy = shutil.copytree(root, tmp_path / "run", symlinks=True)
+    final = torch.load(copy / "runs/low/lapo/seed0/lam.pt", weights_only=False)["model"]
+    ran = run_recipe(load_recipe(recipe, ["train.probe_at=[2]"]), copy, show_progress=False, echo=lambda _: None, until="probe")
+    # New probe points retrain each LAM from step 0 (its earlier models are not kept otherwise), the same LAM.
+    assert sorted(step.id for step in ran if step.id.startswith("train lam")) == [
+        "train lam low lapo seed0",
+        "train lam low masklam [oracle_dilate1] seed0",
+        "train lam low masklam seed0",
+    ]
+    assert sorted(step.id for step in ran if step.id.startswith("probe")) == [
+        "probe low lapo seed0 step2",
+        "probe low masklam [oracle_dilate1] seed0 step2",
+        "probe low masklam seed0 step2",
+    ]
+    retrained = torch.load(copy / "runs/low/lapo/seed0/lam.pt", weights_only=False)["model"]
+    assert all(torch.equal(retrained[key], final[key]) for key in final)
+    point = json.loads((copy / "runs/low/lapo/seed0/probe-step2.json").read_text())
+    assert point["step"] == 2 and (copy / "runs/low/lapo/seed0/lam-step2.pt").exists()
+    report = (copy / "report" / "results.md").read_text()
+    assert "along the LAM's training" in report and "| step 2 | step 4 |" in report
+    assert (copy / "report" / "tiny-low-curves.png").read_bytes()[:4] == b"\x89PNG"
+    curves = json.loads((copy / "report" / "results.json").read_text())["tiny/low"]["curves"]
+    last = json.loads((copy / "runs/low/lapo/seed0/probe.json").read_text())
+    assert sorted(curves["lapo"]) == ["2", "4"]  # one seed: each point's mean is its one value
+    assert curves["lapo"]["2"][0] == pytest.approx(point["action_nmse"]) and curves["lapo"]["4"][0] == pytest.approx(last["action_nmse"])
+    with pytest.raises(UsageError, match="outside this run's steps"):
+        run_recipe(load_recipe(recipe, ["train.probe_at=[5]"]), copy, dry_run=True, echo=lambda _: None)
+
+
+@pytest.mark.slow
 def test_report_command_and_dry_run(masklam_cli, finished, tmp_path):
     recipe, root = finished
     done = masklam_cli("report", str(root), "--out", str(tmp_path / "report"))

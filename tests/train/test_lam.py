@@ -428,3 +428,19 @@ def test_every_stage_runs_on_a_gpu(tiny_data, tmp_path):
         train(tmp_path, stage, show_progress=False, device="cuda")
     assert probe_run(tmp_path, str(tiny_data), windows=64, show_progress=False, device="cuda")["action_nmse"] is not None
     assert np.isfinite(evaluate_run(tmp_path, episodes=1, steps=5, show_progress=False, device="cuda")["return_mean"])
+
+
+def test_train_lam_keeps_the_models_asked_for_and_probe_reads_them(masklam_cli, tiny_data, tmp_path):
+    train = ["train", "lam", "--data", str(tiny_data), "--out", str(tmp_path), "--trainer", "lapo-tiny", "--set", "optim.steps=3"]
+    train += ["--set", "data.batch_size=8", "--no-progress"]
+    refused = masklam_cli(*train, "--probe-at", "4")
+    assert refused.returncode == 2 and "outside this run's steps 1..3" in refused.stderr and not (tmp_path / "lam.pt").exists()
+    assert masklam_cli(*train, "--probe-at", "1", "--probe-at", "2").returncode == 0
+    assert sorted(p.name for p in tmp_path.glob("lam-step*.pt")) == ["lam-step1.pt", "lam-step2.pt"]
+    probe = ["probe", str(tmp_path), "--data", str(tiny_data), "--windows", "40", "--no-progress"]
+    assert masklam_cli(*probe, "--at", "1").returncode == 0
+    early = json.loads((tmp_path / "probe-step1.json").read_text())
+    assert early["step"] == 1 and not (tmp_path / "probe.json").exists()
+    missing = masklam_cli(*probe, "--at", "3")
+    assert missing.returncode == 2 and "kept no LAM at step 3" in missing.stderr
+    assert masklam_cli(*probe).returncode == 0 and json.loads((tmp_path / "probe.json").read_text())["step"] == 3
