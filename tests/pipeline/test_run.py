@@ -161,8 +161,12 @@ def test_bc_on_true_actions_is_trained_once_per_seed_and_shared(finished, tmp_pa
 
 
 @pytest.mark.slow
-def test_until_probe_stops_every_run_after_its_probe_and_a_full_run_resumes_the_rest(finished, tmp_path):
+def test_until_probe_with_probe_points_keeps_models_draws_curves_and_a_full_run_resumes_the_rest(finished, tmp_path):
+    """`--until probe` on the finished run's data, with a probe point: each LAM trains (keeping its model at
+    step 2) and is probed at step 2 and at its end; no later stage runs; the report draws the curve."""
     import shutil
+
+    import torch
 
     recipe, root = finished
     copy = tmp_path / "run"
@@ -170,52 +174,34 @@ def test_until_probe_stops_every_run_after_its_probe_and_a_full_run_resumes_the_
     ledger = json.loads((root / "steps.json").read_text())
     data_steps = {step: entry for step, entry in ledger.items() if step.split()[0] in ("collect", "masks", "compare")}
     (copy / "steps.json").write_text(json.dumps(data_steps))
-    ran = run_recipe(load_recipe(recipe), copy, show_progress=False, echo=lambda _: None, until="probe")
-    assert sorted(step.id.split(" low ")[0] for step in ran) == ["probe"] * 3 + ["train lam"] * 3
-    runs = copy / "runs" / "low"
-    assert all((runs / run / "seed0" / "probe.json").exists() for run in ("lapo", "masklam", "masklam-oracle_dilate1"))
-    assert not list(runs.rglob("bc.pt")) and not list(runs.rglob("evaluate.json"))
-    assert "| lapo | 1 |" in (copy / "report" / "results.md").read_text()  # the report of what is there
-    rest = run_recipe(load_recipe(recipe), copy, dry_run=True, echo=lambda _: None)
-    assert rest and not any(step.id.startswith(("train lam", "probe")) for step in rest)
-    with pytest.raises(UsageError, match="--until takes one of"):
-        run_recipe(load_recipe(recipe), copy, until="returns")
-
-
-@pytest.mark.slow
-def test_probe_points_keep_models_along_training_and_the_report_draws_the_curve(finished, tmp_path):
-    import shutil
-
-    import torch
-
-    recipe, root = finished
-    copy = shutil.copytree(root, tmp_path / "run", symlinks=True)
-    final = torch.load(copy / "runs/low/lapo/seed0/lam.pt", weights_only=False)["model"]
-    ran = run_recipe(load_recipe(recipe, ["train.probe_at=[2]"]), copy, show_progress=False, echo=lambda _: None, until="probe")
-    # New probe points retrain each LAM from step 0 (its earlier models are not kept otherwise), the same LAM.
-    assert sorted(step.id for step in ran if step.id.startswith("train lam")) == [
-        "train lam low lapo seed0",
-        "train lam low masklam [oracle_dilate1] seed0",
-        "train lam low masklam seed0",
-    ]
-    assert sorted(step.id for step in ran if step.id.startswith("probe")) == [
-        "probe low lapo seed0 step2",
-        "probe low masklam [oracle_dilate1] seed0 step2",
-        "probe low masklam seed0 step2",
-    ]
-    retrained = torch.load(copy / "runs/low/lapo/seed0/lam.pt", weights_only=False)["model"]
-    assert all(torch.equal(retrained[key], final[key]) for key in final)
-    point = json.loads((copy / "runs/low/lapo/seed0/probe-step2.json").read_text())
-    assert point["step"] == 2 and (copy / "runs/low/lapo/seed0/lam-step2.pt").exists()
+    with_points = load_recipe(recipe, ["train.probe_at=[2]"])
+    ran = run_recipe(with_points, copy, show_progress=False, echo=lambda _: None, until="probe")
+    runs = ("lapo", "masklam", "masklam [oracle_dilate1]")
+    assert sorted(step.id for step in ran) == sorted(
+        [f"train lam low {run} seed0" for run in runs] + [f"probe low {run} seed0" for run in runs] + [f"probe low {run} seed0 step2" for run in runs]
+    )
+    lapo = copy / "runs" / "low" / "lapo" / "seed0"
+    assert not list(copy.rglob("bc.pt")) and not list(copy.rglob("evaluate.json"))
+    # The kept model changes nothing about the run: the same final LAM as the finished run's, trained without it.
+    final = torch.load(root / "runs" / "low" / "lapo" / "seed0" / "lam.pt", weights_only=False)["model"]
+    assert all(torch.equal(torch.load(lapo / "lam.pt", weights_only=False)["model"][key], final[key]) for key in final)
+    point, last = (json.loads((lapo / name).read_text()) for name in ("probe-step2.json", "probe.json"))
+    assert (point["step"], last["step"]) == (2, 4) and (lapo / "lam-step2.pt").exists()
     report = (copy / "report" / "results.md").read_text()
-    assert "along the LAM's training" in report and "| step 2 | step 4 |" in report
+    assert "| lapo | 1 |" in report and "along the LAM's training" in report and "| step 2 | step 4 |" in report
     assert (copy / "report" / "tiny-low-curves.png").read_bytes()[:4] == b"\x89PNG"
     curves = json.loads((copy / "report" / "results.json").read_text())["tiny/low"]["curves"]
-    last = json.loads((copy / "runs/low/lapo/seed0/probe.json").read_text())
     assert sorted(curves["lapo"]) == ["2", "4"]  # one seed: each point's mean is its one value
     assert curves["lapo"]["2"][0] == pytest.approx(point["action_nmse"]) and curves["lapo"]["4"][0] == pytest.approx(last["action_nmse"])
+    rest = run_recipe(with_points, copy, dry_run=True, echo=lambda _: None)
+    assert rest and not any(step.id.startswith(("train lam", "probe")) for step in rest)
+    # Other probe points retrain each LAM from step 0 (its earlier models were not kept).
+    other = run_recipe(load_recipe(recipe, ["train.probe_at=[1]"]), copy, dry_run=True, echo=lambda _: None, until="probe")
+    assert sum(step.id.startswith("train lam") for step in other) == 3
     with pytest.raises(UsageError, match="outside this run's steps"):
         run_recipe(load_recipe(recipe, ["train.probe_at=[5]"]), copy, dry_run=True, echo=lambda _: None)
+    with pytest.raises(UsageError, match="--until takes one of"):
+        run_recipe(load_recipe(recipe), copy, dry_run=True, echo=lambda _: None, until="returns")
 
 
 @pytest.mark.slow
