@@ -138,13 +138,22 @@ def plan(recipe: Recipe, root: Path, workers: int = 1, show_progress: bool = Tru
         # hash); changing them trains the LAM again from step 0, the only way to keep its earlier models.
         keep_at = check_keep_at(tuple(recipe.train.probe_at), lam.optim.steps)
         kept = [kept_checkpoint(folder, "lam", step) for step in keep_at]
+        # What a retrained LAM or latent policy makes stale in this cell: deleted with it, so that a run stopped
+        # early (--until) never reports a probe, decoder or return of the model it replaced.
+        decoded = [
+            path
+            for budget in recipe.labels
+            for target in [budget_folder(recipe, folder, budget)]
+            for path in (*stage_files(target, "decoder"), target / "evaluate.json")
+        ]
+        probed = [folder / probe_file(at) for at in (None, *keep_at)]
         steps += [
             Step(
                 f"train lam {name}",
                 {**to_dict(lam), **(labels if lam.method == "laom-labels" else {}), **({"probe_at": list(keep_at)} if keep_at else {})},
                 [folder / "lam.pt", *kept],
                 lambda lam=lam, f=folder, k=keep_at: train_lam(lam, f, show_progress, keep_at=k),
-                [*stage_files(folder, "lam"), *kept],
+                [*stage_files(folder, "lam"), *kept, *probed, *stage_files(folder, "bc"), *decoded],
                 "lam",
             ),
             Step(
@@ -169,7 +178,7 @@ def plan(recipe: Recipe, root: Path, workers: int = 1, show_progress: bool = Tru
                 {"lam": to_dict(lam), "stage": to_dict(stage)},
                 [folder / "bc.pt"],
                 lambda f=folder, s=stage, d=data: train_bc(f, s, show_progress, lam_data=d, device=device),
-                stage_files(folder, "bc"),
+                [*stage_files(folder, "bc"), *decoded],
                 "bc",
             ),
         ]

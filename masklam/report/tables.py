@@ -137,6 +137,7 @@ def transitions(info: dict[str, Any]) -> int | None:
 
 def collect_results(root: Path) -> dict[str, Any]:
     """Per dataset variant, per run label, per label budget: the seeds' probe and evaluation numbers."""
+    from masklam.eval.probe import probe_file
     from masklam.pipeline.layout import budget_folder, grid, read_ledger
     from masklam.pipeline.recipe import Recipe
 
@@ -170,7 +171,7 @@ def collect_results(root: Path) -> dict[str, Any]:
     for run in grid(recipe):
         folder = run.folder(root)
         probe = read_output(folder / "probe.json")
-        for path in sorted(folder.glob("probe-step*.json")) + [folder / "probe.json"]:  # the curve, the last model too
+        for path in [folder / probe_file(at) for at in (*recipe.train.probe_at, None)]:  # the recipe's points, the last model too
             point = read_output(path)
             if point is not None and point.get("step") is not None:
                 values = variants[run.variant]["curves"][run.label][int(point["step"])]
@@ -245,7 +246,7 @@ def summarise(cell: dict[str, Any]) -> dict[str, Any]:
     state's R² over seeds."""
     row = {key: mean_ci(cell[key]) for key in METRICS} | {"method": cell["method"], "mask": cell["mask"], "n": len(cell["seeds"])}
     row["seeds"] = list(cell["seeds"])
-    row["resampled"] = {key: count(len(cell["seeds"]), "seed") for key in METRICS}
+    row["resampled"] = {key: count(sum(v is not None for v in cell[key]), "seed") for key in METRICS}  # seeds with a value
     row["grids"] = {}
     for key, what in PER_EPISODE.items():
         grid = episode_grid(cell.get(f"{key}_by_episode", []))

@@ -205,6 +205,25 @@ def test_until_probe_with_probe_points_keeps_models_draws_curves_and_a_full_run_
 
 
 @pytest.mark.slow
+def test_a_retrained_lam_takes_what_it_made_stale_with_it(finished, tmp_path):
+    """A LAM trained again with other settings deletes its cell's probe, latent policy, decoders and returns (all
+    made from the LAM it replaces), so a run stopped after the LAM reports none of them; BC on true actions stays."""
+    import shutil
+
+    recipe, root = finished
+    copy = shutil.copytree(root, tmp_path / "run", symlinks=True)
+    cell = copy / "runs" / "low" / "lapo" / "seed0"
+    stale = [cell / name for name in ("bc.pt", "bc-config.json")] + [cell / f"labels-{b}" / f for b in (40, 0) for f in ("decoder.pt", "evaluate.json")]
+    assert all(path.exists() for path in stale)  # (another test of the module deletes probe.json of this cell)
+    stale.append(cell / "probe.json")
+    changed = load_recipe(recipe, ['train.lam=["optim.steps=4", "data.batch_size=8", "optim.lr=0.002"]'])
+    run_recipe(changed, copy, show_progress=False, echo=lambda _: None, until="lam")
+    assert not any(path.exists() for path in stale) and (cell / "lam.pt").exists() and (cell / "bc-actions.pt").exists()
+    table = (copy / "report" / "results.md").read_text()
+    assert "| lapo | 0 | — | — | — | — | — | — |" in table  # no probe, no return of the old LAM
+
+
+@pytest.mark.slow
 def test_report_command_and_dry_run(masklam_cli, finished, tmp_path):
     recipe, root = finished
     done = masklam_cli("report", str(root), "--out", str(tmp_path / "report"))

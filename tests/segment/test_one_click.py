@@ -89,7 +89,7 @@ def scene(background: np.ndarray, rng: np.random.Generator, count: int, size: in
     return np.stack(frames), np.stack(masks)
 
 
-@pytest.mark.slow  # two students of 300 steps at 32 px: ~1 min on one core
+@pytest.mark.slow  # two students of 150 steps at 32 px: ~50 s on one core (IoU 0.995 / 0.978 with composites, 0.742 unseen without)
 def test_the_student_holds_on_a_background_it_never_saw():
     rng = np.random.default_rng(0)
     size = 32
@@ -100,7 +100,7 @@ def test_the_student_holds_on_a_background_it_never_saw():
     test_frames, test_masks = scene(unseen, rng, 32)
     scores = {}
     for composite in (0.0, 0.6):
-        student = train_student(train_frames, train_masks, DistillConfig(10, steps=300, composite=composite), show_progress=False)
+        student = train_student(train_frames, train_masks, DistillConfig(10, steps=150, composite=composite), show_progress=False)
         scores[composite] = (iou(predict(student, train_frames), train_masks), iou(predict(student, test_frames), test_masks))
     assert scores[0.6][0] > 0.85 and scores[0.6][1] > 0.8, scores  # as good on the unseen background as on the seen one
     assert scores[0.6][1] > scores[0.0][1] + 0.1, scores  # and that is the composites' doing
