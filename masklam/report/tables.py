@@ -330,7 +330,14 @@ def variant_table(variant: dict[str, Any], budget: int, clean: dict[str, Any] | 
         cells += [comparison(row, baseline, "nmse", lower_is_better=True)]
         cells += [comparison(row, baseline, "by_expert", lower_is_better=False)] if online else []
         lines.append("| " + " | ".join(cells) + " |")
-    resampled = sorted({f"{what} ({row['resampled'][key]})" for row in rows.values() for key, what in (("nmse", "probe NMSE, test"), ("by_expert", "returns"))})
+    resampled = sorted(
+        {
+            f"{what} ({row['resampled'][key]})"
+            for row in rows.values()
+            for key, what in (("nmse", "probe NMSE, test"), ("by_expert", "returns"))
+            if row[key] is not None  # a column with no value resamples nothing
+        }
+    )
     lines += ["", "Intervals resample " + "; ".join(resampled) + "; every other column its seeds."]
     if variant.get("action_share") is not None:
         lines[-1] += f" The action's own episode share: {variant['action_share']:.3f}."
