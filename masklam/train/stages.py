@@ -166,10 +166,15 @@ def train_bc(run_dir: Path, stage: StageConfig, show_progress: bool = True, lam_
         target = targets.lookup(batch) if targets is not None else lam.latent(batch)
         return policy({**batch, "latent_target": target})
 
+    return fit_stage("bc", run_dir, policy, forward, batches, stage, device, show_progress)
+
+
+def fit_stage(name: str, run_dir: Path, model: torch.nn.Module, forward, batches, stage: StageConfig, device: str, show_progress: bool) -> dict[str, Any]:
+    """``fit`` with a stage's optimiser, logging and checkpoint settings."""
     return fit(
-        "bc",
+        name,
         run_dir,
-        policy,
+        model,
         forward,
         batches,
         stage.optim,
@@ -283,19 +288,7 @@ def train_decoder(run_dir: Path, stage: StageConfig, show_progress: bool = True,
         loss, metrics = decoder.loss(batch)
         return {**metrics, "loss": loss}
 
-    result = fit(
-        "decoder",
-        run_dir,
-        decoder,
-        forward,
-        batches(),
-        stage.optim,
-        stage.log_every,
-        stage.checkpoint_every,
-        device,
-        batch_size=stage.batch_size,
-        show_progress=show_progress,
-    )
+    result = fit_stage("decoder", run_dir, decoder, forward, batches(), stage, device, show_progress)
     return {**result, "labelled_transitions": len(latents)}
 
 
@@ -315,19 +308,7 @@ def train_action_bc(run_dir: Path, stage: StageConfig, show_progress: bool = Tru
     def forward(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return policy({**batch, "latent_target": batch["action"]})
 
-    return fit(
-        "bc-actions",
-        run_dir,
-        policy,
-        forward,
-        batches,
-        stage.optim,
-        stage.log_every,
-        stage.checkpoint_every,
-        device,
-        batch_size=stage.batch_size,
-        show_progress=show_progress,
-    )
+    return fit_stage("bc-actions", run_dir, policy, forward, batches, stage, device, show_progress)
 
 
 # --- every stage in one run folder (`masklam train all`) --------------------------------------------------------
