@@ -41,6 +41,7 @@ import torch
 from tqdm import tqdm
 
 from masklam.errors import UsageError
+from masklam.eval.outputs import probe_file
 
 # Ridge strengths tried: the penalty per train window on standardised latents, i.e. the fit minimises
 # mean squared error + ridge * ||w||^2 (sklearn's alpha = ridge * windows). Half-decade steps from plain
@@ -352,11 +353,6 @@ def probe_run(run_dir, data: str, windows: int = 20000, batch_size: int = 64, sh
         result["fdm_diagnostics"] = latent_fdm_diagnostics(model, make_loader(stream, batch_size), min(windows, DIAGNOSTIC_WINDOWS), config.seed)
     atomic_write_json(run_dir / probe_file(at), result)
     return result
-
-
-def probe_file(at: int | None = None) -> str:
-    """probe.json of the final model; probe-step<N>.json of the one kept at step N."""
-    return "probe.json" if at is None else f"probe-step{at}.json"
 
 
 def render_probe(result: dict) -> str:

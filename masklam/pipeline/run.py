@@ -53,7 +53,8 @@ def plan(recipe: Recipe, root: Path, workers: int = 1, show_progress: bool = Tru
     from masklam.data.collect import collect
     from masklam.data.ingest import ingest
     from masklam.devices import resolve
-    from masklam.eval.probe import PROBE_VERSION, probe_file, probe_run
+    from masklam.eval.outputs import probe_file
+    from masklam.eval.probe import PROBE_VERSION, probe_run
     from masklam.eval.rollout import evaluate_run
     from masklam.segment.compare import compare_sources
     from masklam.segment.run import segment_dataset

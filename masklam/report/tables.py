@@ -137,7 +137,7 @@ def transitions(info: dict[str, Any]) -> int | None:
 
 def collect_results(root: Path) -> dict[str, Any]:
     """Per dataset variant, per run label, per label budget: the seeds' probe and evaluation numbers."""
-    from masklam.eval.probe import probe_file
+    from masklam.eval.outputs import probe_file
     from masklam.pipeline.layout import budget_folder, grid, read_ledger
     from masklam.pipeline.recipe import Recipe
 
