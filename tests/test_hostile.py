@@ -157,6 +157,20 @@ from test_disk_full import fill_disk_after  # noqa: E402  (tests/ is on the path
 STAGES = {
     "segment": lambda data, out: ["segment", str(data), "--model", "oracle", "--name", "copy", "--no-progress"],
     "masks transform": lambda data, out: ["masks", "transform", str(data), "--erode", "1", "--no-progress"],
+    # The teacher's cache is the first thing a distilling segment writes: the full disk hits it.
+    "segment --distill": lambda data, out: [
+        "segment",
+        str(data),
+        "--model",
+        "oracle",
+        "--name",
+        "student",
+        "--distill",
+        "10",
+        "--distill-steps",
+        "2",
+        "--no-progress",
+    ],
     "report": lambda data, out: ["report", str(fake_runs(out.parent / "runs")), "--out", str(out)],
     "ingest": lambda data, out: [
         "ingest",
@@ -184,7 +198,8 @@ def frame_folder(folder: Path) -> Path:
 
 
 @pytest.mark.parametrize(
-    "stage, backend", [(stage, backend) for stage in sorted(STAGES) for backend in sorted(LEVELS) if stage not in ("report", "ingest") or backend == "zarr"]
+    "stage, backend",
+    [(stage, backend) for stage in sorted(STAGES) for backend in sorted(LEVELS) if stage not in ("report", "ingest", "segment --distill") or backend == "zarr"],
 )
 def test_a_full_disk_is_one_line_at_every_stage(masklam_cli, datasets, tmp_path, monkeypatch, stage, backend):
     data = copy(datasets, backend, tmp_path)
@@ -195,6 +210,8 @@ def test_a_full_disk_is_one_line_at_every_stage(masklam_cli, datasets, tmp_path,
         fill_disk_after(patch, renames=1)
         line = one_line(masklam_cli(*command))
     assert line.startswith("error: no space left on the device while writing ") and "re-run the same command" in line
+    if stage == "segment --distill":
+        assert "/segment/student/teacher/" in line  # its cache
     assert intact(planted)
     again = masklam_cli(*command)  # with space: the same command finishes
     assert again.returncode == 0, again.stderr
