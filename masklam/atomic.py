@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import json
 import math
 import os
@@ -15,6 +14,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from masklam.errors import naming_full_disk
+
 
 @contextmanager
 def atomic_file(path: Path) -> Iterator[BinaryIO]:
@@ -24,15 +25,12 @@ def atomic_file(path: Path) -> Iterator[BinaryIO]:
     # Unique per process and thread, so concurrent writers of one path never share a temp file.
     tmp = path.with_name(f".{path.name}.{TEMP_MARK}{os.getpid()}-{threading.get_ident()}.tmp")
     try:
-        with open(tmp, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as error:
-        if error.errno in (errno.ENOSPC, errno.EDQUOT) and not error.filename:  # write() names no file: say which
-            raise OSError(error.errno, error.strerror, str(path)) from error
-        raise
+        with naming_full_disk(path):  # write() names no file: the message says which
+            with open(tmp, "wb") as f:
+                yield f
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
 

@@ -407,6 +407,11 @@ app.add_typer(train_app, name="train")
 DEVICE_HELP = "where to compute: auto (CUDA when torch sees a GPU, else the CPU), cpu, cuda, cuda:1, mps"
 
 
+def with_device(overrides: list[str], device: str | None) -> list[str]:
+    """LAM settings with --device as the last override (it wins over --set device=...)."""
+    return [*overrides, f"device={json.dumps(device)}"] if device else list(overrides)
+
+
 @train_app.command("lam")
 @fails_cleanly
 def train_lam_command(
@@ -424,7 +429,7 @@ def train_lam_command(
     """Pretrain a latent action model (lapo, masklam, laom, laom-labels) on a dataset's transitions."""
     from masklam.train.lam import load_trainer, train_lam
 
-    config = load_trainer(trainer, [*overrides, *([f"device={json.dumps(device)}"] if device else [])], data, mask_source)
+    config = load_trainer(trainer, with_device(overrides, device), data, mask_source)
     result = train_lam(config, out, show_progress=progress, keep_at=tuple(probe_at))
     typer.echo(f"trained {config.method} for {result['steps']} steps (final loss {result['final_loss']:.4f}); checkpoint: {out}/lam.pt")
 
@@ -520,7 +525,7 @@ def train_all_command(
     from masklam.train.lam import load_trainer
     from masklam.train.stages import stage_config, train_all
 
-    config = load_trainer(trainer, [*overrides, *([f"device={json.dumps(device)}"] if device else [])], data, mask_source)
+    config = load_trainer(trainer, with_device(overrides, device), data, mask_source)
     stage = stage_config(stage_overrides, preset=config.preset, labelled=labelled)
     result = train_all(config, out, stage, reference, show_progress=progress, echo=typer.echo)
     typer.echo(f"trained {config.method}: LAM, latent policy and action decoder ({result['labelled_transitions']} labelled transitions) in {out}")

@@ -25,6 +25,11 @@ def resolve(device: str = AUTO) -> str:
     return device
 
 
+def device_of(model: torch.nn.Module) -> torch.device:
+    """The device a model's parameters are on: where its inputs go."""
+    return next(model.parameters()).device
+
+
 def to_device(batch: dict[str, torch.Tensor], device: str) -> dict[str, torch.Tensor]:
     """A batch on ``device``; from pinned memory the copy overlaps the next batch's loading."""
     return {key: value.to(device, non_blocking=True) if isinstance(value, torch.Tensor) else value for key, value in batch.items()}

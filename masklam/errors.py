@@ -1,5 +1,12 @@
 """Errors a user can fix. The CLI prints them as one line and exits with code 2."""
 
+from __future__ import annotations
+
+import errno
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
 
 class UsageError(Exception):
     """Bad input: the message says what is wrong and what to do about it."""
@@ -66,15 +73,28 @@ def _request_url(error: BaseException) -> str | None:
     return str(url).split("?")[0] if url else None
 
 
+FULL_DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT)  # out of space, or over quota
+
+
+@contextmanager
+def naming_full_disk(path: Path | str) -> Iterator[None]:
+    """Re-raise a full disk that names no file (a write() into an open file, zarr's store) as one naming
+    ``path``, so the one-line message (``disk_full``) says where it was writing."""
+    try:
+        yield
+    except OSError as error:
+        if error.errno in FULL_DISK_ERRNOS and not error.filename:
+            raise OSError(error.errno, error.strerror, str(path)) from error
+        raise
+
+
 def disk_full(error: BaseException) -> str | None:
     """One line for a write that ran out of space (ENOSPC, or EDQUOT: over quota) anywhere in ``error``'s chain,
     naming the file when the OS said which; None for any other error."""
-    import errno
-
     seen = set()
     while error is not None and id(error) not in seen:
         seen.add(id(error))
-        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        if isinstance(error, OSError) and error.errno in FULL_DISK_ERRNOS:
             where = f" while writing {error.filename}" if error.filename else ""
             return f"no space left on the device{where}: free some space (or choose another --out) and re-run the same command: it resumes"
         error = error.__cause__ or error.__context__

@@ -18,7 +18,6 @@ A shard (or a mask source) is built under ``.masklam-tmp-PID-XXXX/`` in the data
 
 from __future__ import annotations
 
-import errno
 import math
 import os
 import re
@@ -53,7 +52,7 @@ from masklam.data.storage import (
     step_or_nan,
     tree_bytes,
 )
-from masklam.errors import UsageError
+from masklam.errors import UsageError, naming_full_disk
 
 STORE = "data.zarr"
 STAGING = ".masklam-tmp-"  # in the dataset folder: same filesystem, so a rename moves a finished folder into place
@@ -209,11 +208,8 @@ class ZarrBackend:
         root.mkdir(parents=True, exist_ok=True)
         folder = Path(tempfile.mkdtemp(prefix=f"{STAGING}{os.getpid()}-", dir=root))  # the pid: a later run can tell a dead writer's
         try:
-            yield folder / "node"
-        except OSError as error:
-            if error.errno in (errno.ENOSPC, errno.EDQUOT) and not error.filename:
-                raise OSError(error.errno, error.strerror, str(folder)) from error
-            raise
+            with naming_full_disk(folder):
+                yield folder / "node"
         finally:
             shutil.rmtree(folder)
 

@@ -13,6 +13,7 @@ from collections.abc import Iterable
 import numpy as np
 import torch
 
+from masklam.devices import device_of
 from masklam.models.lam import LAOM, preprocess
 
 
@@ -20,7 +21,7 @@ from masklam.models.lam import LAOM, preprocess
 def latent_fdm_diagnostics(model: LAOM, batches: Iterable[dict[str, torch.Tensor]], limit: int = 2048, seed: int = 0) -> dict[str, float | int]:
     """Mean squared errors per embedding dimension over up to ``limit`` windows of k = 1 (``future`` is the
     stack at t+1) that carry their ``episode``; the swaps are drawn from ``seed``."""
-    device = next(model.parameters()).device
+    device = device_of(model)
     scale = model.config.pixel_scale
     embeddings, latents, targets, changes, episodes = [], [], [], [], []
     count = 0

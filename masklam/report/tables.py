@@ -166,7 +166,7 @@ def collect_results(root: Path) -> dict[str, Any]:
             "simulated": recipe.simulated,  # ingested data has no simulator: no online returns to report
             "mask_iou": {source: mask_iou(root, variant, source) for source in recipe.masks} if recipe.simulated else {},
             "runs": defaultdict(dict),
-            "curves": defaultdict(lambda: defaultdict(lambda: {"nmse": [], "in_pool": []})),  # label -> step -> seeds' values
+            "curves": defaultdict(lambda: defaultdict(list)),  # label -> step -> the seeds' test NMSE
         }
     for run in grid(recipe):
         folder = run.folder(root)
@@ -174,9 +174,7 @@ def collect_results(root: Path) -> dict[str, Any]:
         for path in [folder / probe_file(at) for at in (*recipe.train.probe_at, None)]:  # the recipe's points, the last model too
             point = read_output(path)
             if point is not None and point.get("step") is not None:
-                values = variants[run.variant]["curves"][run.label][int(point["step"])]
-                values["nmse"].append(point["action_nmse"])
-                values["in_pool"].append(point.get("in_pool_nmse"))
+                variants[run.variant]["curves"][run.label][int(point["step"])].append(point["action_nmse"])
         for budget in recipe.labels:
             evaluation = read_output(budget_folder(recipe, folder, budget) / "evaluate.json")
             cell = variants[run.variant]["runs"][run.label].setdefault(
@@ -214,14 +212,14 @@ def collect_results(root: Path) -> dict[str, Any]:
     return {"root": str(root), "recipe": recipe.name, "labels": list(recipe.labels), "masks": list(recipe.masks), "variants": variants}
 
 
-def curve_table(curves: dict[str, dict[int, dict[str, list]]]) -> tuple[str, dict[str, dict[int, Any]]] | None:
+def curve_table(curves: dict[str, dict[int, list[float]]]) -> tuple[str, dict[str, dict[int, Any]]] | None:
     """Probe NMSE (test) against the LAM's training steps: a row per run label, a column per step probed; None
     unless some run was probed at more than one step (`[train] probe_at`)."""
     if not any(len(points) > 1 for points in curves.values()):
         return None
     steps = sorted({step for points in curves.values() for step in points})
-    stats = {label: {step: mean_ci(points[step]["nmse"]) for step in sorted(points)} for label, points in curves.items()}
-    seeds = {label: max(len(point["nmse"]) for point in points.values()) for label, points in curves.items()}
+    stats = {label: {step: mean_ci(points[step]) for step in sorted(points)} for label, points in curves.items()}
+    seeds = {label: max(len(values) for values in points.values()) for label, points in curves.items()}
     lines = ["| method | seeds | " + " | ".join(f"step {step}" for step in steps) + " |", "|---|---|" + "---|" * len(steps)]
     for label, row in stats.items():
         lines.append(f"| {label} | {seeds[label]} | " + " | ".join(fmt(row.get(step)) for step in steps) + " |")

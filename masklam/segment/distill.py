@@ -32,6 +32,7 @@ from tqdm import tqdm
 from masklam.atomic import atomic_file, atomic_write_json
 from masklam.data.dataset import open_dataset
 from masklam.data.schema import ORACLE, Record
+from masklam.devices import device_of
 from masklam.errors import UsageError
 from masklam.segment.compare import ratio
 from masklam.segment.writer import SEGMENT_DIR, MaskFunction
@@ -200,7 +201,7 @@ def train_student(
 
 @torch.no_grad()
 def predict(student: Student, frames: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    device = next(student.parameters()).device
+    device = device_of(student)
     out = [(student(torch.from_numpy(frames[i : i + batch_size]).to(device)) > 0).cpu().numpy() for i in range(0, len(frames), batch_size)]
     return np.concatenate(out).astype(np.uint8)
 

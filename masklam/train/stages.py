@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from masklam.configs import apply_overrides, build, to_dict
 from masklam.data.dataset import open_dataset
-from masklam.devices import AUTO, resolve, to_device
+from masklam.devices import AUTO, device_of, resolve, to_device
 from masklam.errors import UsageError, did_you_mean
 from masklam.models.lam import ActionDecoder, ActionDecoderConfig, LatentPolicy
 from masklam.models.presets import PRESETS, policy_config
@@ -134,10 +134,6 @@ def frozen_stage_policy(run_dir: Path, stage: str, lam: torch.nn.Module, latent_
     policy = policy_model(config, lam, latent_dim)
     load_checkpoint(run_dir / f"{stage}.pt", policy)
     return policy.to(device_of(lam)).eval().requires_grad_(False)
-
-
-def device_of(model: torch.nn.Module) -> str:
-    return str(next(model.parameters()).device)
 
 
 def window_spec(lam_config: LAMTrainConfig, labelled_only: bool, fields: tuple[str, ...] = ()) -> WindowSpec:
