@@ -42,7 +42,10 @@ def one_run(run: Path, folder: Path, method: str, variant: str, extra: list[str]
     from masklam.pipeline.recipe import load_recipe
     from masklam.pipeline.run import run_recipe
 
-    shutil.rmtree(folder, ignore_errors=True)  # a folder this script made on an earlier repeat
+    if folder.exists():  # a run folder this script made on an earlier repeat; anything else is not ours to delete
+        if not (folder / "recipe.json").is_file() or not (folder / "data" / "low" / "info.json").is_file():
+            raise SystemExit(f"{folder} exists and is not a run folder this script made: choose another --out")
+        shutil.rmtree(folder)
     shutil.copytree(run / "data" / "low", folder / "data" / "low")
     collected = {"collect low": json.loads((run / "steps.json").read_text())["collect low"]}
     atomic_write_json(folder / "steps.json", collected)  # the data is made: only the run's own steps are timed
@@ -50,7 +53,7 @@ def one_run(run: Path, folder: Path, method: str, variant: str, extra: list[str]
     cache = stages.LABEL_CACHE_BYTES
     stages.LABEL_CACHE_BYTES = 0 if variant == "before" else cache
     try:
-        todo = run_recipe(recipe, folder, show_progress=False, echo=lambda _: None)
+        todo = run_recipe(recipe, folder, show_progress=False, echo=lambda line: print(f"  {variant}: {line}", flush=True) if line.startswith("[") else None)
     finally:
         stages.LABEL_CACHE_BYTES = cache
     ledger = json.loads((folder / "steps.json").read_text())
@@ -65,7 +68,7 @@ def one_run(run: Path, folder: Path, method: str, variant: str, extra: list[str]
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", type=Path, required=True, help="a dcs-cheetah-run-low run folder whose data is made")
-    parser.add_argument("--out", type=Path, required=True, help="a scratch folder (its run folders are replaced)")
+    parser.add_argument("--out", type=Path, required=True, help="a scratch folder (the run folders this script made there are replaced)")
     parser.add_argument("--method", default="masklam")
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--set", dest="extra", action="append", default=[], help="a recipe override (a quick check of the script)")
