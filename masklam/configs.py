@@ -147,6 +147,22 @@ def load_config(cls: type[T], path: Path | None, overrides: list[str] = ()) -> T
     return build(cls, apply_overrides(data, list(overrides)), where=Path(path).stem if path else "config")
 
 
+# Field metadata of a setting added after run folders were made with the dataclass: to_dict leaves it out while
+# it holds its default, so that those folders' saved settings (and a recipe's step fingerprints) still match.
+ADDED_LATER = {"recorded": "when it differs from its default"}
+
+
 def to_dict(config: Any) -> dict[str, Any]:
     """Plain data (for saving next to a run, and comparing on resume)."""
-    return dataclasses.asdict(config)
+    data = dataclasses.asdict(config)
+    _drop_added_defaults(config, data)
+    return data
+
+
+def _drop_added_defaults(config: Any, data: dict[str, Any]) -> None:
+    for item in dataclasses.fields(config):
+        value = getattr(config, item.name)
+        if item.metadata == ADDED_LATER and value == item.default:  # (dataclasses wrap metadata: not `is`)
+            del data[item.name]
+        elif dataclasses.is_dataclass(value):
+            _drop_added_defaults(value, data[item.name])

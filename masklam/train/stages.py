@@ -22,12 +22,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from masklam.configs import apply_overrides, build, to_dict
+from masklam.configs import ADDED_LATER, apply_overrides, build, require, to_dict
 from masklam.data.dataset import open_dataset
 from masklam.devices import AUTO, device_of, resolve, to_device
 from masklam.errors import UsageError, did_you_mean
 from masklam.models.lam import ActionDecoder, ActionDecoderConfig, LatentPolicy
 from masklam.models.presets import PRESETS, policy_config
+from masklam.threads import leave_for_workers
 from masklam.train.lam import CHECKPOINT, CONFIG, PLACEMENT, LAMTrainConfig, build_model, train_lam, window_batches, with_absolute_data
 from masklam.train.loader import WindowDataset, WindowSpec, make_loader
 from masklam.train.loop import (
@@ -58,8 +59,12 @@ class StageConfig:
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(steps=2000, lr=3e-4))
     log_every: int = 50
     checkpoint_every: int = 500
+    # Loader processes that decode windows beside training (a GPU waits on one decoding process); the stream's
+    # order depends on their number, so it is a recorded setting.
+    workers: int = field(default=0, metadata=ADDED_LATER)
 
     def __post_init__(self) -> None:
+        require(self.workers >= 0, "workers", self.workers, "must be at least 0 (0: decode in the training process)")
         if self.preset not in PRESETS:
             raise UsageError(f"unknown model preset '{self.preset}'{did_you_mean(self.preset, PRESETS)}: choose one of {', '.join(PRESETS)}")
         if self.labelled < 0 or self.batch_size < 1 or self.seed < 0:
@@ -153,9 +158,10 @@ def train_bc(run_dir: Path, stage: StageConfig, show_progress: bool = True, lam_
     policy = policy_model(stage, lam).to(device)
     data = stage.data or lam_config.data.path
     spec = dataclasses.replace(window_spec(lam_config, labelled_only=False), episode=True, step=True)
-    targets = latent_targets(lam, data, spec, show_progress)
+    targets = latent_targets(lam, data, spec, show_progress, workers=stage.workers)
     windows = WindowDataset(data, "train", spec, seed=stage.seed, shuffle_buffer=stage.shuffle_buffer)
-    batches = iter(make_loader(windows, stage.batch_size))
+    leave_for_workers(stage.workers)
+    batches = iter(make_loader(windows, stage.batch_size, stage.workers))
 
     def forward(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         # The frozen IDM's latent for (o_t, o_{t+1}): labelled once per window, or here when the cache was too big.
@@ -199,16 +205,17 @@ class LatentTargets:
         return self.latents[rows]
 
 
-def latent_targets(lam: torch.nn.Module, data: str, spec: WindowSpec, show_progress: bool, batch_size: int = 256) -> LatentTargets | None:
+def latent_targets(lam: torch.nn.Module, data: str, spec: WindowSpec, show_progress: bool, batch_size: int = 256, workers: int = 0) -> LatentTargets | None:
     """Every train window's latent, once, in evaluation batches; None when they would not fit LABEL_CACHE_BYTES
-    (the paper preset's 8,192-dim LAOM latents over millions of windows), and BC labels each batch instead."""
+    (the paper preset's 8,192-dim LAOM latents over millions of windows), and BC labels each batch instead.
+    Kept by (episode, t): the same whatever order ``workers`` loader processes deliver the windows in."""
     windows = sum(meta.frames - 1 for meta in open_dataset(data).index("train"))
     if windows * lam.config.latent_dim * 4 > LABEL_CACHE_BYTES:  # the latent's width, as the policy's output
         return None
     keys, latents = [], []
     stream = WindowDataset(data, "train", spec, epochs=1, shuffle_buffer=1)  # every window once, in stored order
     with torch.no_grad(), tqdm(total=windows, unit="window", desc="label windows", disable=not show_progress or None) as bar:
-        for batch in make_loader(stream, batch_size):
+        for batch in make_loader(stream, batch_size, workers):
             latents.append(lam.latent(to_device(batch, device_of(lam))))
             keys.append(torch.stack([batch["episode"], batch["step"]], 1))
             bar.update(len(keys[-1]))
@@ -250,7 +257,7 @@ def labelled_latents(run_dir: Path, stage: StageConfig, lam_data: str | None = N
     windows = WindowDataset(data, "train", window_spec(lam_config, labelled_only=True), seed=stage.seed, shuffle_buffer=stage.shuffle_buffer, epochs=1)
     latents, actions, count = [], [], 0
     with torch.no_grad():
-        for batch in make_loader(windows, stage.batch_size):
+        for batch in make_loader(windows, stage.batch_size, stage.workers):
             batch = to_device(batch, device)
             latents.append(policy.latent(batch))
             actions.append(batch["action"])
@@ -299,7 +306,8 @@ def train_action_bc(run_dir: Path, stage: StageConfig, show_progress: bool = Tru
     windows = WindowDataset(data, "train", window_spec(lam_config, labelled_only=True), seed=stage.seed, shuffle_buffer=stage.shuffle_buffer)
     claim_run_folder(run_dir, "bc-actions", stage, ignore=DECODER_ONLY)
     policy = policy_model(stage, lam, latent_dim=info["features"]["action"]["shape"][0]).to(device)
-    batches = iter(make_loader(windows, stage.batch_size))
+    leave_for_workers(stage.workers)
+    batches = iter(make_loader(windows, stage.batch_size, stage.workers))
 
     def forward(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return policy({**batch, "latent_target": batch["action"]})

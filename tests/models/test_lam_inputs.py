@@ -17,6 +17,18 @@ def test_preprocess_scales_and_folds_the_stack_frame_by_frame(scale):
     assert preprocess(frames[:, 1], scale).shape == (1, 3, 4, 4)
 
 
+@pytest.mark.parametrize("mask_input", ["none", "channel", "pixels"])
+def test_network_inputs_come_in_the_convolutions_layout(make_batch, mask_input):
+    """channels_last, as the networks' weights are: no copy to that layout in front of each IDM and FDM. The values
+    are those of the plain channels-first fold."""
+    batch = make_batch()
+    x = model_input(batch["obs"], batch["obs_mask"], 0.5, mask_input)
+    assert x.is_contiguous(memory_format=torch.channels_last)
+    folded = (batch["obs"].float() * (1 / 255) - 0.5).permute(0, 1, 4, 2, 3).flatten(1, 2)  # (B, S*3, H, W), frame by frame
+    assert torch.equal(preprocess(batch["obs"], 0.5), folded)
+    assert preprocess(batch["next"], 0.5).is_contiguous(memory_format=torch.channels_last)
+
+
 @pytest.mark.parametrize("mask_input, idm_channels, fdm_channels", [("none", 18, 9), ("channel", 24, 12), ("pixels", 18, 9)])
 def test_mask_input_sets_the_input_channels(make_batch, mask_input, idm_channels, fdm_channels):
     model = PixelLAM(lam_config("masklam", "tiny", channels=(4, 8, 8), mask_input=mask_input))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -303,6 +304,18 @@ def test_latent_bc_labels_each_window_once_and_learns_the_same(tiny_data, tmp_pa
     windows = sum(meta.frames - 1 for meta in open_dataset(tiny_data).index("train"))
     assert on_the_fly is None and len(cached.row) == len(cached.latents) == windows  # every window, once
     np.testing.assert_allclose(losses(tmp_path / "bc-True", "bc"), losses(tmp_path / "bc-False", "bc"), rtol=1e-4)
+    assert "workers" not in json.loads((tmp_path / "bc-True" / "bc-config.json").read_text())  # run folders from before it
+
+    # Two loader processes: the windows arrive in another order, each labelled as in one process; a recorded setting.
+    run = tmp_path / "bc-workers"
+    shutil.copytree(tmp_path / "lam", run)
+    monkeypatch.setattr(stages, "LABEL_CACHE_BYTES", 1 << 30)
+    stages.train_bc(run, dataclasses.replace(stage, workers=2), show_progress=False)
+    by_window = labelled[-1]
+    assert by_window.row.keys() == cached.row.keys() and list(by_window.row) != list(cached.row)  # another order
+    for key, row in cached.row.items():
+        torch.testing.assert_close(by_window.latents[by_window.row[key]], cached.latents[row], rtol=1e-5, atol=1e-6)
+    assert json.loads((run / "bc-config.json").read_text())["workers"] == 2 and np.isfinite(losses(run, "bc")).all()
 
 
 @pytest.mark.slow
@@ -385,6 +398,17 @@ def test_laom_labels_without_labelled_episodes_is_refused(tmp_path):
         train_lam(tiny_config(tmp_path / "data", "laom-labels", "optim.steps=2"), tmp_path / "run", show_progress=False)
     assert not (tmp_path / "run").exists()  # nothing claimed: the folder takes another method's run
     train_lam(tiny_config(tmp_path / "data", "laom", "optim.steps=2"), tmp_path / "run", show_progress=False)
+
+
+def test_laom_labels_loads_its_labelled_stream_with_workers_even_when_labels_are_few(tmp_path):
+    """One labelled episode (and an in-pool one held out) against three loader processes: the labelled stream
+    takes as many processes as it has labelled records, and none waits on a worker that has nothing to read."""
+    env = EnvSpec("dmc:cheetah-run", RenderSpec(size=32), distractor_preset("none"), episode_steps=8)
+    collect(CollectConfig(env=env, episodes=4, test_episodes=0, labelled_episodes=2, seed=1), tmp_path / "data", show_progress=False)
+    config = tiny_config(tmp_path / "data", "laom-labels", "optim.steps=3", "data.workers=3", "log_every=1")
+    train_lam(config, tmp_path / "run", show_progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "lam-metrics.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in rows] == [1, 2, 3] and all(np.isfinite(row["action_loss"]) for row in rows)
 
 
 @pytest.mark.slow
