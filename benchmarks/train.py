@@ -41,6 +41,7 @@ from masklam.train.presets import trainer_file
 
 METHODS = ("lapo", "masklam", "laom", "laom-labels")
 PRESETS = ("tiny", "small", "paper")
+TABLES = ("trainer", "loader", "memory")
 
 
 def dataset(root: Path, episodes: int, steps: int) -> Path:
@@ -56,7 +57,7 @@ def trainer_config(data: Path, method: str, preset: str, *overrides: str) -> LAM
 def training_rate(config: LAMTrainConfig, steps: int, warmup: int = 2) -> tuple[float, float]:
     """(samples/s, FLOPs per step) of optimiser steps on a few real batches held in memory."""
     torch.manual_seed(0)
-    model = build_model(config, open_dataset(config.data.path).info)
+    model = build_model(config, open_dataset(config.data.path).info).to(memory_format=torch.channels_last)  # as train_lam
     optimizer = make_optimizer(model, config.optim)
     batches = list(islice(window_batches(config, 0, 1), 4))
     with FlopCounterMode(display=False) as counter:
@@ -125,18 +126,32 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("/tmp/masklam-bench"))
     parser.add_argument("--episodes", type=int, default=32, help="episodes of the smaller dataset (the larger has 4x)")
     parser.add_argument("--steps", type=int, default=200, help="steps per episode")
+    parser.add_argument("--tables", nargs="+", choices=TABLES, default=list(TABLES), help="which tables to measure (default: all)")
+    parser.add_argument("--presets", nargs="+", choices=PRESETS, default=list(PRESETS), help="model presets of the trainer table")
     args = parser.parse_args()
     small = dataset(args.out / "data-1x", args.episodes, args.steps)
-    large = dataset(args.out / "data-4x", 4 * args.episodes, args.steps)
+    large = dataset(args.out / "data-4x", 4 * args.episodes, args.steps) if "memory" in args.tables else None  # the memory table's alone
     threads = torch.get_num_threads()
-    print(f"torch {torch.__version__}, {threads} threads, {os.cpu_count()} cores; dataset {dataset_mib(small):.0f} MiB and {dataset_mib(large):.0f} MiB\n")
+    sizes = " and ".join(f"{dataset_mib(root):.0f} MiB" for root in (small, large) if root is not None)
+    print(f"torch {torch.__version__}, {threads} threads, {os.cpu_count()} cores; dataset {sizes}\n")
 
+    trainer = {}
+    if "trainer" in args.tables or "loader" in args.tables:
+        wanted = {*args.presets, *(["small"] if "loader" in args.tables else [])}  # the loader table compares with small
+        trainer = trainer_table(small, [preset for preset in PRESETS if preset in wanted])
+    if "loader" in args.tables:
+        loader_table(small, trainer)
+    if "memory" in args.tables:
+        memory_table(small, large, args.out)
+
+
+def trainer_table(small: Path, presets: list[str]) -> dict[tuple[str, str], float]:
     ceiling = matmul_flops_per_second()
     print(f"plain 2048 x 2048 float32 matmul: {ceiling / 1e9:.1f} GFLOP/s\n")
     print("| method | preset | batch | training samples/s | GFLOP per step | achieved GFLOP/s | of matmul |")
     print("|---|---|---|---|---|---|---|")
     trainer = {}
-    for preset in PRESETS:
+    for preset in presets:
         for method in METHODS:
             # Measured at batch 16: a step of the paper presets' batch of 128 takes minutes on a CPU.
             config = trainer_config(small, method, preset, *(["data.batch_size=16", "data.labelled_batch_size=16"] if preset == "paper" else []))
@@ -147,7 +162,10 @@ def main() -> None:
                 f"| {method} | {preset} | {config.data.batch_size} | {rate:.1f} | {flops / 1e9:.2f} | {achieved / 1e9:.1f} | {achieved / ceiling:.0%} |",
                 flush=True,
             )
+    return trainer
 
+
+def loader_table(small: Path, trainer: dict[tuple[str, str], float]) -> None:
     print("\n| method (small preset) | loader workers | loader samples/s | trainer samples/s | loader / trainer |")
     print("|---|---|---|---|---|")
     for method in METHODS:
@@ -156,11 +174,13 @@ def main() -> None:
             rate = loader_rate(config, batches=400)
             print(f"| {method} | {workers} | {rate:.0f} | {trainer[method, 'small']:.1f} | {rate / trainer[method, 'small']:.1f}x |", flush=True)
 
+
+def memory_table(small: Path, large: Path, out: Path) -> None:
     print("\n| dataset | size on disk | loader: one epoch, peak RSS | masklam-small: 20 steps, peak RSS |")
     print("|---|---|---|---|")
     for name, root in (("1x", small), ("4x", large)):
-        epoch = peak_memory(root, "epoch", args.out / "unused")
-        training = peak_memory(root, "train", args.out / f"run-{name}-{time.time_ns()}")
+        epoch = peak_memory(root, "epoch", out / "unused")
+        training = peak_memory(root, "train", out / f"run-{name}-{time.time_ns()}")
         print(
             f"| {name} ({epoch['windows']} windows) | {dataset_mib(root):.0f} MiB | {epoch['peak_mib']:.0f} MiB | {training['peak_mib']:.0f} MiB |", flush=True
         )
