@@ -8,6 +8,8 @@ the dataset (its test split's mean: the expert's, for `--policy expert` data).
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections import deque
 from pathlib import Path
 from typing import Any
@@ -63,11 +65,42 @@ def rollout_returns(env: DistractingEnv, act, stack: int, episodes: int, seed: i
     return np.array(returns), successes
 
 
+REFERENCE_RETURNS = "bc-actions-evaluate.json"  # the reference's returns, kept beside its network
+
+
+def reference_key(run_dir: Path, info: dict[str, Any], episodes: int, seed: int, limit: int) -> dict[str, Any]:
+    """What the reference's returns depend on: its weights (by content: a network shared between run folders is
+    one network), the episodes and the environment."""
+    weights = hashlib.sha256((run_dir / "bc-actions.pt").read_bytes()).hexdigest()
+    return {"bc_actions_sha256": weights, "episodes": episodes, "seed": seed, "steps": limit, "env": info["env"]}
+
+
+def cached_reference_returns(path: Path, key: dict[str, Any]) -> np.ndarray | None:
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError):  # none yet, or unreadable: rolled out again and rewritten
+        return None
+    return np.array(saved["returns"]) if isinstance(saved, dict) and saved.get("key") == key else None
+
+
 def evaluate_run(
-    run_dir: Path, episodes: int = 10, seed: int = 0, steps: int | None = None, show_progress: bool = True, data: str | None = None, device: str = "auto"
+    run_dir: Path,
+    episodes: int = 10,
+    seed: int = 0,
+    steps: int | None = None,
+    show_progress: bool = True,
+    data: str | None = None,
+    device: str = "auto",
+    reference_returns: Path | None = None,
 ) -> dict[str, Any]:
     """Online returns of the decoded policy (and of BC on true actions, when trained) in the test split's
-    simulator; the networks run on ``device`` (masklam/devices.py), the simulator on the CPU."""
+    simulator; the networks run on ``device`` (masklam/devices.py), the simulator on the CPU.
+
+    The reference's returns are kept in ``reference_returns`` (default RUN/bc-actions-evaluate.json) under the
+    hash of its weights and the episodes, and read from there by every evaluation of the same network: the runs
+    of one seed that share it (a recipe) are all normalised by one set of its returns, rolled out once. (Rolled
+    out again in another process they can differ: the dynamics amplify the last bits in which torch's thread
+    count changes a convolution's sums.)"""
     run_dir, device = Path(run_dir), resolve(device)
     if episodes < 1:
         raise UsageError("--episodes must be at least 1")
@@ -79,13 +112,19 @@ def evaluate_run(
     stack = lam_config.data.stack
     with DistractingEnv(spec, "test") as env, torch.no_grad():
         limit = steps or env.max_steps
-        bar = tqdm(total=episodes * limit * (2 if reference_policy else 1), unit="step", desc="evaluate", disable=not show_progress or None)
+        bc_returns = key = None
+        if reference_policy is not None:
+            reference_returns = Path(reference_returns or run_dir / REFERENCE_RETURNS)
+            key = reference_key(run_dir, info, episodes, seed, limit)
+            bc_returns = cached_reference_returns(reference_returns, key)
+        rolled_out = 2 if reference_policy is not None and bc_returns is None else 1
+        bar = tqdm(total=episodes * limit * rolled_out, unit="step", desc="evaluate", disable=not show_progress or None)
         decoded = lambda obs: decoder(policy.latent({"obs": obs.to(device)}))[0].float().cpu().numpy()  # noqa: E731
         returns, successes = rollout_returns(env, decoded, stack, episodes, seed, limit, bar)
-        bc_returns = None
-        if reference_policy is not None:
+        if rolled_out == 2:
             reference = lambda obs: reference_policy.latent({"obs": obs.to(device)})[0].float().cpu().numpy()  # noqa: E731
             bc_returns, _ = rollout_returns(env, reference, stack, episodes, seed, limit, bar)
+            atomic_write_json(reference_returns, {"key": key, "returns": bc_returns.tolist()})
         bar.close()
     collector = info["splits"]["test"].get("mean_return") or info["splits"]["train"].get("mean_return")
     mean = float(returns.mean())

@@ -55,7 +55,7 @@ def plan(recipe: Recipe, root: Path, workers: int = 1, show_progress: bool = Tru
     from masklam.devices import resolve
     from masklam.eval.outputs import probe_file
     from masklam.eval.probe import PROBE_VERSION, probe_run
-    from masklam.eval.rollout import evaluate_run
+    from masklam.eval.rollout import REFERENCE_RETURNS, evaluate_run
     from masklam.segment.compare import compare_sources
     from masklam.segment.run import segment_dataset
     from masklam.segment.transforms import derive_source
@@ -183,10 +183,13 @@ def plan(recipe: Recipe, root: Path, workers: int = 1, show_progress: bool = Tru
                 "bc",
             ),
         ]
+        reference_returns = None  # where the shared reference's returns are kept: its owner's folder
         if recipe.train.reference and recipe.simulated:  # the reference only normalises online returns
             # BC on true actions reads frames and actions, never the LAM's weights or masks: runs that share its
-            # dataset, frame stack and stage settings (every method of one seed, as a rule) share one network.
+            # dataset, frame stack and stage settings (every method of one seed, as a rule) share one network,
+            # and one set of its returns (evaluate_run).
             reference = json.dumps([lam.data.path, lam.data.stack, to_dict(stage)], sort_keys=True, default=str)
+            reference_returns = reference_owners.get(reference, (folder,))[0] / REFERENCE_RETURNS
             if reference not in reference_owners:
                 settings = {"lam": to_dict(lam), "stage": to_dict(stage), **labels}
                 reference_owners[reference] = (folder, settings)
@@ -236,7 +239,9 @@ def plan(recipe: Recipe, root: Path, workers: int = 1, show_progress: bool = Tru
                         f"evaluate {where}",
                         {"lam": to_dict(lam), "stage": to_dict(decoder), "evaluate": asdict(e), **labels},
                         [target / "evaluate.json"],
-                        lambda t=target, d=data: evaluate_run(t, e.episodes, e.seed, e.steps, show_progress=show_progress, data=d, device=device),
+                        lambda t=target, d=data, r=reference_returns: evaluate_run(
+                            t, e.episodes, e.seed, e.steps, show_progress=show_progress, data=d, device=device, reference_returns=r
+                        ),
                         stage="evaluate",
                     )
                 )

@@ -7,6 +7,7 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from masklam.errors import UsageError
@@ -147,6 +148,10 @@ def test_bc_on_true_actions_is_trained_once_per_seed_and_shared(finished, tmp_pa
         for budget in (40, 0):
             returns.add(json.loads((runs / run / "seed0" / f"labels-{budget}" / "evaluate.json").read_text())["bc_actions_return"])
     assert len(returns) == 1  # one network, the same evaluation episodes
+    # ... rolled out once, in the owner's folder: every run of the seed is normalised by those returns
+    kept = [path.relative_to(runs) for path in runs.rglob("bc-actions-evaluate.json")]
+    assert kept == [Path("lapo/seed0/bc-actions-evaluate.json")]
+    assert np.mean(json.loads((runs / kept[0]).read_text())["returns"]) == pytest.approx(returns.pop())
     # Why sharing is sound: trained in MaskLAM's own run folder (whose windows carry masks), the network is the
     # one trained in LAPO's.
     own = tmp_path / "masklam"

@@ -348,6 +348,15 @@ def test_bc_then_decoder_on_a_label_budget(tiny_data, tmp_path):
     assert evaluation["episodes"] == 2 and len(evaluation["returns"]) == 2 and np.isfinite(evaluation["return_mean"])
     assert json.loads((tmp_path / "evaluate.json").read_text()) == evaluation
     assert evaluation == evaluate_run(tmp_path, episodes=2, steps=10, show_progress=False)  # deterministic
+    # The reference's returns are kept under its weights' hash and the episodes, and read back by the next
+    # evaluation of the same network and episodes (here made recognisable); other episodes roll it out again.
+    kept = tmp_path / "bc-actions-evaluate.json"
+    saved = json.loads(kept.read_text())
+    assert np.mean(saved["returns"]) == pytest.approx(evaluation["bc_actions_return"])
+    kept.write_text(json.dumps({**saved, "returns": [123.0, 125.0]}))
+    assert evaluate_run(tmp_path, episodes=2, steps=10, show_progress=False)["bc_actions_return"] == 124.0
+    assert evaluate_run(tmp_path, episodes=1, steps=10, show_progress=False)["bc_actions_return"] == pytest.approx(saved["returns"][0])
+    assert json.loads(kept.read_text())["key"]["episodes"] == 1
 
 
 def test_no_in_pool_label_reaches_a_stage_that_learns_from_actions(tiny_data, tmp_path, monkeypatch):
