@@ -107,6 +107,13 @@ def test_info_and_view_on_missing_dataset_fail_cleanly(masklam_cli, tmp_path):
         assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
+def test_evaluate_on_a_folder_without_a_lam_fails_cleanly(masklam_cli, tmp_path):
+    result = masklam_cli("evaluate", str(tmp_path))
+    assert result.returncode == 2 and result.stderr.strip().splitlines() == [
+        f"error: {tmp_path} has no trained LAM (lam.pt, lam-config.json): run `masklam train lam --out {tmp_path}` first"
+    ], result.stderr
+
+
 @pytest.mark.slow
 def test_the_console_script_fails_cleanly_in_a_fresh_process(tmp_path):
     """The real entry point: nothing but the error line reaches a real process's stderr (no warnings, no traceback)."""

@@ -19,6 +19,7 @@ import torch
 from tqdm import tqdm
 
 from masklam.atomic import atomic_write_json
+from masklam.data.dataset import open_dataset
 from masklam.data.ingest import require_simulator
 from masklam.devices import resolve
 from masklam.envs.env import DistractingEnv
@@ -26,7 +27,7 @@ from masklam.envs.spec import EnvSpec
 from masklam.errors import UsageError
 from masklam.models.lam import ActionDecoder, ActionDecoderConfig
 from masklam.train.loop import load_checkpoint
-from masklam.train.stages import frozen_lam, frozen_policy, frozen_stage_policy
+from masklam.train.stages import frozen_lam, frozen_policy, frozen_stage_policy, lam_dataset, require_lam
 
 EVAL_SEED_KEY = 11  # evaluation episodes draw seeds no dataset episode uses
 
@@ -104,8 +105,9 @@ def evaluate_run(
     run_dir, device = Path(run_dir), resolve(device)
     if episodes < 1:
         raise UsageError("--episodes must be at least 1")
-    lam_config, lam, info = frozen_lam(run_dir, data)
-    require_simulator(info, lam_config.data.path, "evaluate (online rollouts)")  # before asking for the other stages
+    require_lam(run_dir)
+    dataset = lam_dataset(run_dir, data)  # refused first on data with no simulator, before the other stages are asked for
+    require_simulator(open_dataset(dataset).info, dataset, "evaluate (online rollouts)")
     lam_config, lam, policy, decoder, info = load_decoded_policy(run_dir, data, device)
     reference_policy = frozen_stage_policy(run_dir, "bc-actions", lam, latent_dim=info["features"]["action"]["shape"][0])
     spec = EnvSpec.from_json(info["env"])

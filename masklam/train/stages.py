@@ -92,6 +92,12 @@ def lam_dataset(run_dir: Path, data: str | None = None, fallback: str | None = N
         raise
 
 
+def require_lam(run_dir: Path, weights: Path | None = None) -> None:
+    """A one-line refusal of a run folder with no trained LAM (``weights``: the checkpoint asked for)."""
+    if not (weights or run_dir / CHECKPOINT).exists() or not (run_dir / CONFIG).exists():
+        raise UsageError(f"{run_dir} has no trained LAM ({CHECKPOINT}, {CONFIG}): run `masklam train lam --out {run_dir}` first")
+
+
 def frozen_lam(
     run_dir: Path, data: str | None = None, fallback: str | None = None, device: str = "cpu", at: int | None = None
 ) -> tuple[LAMTrainConfig, torch.nn.Module, dict[str, Any]]:
@@ -101,8 +107,7 @@ def frozen_lam(
     weights = run_dir / CHECKPOINT if at is None else kept_checkpoint(run_dir, "lam", at)
     if at is not None and not weights.exists() and (run_dir / CONFIG).exists():
         raise UsageError(f"{run_dir} kept no LAM at step {at} ({weights.name}): train it with --probe-at {at} (a new run folder)")
-    if not weights.exists() or not (run_dir / CONFIG).exists():
-        raise UsageError(f"{run_dir} has no trained LAM ({CHECKPOINT}, {CONFIG}): run `masklam train lam --out {run_dir}` first")
+    require_lam(run_dir, weights)
     config = build(LAMTrainConfig, read_run_config(run_dir, "lam"), "lam-config")
     config = dataclasses.replace(config, data=dataclasses.replace(config.data, path=lam_dataset(run_dir, data, fallback)))
     info = open_dataset(config.data.path).info
