@@ -172,10 +172,8 @@ def window_batches(config: LAMTrainConfig, rank: int, world_size: int) -> Iterat
         raise UsageError(
             f"laom-labels needs labelled episodes, and {error.args[0].split(': ')[0]}: collect with --labelled-episodes > 0, or train another method"
         ) from None
-    # Loader processes as for the main stream, but never more than this rank's labelled records: each process
-    # keeps every n-th of them when they are few (masklam/train/loader.py), and one with none would stall.
-    records = sum(labelled.labelled(meta) for meta in open_dataset(data.path).index("train"))
-    labelled_batches = iter(make_loader(labelled, data.labelled_batch_size, min(data.workers, records // world_size)))
+    # As many loader processes as the main stream, or as many as its labelled records keep busy (make_loader).
+    labelled_batches = iter(make_loader(labelled, data.labelled_batch_size, data.workers))
     return (batch | {f"labelled_{key}": extra[key] for key in LAOMLabels.LABELLED_KEYS} for batch, extra in zip(batches, labelled_batches))
 
 

@@ -18,7 +18,7 @@ Splitting across processes. The split's shards are shuffled by (seed, epoch), de
 (``rank`` / ``world_size`` arguments, else torchrun's RANK / WORLD_SIZE), then by DataLoader worker: each shard
 is read by exactly one (rank, worker) per epoch. With fewer shards than ranks x workers every process reads
 every shard and keeps every (ranks x workers)-th record instead, so that nobody idles (the extra reads are
-of a dataset that small). Processes may get different numbers of windows: train by steps with ``epochs=None``.
+of a dataset that small); make_loader starts no more workers than there are records for them. Processes may get different numbers of windows: train by steps with ``epochs=None``.
 
 Shuffling and memory. Each record's windows come in random order, through a shuffle buffer that mixes records.
 A window is cut from its record (copied) only when it enters the buffer, so a process holds at most
@@ -202,6 +202,10 @@ class WindowDataset(IterableDataset):
         )
         return shuffled(windows, self.shuffle_buffer, rng)
 
+    def records(self) -> int:
+        """Records this stream reads (every rank's): the split's, or its labelled ones for ``labelled_only``."""
+        return sum(self.labelled(meta) or not self.spec.labelled_only for meta in open_dataset(self.source).index(self.split))
+
     def labelled(self, meta) -> bool:
         return meta.labelled and meta.episode not in self.held
 
@@ -218,7 +222,11 @@ class WindowDataset(IterableDataset):
 
 
 def make_loader(dataset: WindowDataset, batch_size: int, num_workers: int = 0) -> DataLoader:
-    """Batches of windows as torch tensors with a leading batch dimension (uint8 frames stay uint8)."""
+    """Batches of windows as torch tensors with a leading batch dimension (uint8 frames stay uint8). Never more
+    loader processes than this rank has records to deal out (a few labelled episodes, say): a worker with none
+    would stall a stream that runs forever."""
+    if num_workers > 0:
+        num_workers = min(num_workers, dataset.records() // dataset.world_size)
     return DataLoader(
         dataset,
         batch_size=batch_size,

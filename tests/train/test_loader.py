@@ -175,6 +175,13 @@ def test_labelled_only_and_no_masks(tmp_path, backend):
     with pytest.raises(UsageError, match="no labelled records"):
         WindowDataset(unlabelled, "train", WindowSpec(labelled_only=True))
 
+    # One labelled record: one loader process, however many are asked for (a second would have none to read and
+    # stall a stream that runs forever); every record of the split keeps both busy.
+    forever = WindowDataset(root, "train", WindowSpec(mask_source=None, labelled_only=True))
+    loader = make_loader(forever, 2, num_workers=2)
+    assert loader.num_workers == 1 and next(iter(loader))["labelled"].all()
+    assert make_loader(WindowDataset(root, "train", WindowSpec(mask_source=None)), 2, num_workers=2).num_workers == 2
+
 
 def test_bad_arguments_are_usage_errors(tmp_path):
     root = write_dataset(tmp_path, "webdataset", LAYOUT)
