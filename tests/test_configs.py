@@ -3,7 +3,7 @@ from typing import Literal
 
 import pytest
 
-from masklam.configs import load_config
+from masklam.configs import ADDED_LATER, load_config, to_dict
 from masklam.errors import UsageError
 
 
@@ -52,3 +52,21 @@ def test_missing_or_broken_file(tmp_path):
     (tmp_path / "bad.toml").write_text("method = ")
     with pytest.raises(UsageError, match="not valid TOML"):
         load_config(Run, tmp_path / "bad.toml")
+
+
+@dataclass(frozen=True)
+class Inner:
+    size: int = 1
+    added: int = field(default=0, metadata=ADDED_LATER)
+
+
+@dataclass(frozen=True)
+class Outer:
+    inner: Inner = field(default_factory=Inner)
+    workers: int = field(default=0, metadata=ADDED_LATER)
+
+
+def test_settings_added_later_are_recorded_only_when_set():
+    """A run folder saved before a setting existed must still match a config that leaves it at its default."""
+    assert to_dict(Outer()) == {"inner": {"size": 1}}
+    assert to_dict(Outer(Inner(added=3), workers=2)) == {"inner": {"size": 1, "added": 3}, "workers": 2}
