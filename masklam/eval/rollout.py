@@ -100,8 +100,8 @@ def evaluate_run(
     The reference's returns are kept in ``reference_returns`` (default RUN/bc-actions-evaluate.json) under the
     hash of its weights and the episodes, and read from there by every evaluation of the same network: the runs
     of one seed that share it (a recipe) are all normalised by one set of its returns, rolled out once. (Rolled
-    out again in another process they can differ: the dynamics amplify the last bits in which torch's thread
-    count changes a convolution's sums.)"""
+    out by another version of the code they can differ: chaotic dynamics amplify the last bits in which, say, a
+    convolution's memory layout changes its sums; docs/training.md, "Online evaluation".)"""
     run_dir, device = Path(run_dir), resolve(device)
     if episodes < 1:
         raise UsageError("--episodes must be at least 1")
