@@ -190,17 +190,16 @@ class WindowDataset(IterableDataset):
         sources = () if self.spec.mask_source is None else (self.spec.mask_source,)
         if len(self.shards) >= self.world_size * workers:
             mine = self._deal(shard_order, worker_id, workers)
-            records: Iterable[Record] = dataset.records(self.split, sources, self.decoded_fields, shards=mine)
-        else:
+            records: Iterable[Record] = self._kept(dataset.records(self.split, sources, self.decoded_fields, shards=mine))
+        else:  # dealt after the labelled-only filter: dealt before it, a process could get unlabelled records only
             every_record = dataset.records(self.split, sources, self.decoded_fields, shards=shard_order)
-            records = self._deal(every_record, worker_id, workers)
-        windows = (
-            window
-            for record in map(self.hide_held_labels, records)
-            if record.meta.labelled or not self.spec.labelled_only
-            for window in record_windows(record, self.spec, self.action_shape, rng)
-        )
+            records = self._deal(self._kept(every_record), worker_id, workers)
+        windows = (window for record in records for window in record_windows(record, self.spec, self.action_shape, rng))
         return shuffled(windows, self.shuffle_buffer, rng)
+
+    def _kept(self, records: Iterable[Record]) -> Iterator[Record]:
+        """The records this stream reads, the held-out episodes' labels hidden."""
+        return (record for record in map(self.hide_held_labels, records) if record.meta.labelled or not self.spec.labelled_only)
 
     def records(self) -> int:
         """Records this stream reads (every rank's): the split's, or its labelled ones for ``labelled_only``."""

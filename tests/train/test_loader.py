@@ -8,6 +8,7 @@ so a window says which frames it was cut from.
 from __future__ import annotations
 
 import collections
+import itertools
 import logging
 import socket
 import tracemalloc
@@ -181,6 +182,13 @@ def test_labelled_only_and_no_masks(tmp_path, backend):
     loader = make_loader(forever, 2, num_workers=2)
     assert loader.num_workers == 1 and next(iter(loader))["labelled"].all()
     assert make_loader(WindowDataset(root, "train", WindowSpec(mask_source=None)), 2, num_workers=2).num_workers == 2
+
+    # Labelled and unlabelled records alternating in one shard, two workers: each worker gets a labelled one
+    # (dealt before the filter, the second worker got the two unlabelled records and nothing to read).
+    mixed = write_dataset(tmp_path / "mixed", backend, [[(0, 5, True), (1, 4, False), (2, 5, True), (3, 4, False)]])
+    stream = make_loader(WindowDataset(mixed, "train", WindowSpec(mask_source=None, labelled_only=True)), 2, num_workers=2)
+    seen = [window_id(window) for window in itertools.islice(unbatch(iter(stream)), 16)]
+    assert stream.num_workers == 2 and {episode for episode, _ in seen} == {0, 2}
 
 
 def test_bad_arguments_are_usage_errors(tmp_path):
