@@ -119,11 +119,11 @@ def evaluate_run(
             reference_returns = Path(reference_returns or run_dir / REFERENCE_RETURNS)
             key = reference_key(run_dir, info, episodes, seed, limit)
             bc_returns = cached_reference_returns(reference_returns, key)
-        rolled_out = 2 if reference_policy is not None and bc_returns is None else 1
-        bar = tqdm(total=episodes * limit * rolled_out, unit="step", desc="evaluate", disable=not show_progress or None)
+        roll_reference = reference_policy is not None and bc_returns is None
+        bar = tqdm(total=episodes * limit * (1 + roll_reference), unit="step", desc="evaluate", disable=not show_progress or None)
         decoded = lambda obs: decoder(policy.latent({"obs": obs.to(device)}))[0].float().cpu().numpy()  # noqa: E731
         returns, successes = rollout_returns(env, decoded, stack, episodes, seed, limit, bar)
-        if rolled_out == 2:
+        if roll_reference:
             reference = lambda obs: reference_policy.latent({"obs": obs.to(device)})[0].float().cpu().numpy()  # noqa: E731
             bc_returns, _ = rollout_returns(env, reference, stack, episodes, seed, limit, bar)
             atomic_write_json(reference_returns, {"key": key, "returns": bc_returns.tolist()})

@@ -199,11 +199,15 @@ class WindowDataset(IterableDataset):
 
     def _kept(self, records: Iterable[Record]) -> Iterator[Record]:
         """The records this stream reads, the held-out episodes' labels hidden."""
-        return (record for record in map(self.hide_held_labels, records) if record.meta.labelled or not self.spec.labelled_only)
+        return (self.hide_held_labels(record) for record in records if self.reads(record.meta))
 
     def records(self) -> int:
-        """Records this stream reads (every rank's): the split's, or its labelled ones for ``labelled_only``."""
-        return sum(self.labelled(meta) or not self.spec.labelled_only for meta in open_dataset(self.source).index(self.split))
+        """Records this stream reads (every rank's)."""
+        return sum(map(self.reads, open_dataset(self.source).index(self.split)))
+
+    def reads(self, meta) -> bool:
+        """Whether this stream reads the record: every one, or for ``labelled_only`` the labelled ones."""
+        return self.labelled(meta) or not self.spec.labelled_only
 
     def labelled(self, meta) -> bool:
         return meta.labelled and meta.episode not in self.held

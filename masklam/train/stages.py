@@ -163,9 +163,9 @@ def train_bc(run_dir: Path, stage: StageConfig, show_progress: bool = True, lam_
     policy = policy_model(stage, lam).to(device)
     data = stage.data or lam_config.data.path
     spec = dataclasses.replace(window_spec(lam_config, labelled_only=False), episode=True, step=True)
+    leave_for_workers(stage.workers)  # before the label pass: its loader starts them too
     targets = latent_targets(lam, data, spec, show_progress, workers=stage.workers)
     windows = WindowDataset(data, "train", spec, seed=stage.seed, shuffle_buffer=stage.shuffle_buffer)
-    leave_for_workers(stage.workers)
     batches = iter(make_loader(windows, stage.batch_size, stage.workers))
 
     def forward(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
