@@ -57,7 +57,7 @@ def fails_cleanly(command):
 
 # Commands that compute for long on CPUs: they size their threads first (masklam/threads.py). All but collect
 # compute with torch, which is imported now to size its inter-op pool too.
-THREADED = {"collect", "segment", "train", "probe", "evaluate", "run", "expert"}
+THREADED = {"collect", "segment", "train", "probe", "evaluate", "score-actions", "run", "expert"}
 
 
 def print_version(value: bool) -> None:
@@ -548,6 +548,23 @@ def evaluate(
 
     result = evaluate_run(run, episodes, seed, steps, show_progress=progress, data=data, device=device)
     typer.echo(json.dumps(result, indent=1) if as_json else render_evaluation(result))
+
+
+@app.command("score-actions")
+@fails_cleanly
+def score_actions_command(
+    run: Path = typer.Argument(..., help="a run folder with a LAM, a latent policy and an action decoder"),
+    data: Optional[str] = typer.Option(None, "--data", help="the LAM's dataset, when it has moved since training (default: where the run folder says)"),
+    windows: int = typer.Option(5000, help="at most this many labelled windows per split"),
+    device: str = typer.Option("auto", help=DEVICE_HELP),
+    as_json: bool = typer.Option(False, "--json"),
+    progress: bool = typer.Option(True),
+) -> None:
+    """The decoded policy's action error on recorded frames, link by link (no simulator needed): RUN/action-scores.json."""
+    from masklam.eval.offline import render_action_scores, score_actions
+
+    result = score_actions(run, data, windows, device=device, show_progress=progress)
+    typer.echo(json.dumps(result, indent=1) if as_json else render_action_scores(result))
 
 
 @app.command()

@@ -1,6 +1,8 @@
-"""The names of the probe's output files, without torch: the report reads them on a machine with no torch."""
+"""The names of the evaluation's output files, without torch: the report reads them on a machine with no torch."""
 
 from __future__ import annotations
+
+ACTION_SCORES = "action-scores.json"  # `masklam score-actions` (masklam/eval/offline.py)
 
 
 def probe_file(at: int | None = None) -> str:

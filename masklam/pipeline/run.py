@@ -1,5 +1,6 @@
 """`masklam run RECIPE`: collect -> segment / derive masks -> for each run: train the LAM, probe it, latent BC,
-BC on true actions, then per label budget the action decoder and online evaluation -> report.
+BC on true actions, then per label budget the action decoder, its action scores on recorded frames and online
+evaluation -> report.
 
 Everything goes under one run folder, laid out as masklam/pipeline/layout.py says (what the report reads).
 
@@ -53,7 +54,8 @@ def plan(recipe: Recipe, root: Path, workers: int = 1, show_progress: bool = Tru
     from masklam.data.collect import collect
     from masklam.data.ingest import ingest
     from masklam.devices import resolve
-    from masklam.eval.outputs import probe_file
+    from masklam.eval.offline import ACTION_SCORES_VERSION, score_actions
+    from masklam.eval.outputs import ACTION_SCORES, probe_file
     from masklam.eval.probe import PROBE_VERSION, probe_run
     from masklam.eval.rollout import REFERENCE_RETURNS, evaluate_run
     from masklam.segment.compare import compare_sources
@@ -145,7 +147,7 @@ def plan(recipe: Recipe, root: Path, workers: int = 1, show_progress: bool = Tru
             path
             for budget in recipe.labels
             for target in [budget_folder(recipe, folder, budget)]
-            for path in (*stage_files(target, "decoder"), target / "evaluate.json")
+            for path in (*stage_files(target, "decoder"), target / "evaluate.json", target / ACTION_SCORES)
         ]
         probed = [folder / probe_file(at) for at in (None, *keep_at)]
         steps += [
@@ -231,6 +233,15 @@ def plan(recipe: Recipe, root: Path, workers: int = 1, show_progress: bool = Tru
                     decode,
                     stage_files(target, "decoder"),
                     "decoder",
+                )
+            )
+            steps.append(  # on recorded frames: every recipe, data from video included
+                Step(
+                    f"score actions {where}",
+                    {"lam": to_dict(lam), "stage": to_dict(decoder), "scores": ACTION_SCORES_VERSION, **labels},
+                    [target / ACTION_SCORES],
+                    lambda t=target, d=data: score_actions(t, d, device=device, show_progress=show_progress),
+                    stage="evaluate",
                 )
             )
             if recipe.simulated:  # ingested data has no simulator to evaluate in

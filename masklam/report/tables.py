@@ -28,6 +28,9 @@ comparisons in a table (with k of them, Bonferroni asks p < 0.05 / k). Columns:
   reference); Meta-World adds the success rate;
 - LAPO NMSE / NMSE and return / LAPO's: how many times lower the test NMSE and higher the return are than
   LAPO's (ratios of the means), with the ratio's interval and the permutation p.
+
+Where the runs have action scores (action-scores.json, masklam/eval/offline.py), a second table per variant
+gives each link of the decoded policy's error on recorded frames, intervals over seeds.
 """
 
 from __future__ import annotations
@@ -137,7 +140,7 @@ def transitions(info: dict[str, Any]) -> int | None:
 
 def collect_results(root: Path) -> dict[str, Any]:
     """Per dataset variant, per run label, per label budget: the seeds' probe and evaluation numbers."""
-    from masklam.eval.outputs import probe_file
+    from masklam.eval.outputs import ACTION_SCORES, probe_file
     from masklam.pipeline.layout import budget_folder, grid, read_ledger
     from masklam.pipeline.recipe import Recipe
 
@@ -177,6 +180,7 @@ def collect_results(root: Path) -> dict[str, Any]:
                 variants[run.variant]["curves"][run.label][int(point["step"])].append(point["action_nmse"])
         for budget in recipe.labels:
             evaluation = read_output(budget_folder(recipe, folder, budget) / "evaluate.json")
+            scores = read_output(budget_folder(recipe, folder, budget) / ACTION_SCORES)
             cell = variants[run.variant]["runs"][run.label].setdefault(
                 budget,
                 {
@@ -184,13 +188,15 @@ def collect_results(root: Path) -> dict[str, Any]:
                     "mask": run.mask,
                     "seeds": [],
                     "states": [],
+                    "action_scores": [],
                     **{key: [] for key in METRICS},
                     **{f"{key}_by_episode": [] for key in PER_EPISODE},
                 },
             )
-            if probe is None and evaluation is None:
+            if probe is None and evaluation is None and scores is None:
                 continue
             cell["seeds"].append(run.seed)
+            cell["action_scores"].append(scores)
             if probe is not None:
                 cell["nmse"].append(probe["action_nmse"])
                 cell["in_pool"].append(probe.get("in_pool_nmse"))  # absent from the first probe's files
@@ -224,6 +230,38 @@ def curve_table(curves: dict[str, dict[int, list[float]]]) -> tuple[str, dict[st
     for label, row in stats.items():
         lines.append(f"| {label} | {seeds[label]} | " + " | ".join(fmt(row.get(step)) for step in steps) + " |")
     return "\n".join(lines), stats
+
+
+# The links `masklam score-actions` scores on recorded frames (masklam/eval/offline.py), as the table shows them.
+ACTION_SCORE_COLUMNS = (
+    ("test", "decoder_on_lam_latent", "decoder on the LAM's latent, test ↓"),
+    ("test", "latent_bc", "latent BC, test ↓"),
+    ("test", "decoded_policy", "decoded policy, test ↓"),
+    ("in_pool", "decoded_policy", "decoded policy, in-pool ↓"),
+    ("test", "bc_actions", "BC on true actions, test ↓"),
+)
+
+
+def action_score_table(variant: dict[str, Any], budget: int) -> tuple[str, dict[str, dict[str, Any]]] | None:
+    """Where the decoded policy loses, on recorded frames: a row per run label, each link's error over its seeds
+    (mean and interval); None when no run has action scores."""
+    rows = {}
+    for label, cells in variant["runs"].items():
+        per_seed = [scores for scores in cells.get(budget, {}).get("action_scores", []) if scores is not None]
+        if per_seed:
+            stats = {
+                f"{split}:{link}": mean_ci([(scores.get(split) or {}).get(link) for scores in per_seed])
+                for split in ("test", "in_pool")
+                for link in ("decoder_on_lam_latent", "latent_bc", "decoded_policy", "bc_actions")
+            }
+            rows[label] = {"n": len(per_seed), **stats}
+    if not rows:
+        return None
+    header = ["method", "seeds"] + [title for _, _, title in ACTION_SCORE_COLUMNS]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for label, row in rows.items():
+        lines.append(f"| {label} | {row['n']} | " + " | ".join(fmt(row[f"{split}:{link}"]) for split, link, _ in ACTION_SCORE_COLUMNS) + " |")
+    return "\n".join(lines), rows
 
 
 def mask_iou(root: Path, variant: str, source: str) -> dict[str, float] | None:
@@ -419,8 +457,21 @@ def _write_report(roots: list[Path], out: Path, echo: Callable[[str], None]) -> 
                     curves[0],
                     "",
                 ]
+            scores = action_score_table(variant, main_budget)
+            if scores is not None:
+                sections += [
+                    "Where the decoded policy loses, on recorded frames (`masklam score-actions`; intervals over seeds): the action "
+                    "decoder on the LAM's own latent of each recorded transition, the latent policy's error against that latent "
+                    "(over the latent's variance), the decoded policy's action, and BC on true actions, as NMSE against the "
+                    "recorded actions (1.0 = the mean action). In-pool, latent BC had trained on those episodes' frames (it reads "
+                    "no actions):",
+                    "",
+                    scores[0],
+                    "",
+                ]
             summary[key] = {
                 "scale": {k: v for k, v in variant.items() if k not in ("runs", "curves")},
+                "action_scores": scores[1] if scores else {},
                 "curves": {label: {str(step): stat for step, stat in row.items()} for label, row in curves[1].items()} if curves else {},
                 "rows": rows,
                 "budgets": {

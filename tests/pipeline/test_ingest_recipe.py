@@ -21,6 +21,7 @@ def test_the_example_recipe_ingests_segments_trains_and_probes_but_never_evaluat
     steps = [step.id for step in plan(recipe, tmp_path / "run", show_progress=False)]
     assert steps[:2] == ["ingest ingested", "segment ingested sam_point"]
     assert any(step.startswith("probe ") for step in steps) and any(step.startswith("train decoder ") for step in steps)
+    assert any(step.startswith("score actions ") for step in steps)  # offline: no simulator needed
     assert not [step for step in steps if step.startswith(("evaluate", "train bc-actions", "collect"))]
 
 

@@ -71,6 +71,8 @@ def test_a_run_writes_every_output_under_one_folder(finished):
         assert (folder / "lam.pt").exists() and (folder / "probe.json").exists()
         for budget in (40, 0):  # each label budget: its own decoder and evaluation beside the shared LAM
             assert json.loads((folder / f"labels-{budget}" / "evaluate.json").read_text())["episodes"] == 1
+            scores = json.loads((folder / f"labels-{budget}" / "action-scores.json").read_text())  # on recorded frames
+            assert scores["test"]["windows"] == scores["in_pool"]["windows"] == 20  # 1 test, 1 in-pool episode of 20 steps
     decoder = json.loads((runs / "lapo" / "seed0" / "labels-40" / "decoder-config.json").read_text())
     assert decoder["labelled"] == 40
     info = json.loads((root / "data" / "low" / "info.json").read_text())
@@ -87,6 +89,8 @@ def test_the_report_has_a_row_per_run_and_its_plots(finished):
     assert set(rows) == {"lapo", "masklam", "masklam [oracle_dilate1]"}
     for row in rows.values():
         assert row["n"] == 1 and row["nmse"][0] > 0 and row["by_expert"] is not None
+    scores = results["tiny/low"]["action_scores"]  # the label budget the table shows: every label (0)
+    assert set(scores) == set(rows) and all(row["test:decoded_policy"][0] > 0 for row in scores.values())
     table = (root / "report" / "results.md").read_text()
     assert "1.00×" in table  # LAPO against itself
     # Each row's mask source scored against the oracle by the recipe's compare step: 1 for the oracle itself,
@@ -97,6 +101,7 @@ def test_the_report_has_a_row_per_run_and_its_plots(finished):
     assert comparison["overall"]["recall"] == 1.0  # a dilated mask holds all of the oracle's
     assert f"| masklam [oracle_dilate1] | 1 | {train:.3f} / {test:.3f} |" in table
     assert "| masklam | 1 | 1.000 / 1.000 |" in table and "| lapo | 1 | — |" in table
+    assert "| method | seeds | decoder on the LAM's latent, test ↓ | latent BC, test ↓ | decoded policy, test ↓ |" in table
     for plot in ("tiny-low-bars.png", "tiny-low-labels.png", "tiny-low-masks.png"):
         assert (root / "report" / plot).read_bytes()[:4] == b"\x89PNG"
 
@@ -218,7 +223,9 @@ def test_a_retrained_lam_takes_what_it_made_stale_with_it(finished, tmp_path):
     recipe, root = finished
     copy = shutil.copytree(root, tmp_path / "run", symlinks=True)
     cell = copy / "runs" / "low" / "lapo" / "seed0"
-    stale = [cell / name for name in ("bc.pt", "bc-config.json")] + [cell / f"labels-{b}" / f for b in (40, 0) for f in ("decoder.pt", "evaluate.json")]
+    stale = [cell / name for name in ("bc.pt", "bc-config.json")] + [
+        cell / f"labels-{b}" / f for b in (40, 0) for f in ("decoder.pt", "evaluate.json", "action-scores.json")
+    ]
     assert all(path.exists() for path in stale)  # (another test of the module deletes probe.json of this cell)
     stale.append(cell / "probe.json")
     changed = load_recipe(recipe, ['train.lam=["optim.steps=4", "data.batch_size=8", "optim.lr=0.002"]'])
