@@ -4,7 +4,12 @@ the latent z. Its error is measured with z as inferred, and with z replaced by t
 the same episode, of a random window, and by the mean latent; beside them, the target's own one-step change
 (the error of predicting "no change"). A z that carries the transition makes the true-z error much smaller
 than the swapped ones and than the one-step change; a z that only restores an episode's appearance makes the
-same-episode swap about as good as the true z."""
+same-episode swap about as good as the true z.
+
+For an augmenting model, the target's augmentation spread too: in training the target stack is augmented
+independently of the FDM's inputs, so no z can predict that part of it; the spread of the target embedding
+over AUGMENT_DRAWS augmentations of one window (variance per dimension, averaged) is the floor it puts under
+the training loss, to read beside the one-step change that z is there to explain."""
 
 from __future__ import annotations
 
@@ -14,7 +19,10 @@ import numpy as np
 import torch
 
 from masklam.devices import device_of
+from masklam.models.augment import augment
 from masklam.models.lam import LAOM, preprocess
+
+AUGMENT_DRAWS = 4
 
 
 @torch.no_grad()
@@ -23,7 +31,9 @@ def latent_fdm_diagnostics(model: LAOM, batches: Iterable[dict[str, torch.Tensor
     stack at t+1) that carry their ``episode``; the swaps are drawn from ``seed``."""
     device = device_of(model)
     scale = model.config.pixel_scale
-    embeddings, latents, targets, changes, episodes = [], [], [], [], []
+    embeddings, latents, targets, changes, spreads, episodes = [], [], [], [], [], []
+    augmenting = model.config.augment.enabled
+    generator = torch.Generator().manual_seed(seed)
     count = 0
     for batch in batches:
         obs, future = preprocess(batch["obs"].to(device), scale), preprocess(batch["future"].to(device), scale)
@@ -33,6 +43,9 @@ def latent_fdm_diagnostics(model: LAOM, batches: Iterable[dict[str, torch.Tensor
         latents.append(latent)
         targets.append(target)
         changes.append(((target - before) ** 2).mean(1))
+        if augmenting:
+            draws = torch.stack([model.target_encoder(augment(future, model.config.augment, generator)) for _ in range(AUGMENT_DRAWS)])
+            spreads.append(draws.var(0).mean(1))
         episodes.append(batch["episode"].cpu())
         count += len(latent)
         if count >= limit:
@@ -60,4 +73,5 @@ def latent_fdm_diagnostics(model: LAOM, batches: Iterable[dict[str, torch.Tensor
         "fdm_error_random_z": error(latent[torch.from_numpy(rng.permutation(len(latent))).to(device)]),
         "fdm_error_mean_z": error(latent.mean(0, keepdim=True).expand_as(latent)),
         "target_one_step_change": float(torch.cat(changes)[:limit].mean()),
+        "target_augmentation_spread": float(torch.cat(spreads)[:limit].mean()) if augmenting else None,
     }

@@ -385,4 +385,8 @@ def render_probe(result: dict) -> str:
             f"latent FDM error       {fdm['fdm_error']:.4g} with its z; {same} with z of the same episode, {fdm['fdm_error_random_z']:.4g} "
             f"of a random window, {fdm['fdm_error_mean_z']:.4g} with the mean z; the target's one-step change {fdm['target_one_step_change']:.4g}"
         )
+        if fdm.get("target_augmentation_spread") is not None:
+            lines.append(
+                f"target's augmentation  {fdm['target_augmentation_spread']:.4g}   (its spread over augmentations: a floor no z can lower in training)"
+            )
     return "\n".join(lines)

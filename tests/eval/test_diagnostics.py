@@ -67,3 +67,20 @@ def test_the_probe_of_a_laom_run_records_its_diagnostics(masklam_cli, tmp_path):
     assert done.returncode == 0 and "latent FDM error" in done.stdout, done.stderr
     diagnostics = json.loads((run / "probe.json").read_text())["fdm_diagnostics"]
     assert diagnostics["windows"] == 30 and diagnostics["target_one_step_change"] > 0
+
+
+def test_the_targets_augmentation_spread_is_what_augmenting_adds():
+    """No spread from augmentations that change nothing; some from LAOM's; none recorded without augmenting."""
+    import dataclasses
+
+    from masklam.models.augment import AugmentConfig
+
+    def with_augment(**settings) -> torch.nn.Module:
+        model = laom()
+        model.config = dataclasses.replace(model.config, augment=AugmentConfig(**settings))
+        return model
+
+    assert latent_fdm_diagnostics(with_augment(compositions=("none",)), windows())["target_augmentation_spread"] == 0.0
+    spread = latent_fdm_diagnostics(with_augment(), windows())["target_augmentation_spread"]
+    assert spread > 0
+    assert latent_fdm_diagnostics(with_augment(enabled=False), windows())["target_augmentation_spread"] is None
