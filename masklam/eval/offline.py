@@ -42,14 +42,20 @@ from masklam.train.loader import WindowDataset, action_variance, make_loader
 from masklam.train.stages import frozen_stage_policy, window_spec
 
 ACTION_SCORES_VERSION = 1  # in a recipe step's settings: a changed score re-runs the step
-LINKS = ("decoder_on_lam_latent", "latent_bc", "decoded_policy", "bc_actions")
+
+
+def scored_records(data: str, split: str, episodes: frozenset[int] | None) -> list:
+    """The split's labelled records, only those of ``episodes`` when given."""
+    dataset = open_dataset(data)
+    if split not in dataset.info["splits"]:
+        return []
+    return [meta for meta in dataset.index(split) if meta.labelled and (episodes is None or meta.episode in episodes)]
 
 
 def split_windows(data: str, split: str, spec, episodes: frozenset[int] | None, limit: int, batch_size: int = 256):
     """Batches of the split's labelled windows in stored order, up to ``limit`` windows, only those of
     ``episodes`` when given; nothing when the split has no labelled window there."""
-    dataset = open_dataset(data)
-    if split not in dataset.info["splits"] or not any(meta.labelled and (episodes is None or meta.episode in episodes) for meta in dataset.index(split)):
+    if not scored_records(data, split, episodes):
         return
     taken = 0
     for batch in make_loader(WindowDataset(data, split, spec, epochs=1, shuffle_buffer=1), batch_size):
@@ -66,7 +72,7 @@ def split_windows(data: str, split: str, spec, episodes: frozenset[int] | None, 
 
 
 @torch.no_grad()
-def score_split(lam, policy, decoder, reference, batches, action_var: float, device: str) -> dict[str, Any] | None:
+def score_split(lam, policy, decoder, reference, batches, action_var: float, device: str, bar) -> dict[str, Any] | None:
     """Each link's error over the windows of ``batches``; None when there are none."""
     parts: dict[str, list[torch.Tensor]] = {name: [] for name in ("latent", "predicted", "through_latent", "decoded", "reference", "action")}
     episodes: list[np.ndarray] = []
@@ -81,6 +87,7 @@ def score_split(lam, policy, decoder, reference, batches, action_var: float, dev
             parts["reference"].append(reference.latent(batch).float())
         parts["action"].append(batch["action"].float())
         episodes.append(batch["episode"].cpu().numpy())
+        bar.update(len(latent))
     if not parts["action"]:
         return None
     got = {name: torch.cat(values) for name, values in parts.items() if values}
@@ -90,7 +97,7 @@ def score_split(lam, policy, decoder, reference, batches, action_var: float, dev
         return float(((prediction - action) ** 2).mean() / action_var)
 
     latent_var = float(got["latent"].var(0, unbiased=False).mean())
-    return {
+    return {  # the keys of ACTION_SCORE_LINKS, and what they were scored on
         "windows": len(action),
         "episodes": sorted(int(e) for e in np.unique(np.concatenate(episodes))),
         "decoder_on_lam_latent": action_nmse(got["through_latent"]),
@@ -113,12 +120,12 @@ def score_actions(run_dir: Path, data: str | None = None, windows: int = 5000, d
     spec = replace(window_spec(lam_config, labelled_only=True), labels="all", episode=True)  # a yardstick reads every label
     action_var = float(np.mean(action_variance(source)))
     splits = {"test": ("test", None), "in_pool": ("train", dataset.in_pool_episodes())}
+    expected = sum(min(windows, sum(meta.frames - 1 for meta in scored_records(source, *where))) for where in splits.values())
     scores = {}
-    with tqdm(total=len(splits), unit="split", desc="score actions", disable=not show_progress or None) as bar:
+    with tqdm(total=expected, unit="window", desc="score actions", disable=not show_progress or None) as bar:
         for name, (split, episodes) in splits.items():
-            batches = split_windows(source, split, spec, episodes, windows) if episodes is None or episodes else iter(())
-            scores[name] = score_split(lam, policy, decoder, reference, batches, action_var, device)
-            bar.update(1)
+            batches = split_windows(source, split, spec, episodes, windows)
+            scores[name] = score_split(lam, policy, decoder, reference, batches, action_var, device, bar)
     result = {"run": str(run_dir), "version": ACTION_SCORES_VERSION, "action_variance": action_var, **scores}
     atomic_write_json(run_dir / ACTION_SCORES, result)
     return result

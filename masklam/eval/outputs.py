@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 ACTION_SCORES = "action-scores.json"  # `masklam score-actions` (masklam/eval/offline.py)
+ACTION_SCORE_LINKS = ("decoder_on_lam_latent", "latent_bc", "decoded_policy", "bc_actions")  # its scores per split
 
 
 def probe_file(at: int | None = None) -> str:

@@ -46,6 +46,7 @@ from masklam.atomic import atomic_write_bytes, atomic_write_json
 from masklam.configs import build
 from masklam.data.schema import ORACLE
 from masklam.errors import UsageError
+from masklam.eval.outputs import ACTION_SCORE_LINKS
 from masklam.locks import writer_lock
 
 BASELINE = "lapo"
@@ -252,7 +253,7 @@ def action_score_table(variant: dict[str, Any], budget: int) -> tuple[str, dict[
             stats = {
                 f"{split}:{link}": mean_ci([(scores.get(split) or {}).get(link) for scores in per_seed])
                 for split in ("test", "in_pool")
-                for link in ("decoder_on_lam_latent", "latent_bc", "decoded_policy", "bc_actions")
+                for link in ACTION_SCORE_LINKS
             }
             rows[label] = {"n": len(per_seed), **stats}
     if not rows:
