@@ -188,7 +188,8 @@ def test_no_simulator_means_no_oracle_and_no_evaluate(tmp_path):
 
 @pytest.mark.slow
 def test_the_probe_runs_on_ingested_videos_with_sidecar_actions(rollout_videos, tmp_path):
-    """Train a tiny LAPO (no masks: an ingested dataset has none until `segment`) and probe it on the test video."""
+    """Train a tiny LAPO (no masks: an ingested dataset has none until `segment`), probe it on the test video and
+    score its decoded policy there."""
     from masklam.configs import load_config
     from masklam.eval.probe import probe_run
     from masklam.train.lam import LAMTrainConfig, train_lam
@@ -211,6 +212,18 @@ def test_the_probe_runs_on_ingested_videos_with_sidecar_actions(rollout_videos, 
 
     with pytest.raises(UsageError, match="no simulator"):
         evaluate_run(tmp_path / "run", episodes=1)
+    # what it has instead: the decoded policy's action error on the recorded test video
+    from masklam.eval.offline import score_actions
+    from masklam.train.loop import OptimConfig
+    from masklam.train.stages import StageConfig, train_bc, train_decoder
+
+    stage = StageConfig(preset="tiny", batch_size=8, optim=OptimConfig(steps=2))
+    train_bc(tmp_path / "run", stage, show_progress=False)
+    train_decoder(tmp_path / "run", stage, show_progress=False)
+    scores = score_actions(tmp_path / "run", show_progress=False)
+    test_windows = sum(meta.frames - 1 for meta in open_dataset(data).index("test"))
+    assert scores["test"]["windows"] == test_windows and 0 < scores["test"]["decoded_policy"] < 10
+    assert (scores["in_pool"] is None) == (result["in_pool_nmse"] is None)
 
 
 def test_frames_are_cropped_then_scaled_by_ffmpeg_alike_for_videos_and_images(tmp_path):
