@@ -46,7 +46,7 @@ from masklam.atomic import atomic_write_bytes, atomic_write_json
 from masklam.configs import build
 from masklam.data.schema import ORACLE
 from masklam.errors import UsageError
-from masklam.eval.outputs import ACTION_SCORE_LINKS
+from masklam.eval.outputs import ACTION_SCORE_LINKS, ACTION_SCORES, probe_file
 from masklam.locks import writer_lock
 
 BASELINE = "lapo"
@@ -141,7 +141,6 @@ def transitions(info: dict[str, Any]) -> int | None:
 
 def collect_results(root: Path) -> dict[str, Any]:
     """Per dataset variant, per run label, per label budget: the seeds' probe and evaluation numbers."""
-    from masklam.eval.outputs import ACTION_SCORES, probe_file
     from masklam.pipeline.layout import budget_folder, grid, read_ledger
     from masklam.pipeline.recipe import Recipe
 
