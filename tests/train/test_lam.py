@@ -443,7 +443,12 @@ def test_the_device_is_where_a_run_computes_not_a_setting(masklam_cli, tiny_data
     train_bc(tmp_path, stage, show_progress=False, device="cpu")
     assert "device" not in json.loads((tmp_path / "bc-config.json").read_text())  # not recorded: any device resumes it
     if not torch.cuda.is_available():  # a CUDA device asked for on a machine without one: one line, exit 2
-        for args in (["probe", str(tmp_path), "--data", str(tiny_data)], ["evaluate", str(tmp_path)], ["train", "bc", str(tmp_path)]):
+        for args in (
+            ["probe", str(tmp_path), "--data", str(tiny_data)],
+            ["evaluate", str(tmp_path)],
+            ["score-actions", str(tmp_path)],
+            ["train", "bc", str(tmp_path)],
+        ):
             done = masklam_cli(*args, "--device", "cuda", "--no-progress")
             assert done.returncode == 2 and "torch sees no CUDA GPU here" in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
 
@@ -461,6 +466,9 @@ def test_every_stage_runs_on_a_gpu(tiny_data, tmp_path):
         train(tmp_path, stage, show_progress=False, device="cuda")
     assert probe_run(tmp_path, str(tiny_data), windows=64, show_progress=False, device="cuda")["action_nmse"] is not None
     assert np.isfinite(evaluate_run(tmp_path, episodes=1, steps=5, show_progress=False, device="cuda")["return_mean"])
+    from masklam.eval.offline import score_actions
+
+    assert np.isfinite(score_actions(tmp_path, show_progress=False, device="cuda")["test"]["decoded_policy"])
 
 
 def test_train_lam_keeps_the_models_asked_for_and_probe_reads_them(masklam_cli, tiny_data, tmp_path):
