@@ -46,7 +46,7 @@ def test_installed_wheel_plans_the_quickstart_outside_the_clone(tmp_path):
     result = subprocess.run([sys.executable, "-c", script], cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert f"from {site}" in result.stdout
-    assert "25 of 25 steps to run" in result.stdout
+    assert "29 of 29 steps to run" in result.stdout
     assert not (elsewhere / "runs").exists()  # a dry run writes nothing
 
 

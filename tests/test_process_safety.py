@@ -425,7 +425,7 @@ def test_a_recipe_rerun_with_another_label_budget_retrains_only_the_decoder(tmp_
     code, out, err = cli("run", recipe, "--out", root, "--set", "labels=[10]", "--no-progress")
     assert code == 0, err
     ran = [line.split("] ", 1)[1] for line in out.splitlines() if line.startswith("[")]
-    assert ran == ["train decoder none lapo seed0", "evaluate none lapo seed0"], out
+    assert ran == ["train decoder none lapo seed0", "score actions none lapo seed0", "evaluate none lapo seed0"], out
     assert {name: (seed / name).stat().st_mtime_ns for name in kept} == kept
     assert json.loads((seed / "decoder-config.json").read_text())["labelled"] == 10
     # The whole folder moved elsewhere: every step is found done.
