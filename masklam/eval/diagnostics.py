@@ -13,7 +13,7 @@ the training loss, to read beside the one-step change that z is there to explain
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 import torch
@@ -23,6 +23,19 @@ from masklam.models.augment import augment
 from masklam.models.lam import LAOM, preprocess
 
 AUGMENT_DRAWS = 4
+
+
+def thinned(batches: Iterable[dict[str, torch.Tensor]], fraction: float, seed: int = 0) -> Iterator[dict[str, torch.Tensor]]:
+    """Each window of ``batches`` kept with probability ``fraction`` (seeded): from a stream that reads the
+    episodes one after another, a sample of all of them rather than the first ones' windows."""
+    if fraction >= 1:
+        yield from batches
+        return
+    rng = np.random.default_rng(seed)
+    for batch in batches:
+        keep = torch.from_numpy(rng.random(len(batch["episode"])) < fraction)
+        if keep.any():
+            yield {key: value[keep] for key, value in batch.items()}
 
 
 @torch.no_grad()
@@ -66,6 +79,7 @@ def latent_fdm_diagnostics(model: LAOM, batches: Iterable[dict[str, torch.Tensor
     swapped = same != np.arange(len(episode))
     return {
         "windows": len(latent),
+        "episodes": len(np.unique(episode)),
         "fdm_error": error(latent),
         # over the windows whose episode has another in the sample (the true z's error on them beside it)
         "fdm_error_same_episode_z": error(latent[torch.from_numpy(same).to(device)], np.flatnonzero(swapped)) if swapped.any() else None,

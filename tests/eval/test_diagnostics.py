@@ -66,7 +66,20 @@ def test_the_probe_of_a_laom_run_records_its_diagnostics(masklam_cli, tmp_path):
     done = masklam_cli("probe", str(run), "--data", str(data), "--windows", "30", "--no-progress")
     assert done.returncode == 0 and "latent FDM error" in done.stdout, done.stderr
     diagnostics = json.loads((run / "probe.json").read_text())["fdm_diagnostics"]
-    assert diagnostics["windows"] == 30 and diagnostics["target_one_step_change"] > 0
+    assert 10 <= diagnostics["windows"] <= 30 and diagnostics["target_one_step_change"] > 0
+    assert diagnostics["episodes"] == 3  # a sample of every train episode, not the first ones' windows
+
+
+def test_thinning_keeps_a_seeded_share_of_every_batch():
+    from masklam.eval.diagnostics import thinned
+
+    batches = list(windows(batches=10, batch=40))
+    kept = list(thinned(batches, 0.25, seed=3))
+    assert len(kept) == 10 and 60 <= sum(len(b["episode"]) for b in kept) <= 140  # 100 expected of 400
+    assert all(torch.isin(b["episode"], a["episode"]).all() for a, b in zip(batches, kept))
+    again = list(thinned(batches, 0.25, seed=3))
+    assert all(torch.equal(a["obs"], b["obs"]) for a, b in zip(kept, again))
+    assert list(thinned(batches, 1.0)) == batches
 
 
 def test_the_targets_augmentation_spread_is_what_augmenting_adds():
