@@ -44,9 +44,8 @@ from masklam.train.stages import frozen_stage_policy, window_spec
 ACTION_SCORES_VERSION = 1  # in a recipe step's settings: a changed score re-runs the step
 
 
-def scored_records(data: str, split: str, episodes: frozenset[int] | None) -> list:
+def scored_records(dataset, split: str, episodes: frozenset[int] | None) -> list:
     """The split's labelled records, only those of ``episodes`` when given."""
-    dataset = open_dataset(data)
     if split not in dataset.info["splits"]:
         return []
     return [meta for meta in dataset.index(split) if meta.labelled and (episodes is None or meta.episode in episodes)]
@@ -54,13 +53,12 @@ def scored_records(data: str, split: str, episodes: frozenset[int] | None) -> li
 
 def split_windows(data: str, split: str, spec, episodes: frozenset[int] | None, limit: int, batch_size: int = 256):
     """Batches of the split's labelled windows in stored order, up to ``limit`` windows, only those of
-    ``episodes`` when given; nothing when the split has no labelled window there."""
-    if not scored_records(data, split, episodes):
-        return
+    ``episodes`` when given (the caller checks that it has labelled records there)."""
+    wanted = None if episodes is None else sorted(episodes)
     taken = 0
     for batch in make_loader(WindowDataset(data, split, spec, epochs=1, shuffle_buffer=1), batch_size):
-        if episodes is not None:
-            keep = torch.from_numpy(np.isin(batch["episode"].numpy(), sorted(episodes)))
+        if wanted is not None:
+            keep = torch.from_numpy(np.isin(batch["episode"].numpy(), wanted))
             if not keep.any():
                 continue
             batch = {key: value[keep] for key, value in batch.items()}
@@ -120,11 +118,12 @@ def score_actions(run_dir: Path, data: str | None = None, windows: int = 5000, d
     spec = replace(window_spec(lam_config, labelled_only=True), labels="all", episode=True)  # a yardstick reads every label
     action_var = float(np.mean(action_variance(source)))
     splits = {"test": ("test", None), "in_pool": ("train", dataset.in_pool_episodes())}
-    expected = sum(min(windows, sum(meta.frames - 1 for meta in scored_records(source, *where))) for where in splits.values())
+    records = {name: scored_records(dataset, split, episodes) for name, (split, episodes) in splits.items()}  # read once
+    expected = sum(min(windows, sum(meta.frames - 1 for meta in metas)) for metas in records.values())
     scores = {}
     with tqdm(total=expected, unit="window", desc="score actions", disable=not show_progress or None) as bar:
         for name, (split, episodes) in splits.items():
-            batches = split_windows(source, split, spec, episodes, windows)
+            batches = split_windows(source, split, spec, episodes, windows) if records[name] else ()
             scores[name] = score_split(lam, policy, decoder, reference, batches, action_var, device, bar)
     result = {"run": str(run_dir), "version": ACTION_SCORES_VERSION, "action_variance": action_var, **scores}
     atomic_write_json(run_dir / ACTION_SCORES, result)
